@@ -1,0 +1,34 @@
+"""Detectors: pure functions from the recorded history to alerts.
+
+Each detector lives in its own module so "where is vanishing decided?" has a one-file
+answer. A detector is any callable ``(history, context) -> list[Alert]`` called once per
+recorded step; it reads only the history and the context and never touches the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from .._alerts import Alert
+from .._config import WatchConfig
+from .._history import History
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorContext:
+    """What detectors may know besides the history: layer names and types, options."""
+
+    layer_names: tuple[str, ...]
+    module_types: tuple[str, ...]
+    config: WatchConfig
+
+
+Detector = Callable[[History, DetectorContext], list[Alert]]
+
+
+def default_detectors(config: WatchConfig) -> list[Detector]:
+    """The detectors a :class:`~gradwatch.Watcher` runs, in order."""
+    from .nonfinite import detect_nonfinite
+
+    return [detect_nonfinite]

@@ -1,0 +1,93 @@
+"""A small host-side history of per-step statistics, bounded whatever the run length."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """Statistics of one optimizer step, on the host.
+
+    Per-layer arrays are aligned with :attr:`gradwatch._layers.LayerIndex.names`. A layer
+    with no gradient this step (frozen, unused) has ``has_grad`` False and a NaN
+    ``grad_norm``: it is reported as "no gradient", never as a zero gradient.
+    """
+
+    step: int
+    grad_norm: np.ndarray
+    weight_norm: np.ndarray
+    has_grad: np.ndarray
+    total_grad_norm: float
+    loss: float | None = None
+    update_ratio: np.ndarray | None = None
+    clip_coef: float | None = None
+    skipped: bool = False
+    activations: dict[str, np.ndarray] | None = None
+    activation_layers: tuple[str, ...] | None = None
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def grad_finite(self) -> np.ndarray:
+        """Per layer: True where the gradient is finite or absent."""
+        return np.isfinite(self.grad_norm) | ~self.has_grad
+
+    @property
+    def weight_finite(self) -> np.ndarray:
+        return np.isfinite(self.weight_norm)
+
+    @property
+    def loss_finite(self) -> bool:
+        return self.loss is None or bool(np.isfinite(self.loss))
+
+
+class History:
+    """Ring buffer of the last ``maxlen`` :class:`StepRecord` objects."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._records: collections.deque[StepRecord] = collections.deque(maxlen=maxlen)
+        self.steps_seen = 0
+
+    def append(self, record: StepRecord) -> None:
+        self._records.append(record)
+        self.steps_seen += 1
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return iter(self._records)
+
+    def __getitem__(self, index: int) -> StepRecord:
+        return self._records[index]
+
+    @property
+    def latest(self) -> StepRecord | None:
+        return self._records[-1] if self._records else None
+
+    def last(self, n: int) -> list[StepRecord]:
+        """The last ``n`` records, oldest first."""
+        if n <= 0:
+            return []
+        return list(self._records)[-n:]
+
+    def series(self, field: str, n: int | None = None) -> np.ndarray:
+        """A scalar field (``"loss"``, ``"total_grad_norm"``) over the last ``n`` steps.
+
+        Missing values (a step with no recorded loss) are NaN.
+        """
+        records = self.last(n) if n is not None else list(self._records)
+        values = [getattr(r, field) for r in records]
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def matrix(self, field: str, n: int | None = None) -> np.ndarray:
+        """A per-layer field stacked as ``[steps, layers]`` over the last ``n`` steps."""
+        records = self.last(n) if n is not None else list(self._records)
+        rows = [getattr(r, field) for r in records if getattr(r, field) is not None]
+        if not rows:
+            return np.zeros((0, 0))
+        return np.stack(rows)
