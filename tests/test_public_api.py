@@ -10,7 +10,17 @@ import gradwatch
 
 def test_all_is_pinned() -> None:
     assert sorted(gradwatch.__all__) == sorted(
-        ["Alert", "NonFiniteError", "WatchConfig", "Watcher", "__version__", "watch"]
+        [
+            "Alert",
+            "LayerSummary",
+            "NonFiniteError",
+            "Report",
+            "WatchConfig",
+            "Watcher",
+            "__version__",
+            "check",
+            "watch",
+        ]
     )
     for name in gradwatch.__all__:
         assert hasattr(gradwatch, name), name

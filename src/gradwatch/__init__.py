@@ -5,19 +5,29 @@ Attach in one line::
     with gradwatch.watch(model, optimizer, logdir="runs/exp1") as gw:
         ...  # your training loop, unchanged
     print(gw.alerts)
+
+or check a model in a few steps (CI smoke test)::
+
+    report = gradwatch.check(model, batches, loss_fn, steps=20)
+    assert report.ok, report.summary()
 """
 
 from ._alerts import Alert
+from ._check import check
 from ._config import WatchConfig
 from ._errors import NonFiniteError
+from ._report import LayerSummary, Report
 from ._version import __version__
 from ._watcher import Watcher, watch
 
 __all__ = [
     "Alert",
+    "LayerSummary",
     "NonFiniteError",
+    "Report",
     "WatchConfig",
     "Watcher",
     "__version__",
+    "check",
     "watch",
 ]

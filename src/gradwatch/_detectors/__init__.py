@@ -17,11 +17,17 @@ from .._history import History
 
 @dataclasses.dataclass(frozen=True)
 class DetectorContext:
-    """What detectors may know besides the history: layer names and types, options."""
+    """What detectors may know besides the history: layer names and types, options.
+
+    ``loss_baseline`` is the learning-rate-zero baseline of :func:`gradwatch.check`
+    (``baseline=True``): the loss of step ``i``'s batch with the weights frozen at their
+    initial values, indexed by step; None when not measured.
+    """
 
     layer_names: tuple[str, ...]
     module_types: tuple[str, ...]
     config: WatchConfig
+    loss_baseline: tuple[float, ...] | None = None
 
 
 Detector = Callable[[History, DetectorContext], list[Alert]]
