@@ -36,6 +36,14 @@ def require_int(name: str, value: object, *, minimum: int, hint: str = "") -> No
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}.{' ' + hint if hint else ''}")
 
 
+def require_bool(name: str, value: object) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be True or False, got {type(value).__name__} {value!r}."
+        )
+
+
 def require_number(
     name: str,
     value: object,
@@ -79,6 +87,30 @@ class WatchConfig:
             :class:`gradwatch.NonFiniteError`.
         flush_secs: how often TensorBoard's writer flushes scalars to disk (alerts are
             flushed as soon as they are raised).
+        activation_every: measure activation statistics (``act_*/<layer>``) every this
+            many steps; ``0`` switches them off. Forward hooks exist only during sampled
+            steps, so other steps pay nothing.
+        activation_eval: also measure forwards in eval mode or without gradients
+            (validation loops); by default only training forwards count.
+        saturation_threshold: ``saturation`` warns when at least this fraction of a
+            bounded activation's outputs (sigmoid, tanh, ...) sits at its bounds, at
+            the last two sampled steps.
+        dead_units_threshold: ``dead_units`` warns when at least this fraction of a
+            ReLU's units output zero for every sample of the batch, at the last two
+            sampled steps.
+        poor_init_ratio: ``poor_init`` warns when, at the first sampled steps, the
+            activation scale drifts geometrically by at least this factor from the first
+            to the last Linear/Conv layer (an info alert from its square root).
+        poor_init_gain: ``poor_init`` also warns when Linear/Conv layers multiply the
+            scale of their input (the activation before them) by a median of at least
+            this much: weights too large (N(0, 1) weights give sqrt(fan_in); Glorot/He
+            initialisation at most 5/3).
+        poor_init_steps: ``poor_init`` looks at sampled steps before this step only:
+            initialisation is judged at the start of training.
+        locate_nonfinite: hook every module to name the module that *produced* the
+            first NaN/inf of a step (forward or backward) in the ``nonfinite`` alert.
+            Costs a few small kernels per module call, far less than
+            ``torch.autograd.detect_anomaly``; off by default.
     """
 
     log_every: int = 1
@@ -86,6 +118,14 @@ class WatchConfig:
     history: int = 512
     on_nonfinite: NonfinitePolicy = "warn"
     flush_secs: float = 30.0
+    activation_every: int = 10
+    activation_eval: bool = False
+    saturation_threshold: float = 0.5
+    dead_units_threshold: float = 0.75
+    poor_init_ratio: float = 10000.0
+    poor_init_gain: float = 3.5
+    poor_init_steps: int = 20
+    locate_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
@@ -102,6 +142,35 @@ class WatchConfig:
                 f"got {self.on_nonfinite!r}."
             )
         require_number("flush_secs", self.flush_secs, exclusive_minimum=0.0)
+        require_int(
+            "activation_every",
+            self.activation_every,
+            minimum=0,
+            hint="Use 0 to switch activation statistics off.",
+        )
+        require_bool("activation_eval", self.activation_eval)
+        for name in ("saturation_threshold", "dead_units_threshold"):
+            require_number(
+                name,
+                getattr(self, name),
+                exclusive_minimum=0.0,
+                maximum=1.0,
+                hint="It is a fraction of the layer's units, e.g. 0.5.",
+            )
+        require_number(
+            "poor_init_ratio",
+            self.poor_init_ratio,
+            exclusive_minimum=1.0,
+            hint="It is a factor of activation scale across depth, e.g. 10000.",
+        )
+        require_number(
+            "poor_init_gain",
+            self.poor_init_gain,
+            exclusive_minimum=2.0,
+            hint="Healthy initialisations give at most 5/3; the default is 3.5.",
+        )
+        require_int("poor_init_steps", self.poor_init_steps, minimum=1)
+        require_bool("locate_nonfinite", self.locate_nonfinite)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

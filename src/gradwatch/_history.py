@@ -5,8 +5,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._localize import NonfiniteOrigin
 
 
 @dataclasses.dataclass
@@ -30,6 +34,10 @@ class StepRecord:
     activations: dict[str, np.ndarray] | None = None
     activation_layers: tuple[str, ...] | None = None
     extras: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Role of each module in ``activation_layers`` (``"mixing"``, ``"bounded"``, ...).
+    activation_roles: tuple[str, ...] | None = None
+    #: Which module produced the step's first NaN/inf (``locate_nonfinite=True`` only).
+    nonfinite_origin: NonfiniteOrigin | None = None
 
     @property
     def grad_finite(self) -> np.ndarray:

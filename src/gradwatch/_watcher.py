@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._activations import ActivationProbe, ActivationSample, split_activations
 from ._alertbook import AlertBook
 from ._alerts import Alert
 from ._config import WatchConfig
@@ -33,6 +34,7 @@ from ._detectors.nonfinite import nonfinite_alert
 from ._errors import NonFiniteError
 from ._history import History, StepRecord
 from ._layers import LayerIndex
+from ._localize import NonfiniteLocator, StepTrace, locate
 from ._sinks import GuardedSink
 from ._sinks.logging_sink import LoggingSink
 from ._stats import LayerNorms, snapshot, update_squared
@@ -68,6 +70,8 @@ class PendingStep:
     weights_before: list[Tensor] | None = None
     host: np.ndarray | None = None
     skipped: bool = False
+    activations: ActivationSample | None = None
+    trace: StepTrace | None = None
 
     @property
     def total_norm(self) -> Tensor:
@@ -195,6 +199,7 @@ class Watcher:
                     TensorBoardSink(self.logdir, flush_secs=self.config.flush_secs),
                     "TensorBoard",
                 )
+            self._probe, self._locator = self._attach_probes(model)
             if optimizer is not None:
                 self._stack.enter_context(
                     optimizer.register_step_pre_hook(self._before_optimizer_step)
@@ -264,6 +269,7 @@ class Watcher:
         self._pending = pending
         if pending.weights_before is None:
             self._seal_pending()
+        self._arm_activations()
 
     def close(self) -> None:
         """Finish: flush what was recorded, remove every hook, close writers. Idempotent."""
@@ -308,6 +314,26 @@ class Watcher:
     def _add_sink(self, sink: Any, name: str) -> None:
         self._sinks.append(GuardedSink(sink, name))
 
+    def _attach_probes(
+        self, model: nn.Module
+    ) -> tuple[ActivationProbe | None, NonfiniteLocator | None]:
+        """Activation sampling and NaN localisation, both owned by ``self._stack``."""
+        probe = locator = None
+        if self.config.activation_every:
+            probe = ActivationProbe(model, include_eval=self.config.activation_eval)
+            self._stack.callback(probe.disarm)
+        if self.config.locate_nonfinite:
+            locator = NonfiniteLocator(model)
+            self._stack.callback(locator.remove)
+        self._probe = probe
+        self._arm_activations()
+        return probe, locator
+
+    def _arm_activations(self) -> None:
+        """Install the activation hooks when the coming step is a sampled one."""
+        if self._probe is not None and self._step % self.config.activation_every == 0:
+            self._probe.arm()
+
     def _require_open(self, what: str) -> None:
         if self._closed:
             raise RuntimeError(f"Watcher.{what}() called after close(); start a new watch().")
@@ -324,6 +350,7 @@ class Watcher:
     ) -> None:
         if not self._closed:
             self._seal_pending()
+            self._arm_activations()
 
     def _measure(self) -> PendingStep:
         """Compute this step's statistics on the device; apply policies that need them."""
@@ -348,6 +375,10 @@ class Watcher:
             [grad_sq.sqrt(), weight_sq.sqrt(), grad_sq.sum().sqrt().reshape(1), loss_value]
         )
         pending = PendingStep(step, values, has_grad, loss is not None)
+        if self._probe is not None:
+            pending.activations = self._probe.collect()  # removes the hooks; device values
+        if self._locator is not None:
+            pending.trace = self._locator.take()  # device flags, read only on NaN/inf
         if self.config.on_nonfinite != "warn":
             self._apply_nonfinite_policy(pending)
         every = self.config.update_ratio_every
@@ -383,6 +414,8 @@ class Watcher:
             pending.weights_before = None
             ratio = update / values[num : 2 * num].clamp_min(torch.finfo(torch.float32).tiny)
             values = torch.cat([values, ratio])
+        if pending.activations is not None:
+            values = pending.activations.append_to(values)
         if pending.host is not None and values is pending.values:
             self._inflight.append(HostCopy.ready(pending, pending.host))
         else:
@@ -398,13 +431,14 @@ class Watcher:
     def _record(self, pending: PendingStep, host: np.ndarray | None = None) -> StepRecord:
         host = pending.host if host is None else host
         assert host is not None
+        host, activations = split_activations(pending.activations, host)
         num = self.index.num_layers
         grad_norm = host[:num].astype(np.float64)
         grad_norm[~pending.has_grad] = np.nan
         ratio = host[2 * num + 2 : 3 * num + 2] if host.shape[0] > 2 * num + 2 else None
         if ratio is not None and pending.skipped:
             ratio = np.zeros_like(ratio)
-        return StepRecord(
+        record = StepRecord(
             step=pending.step,
             grad_norm=grad_norm,
             weight_norm=host[num : 2 * num].astype(np.float64),
@@ -414,6 +448,11 @@ class Watcher:
             update_ratio=None if ratio is None else ratio.astype(np.float64),
             skipped=pending.skipped,
         )
+        if activations is not None:
+            record.activations, record.activation_layers, record.activation_roles = activations
+        if pending.trace is not None:
+            record.nonfinite_origin = locate(pending.trace, record)
+        return record
 
     def _consume(self, record: StepRecord) -> None:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""

@@ -35,6 +35,9 @@ Detector = Callable[[History, DetectorContext], list[Alert]]
 
 def default_detectors(config: WatchConfig) -> list[Detector]:
     """The detectors a :class:`~gradwatch.Watcher` runs, in order."""
+    from .dead_units import detect_dead_units
     from .nonfinite import detect_nonfinite
+    from .poor_init import detect_poor_init
+    from .saturation import detect_saturation
 
-    return [detect_nonfinite]
+    return [detect_nonfinite, detect_saturation, detect_dead_units, detect_poor_init]

@@ -50,11 +50,15 @@ def nonfinite_alert(record: StepRecord, context: DetectorContext) -> Alert | Non
         value_out = float(
             record.grad_norm[layer] if what == "gradient" else record.weight_norm[layer]
         )
+    layer_name = context.layer_names[layer] if layer is not None else None
+    origin = record.nonfinite_origin
+    if origin is not None:  # locate_nonfinite=True: name the producer, not the first layer
+        layer_name, where = origin.layer, " " + origin.sentence
     return Alert(
         kind="nonfinite",
         severity="error",
         step=record.step,
-        layer=context.layer_names[layer] if layer is not None else None,
+        layer=layer_name,
         message="Non-finite values reached the optimizer step: " + "; ".join(parts) + "." + where,
         value=value_out,
         threshold=None,

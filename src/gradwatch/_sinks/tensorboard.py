@@ -26,6 +26,7 @@ LAYER_STATS: dict[str, str] = {
 ACTIVATION_STATS: dict[str, str] = {
     "act_mean": "activation mean per layer",
     "act_std": "activation std per layer",
+    "act_batch_std": "activation std across the batch per layer",
     "act_saturated": "saturated fraction per layer",
     "act_dead": "dead-unit fraction per layer",
     "act_nonfinite": "non-finite fraction per layer",
@@ -67,7 +68,8 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
     if record.activations:
         for stat, values in record.activations.items():
             for layer_name, value in zip(record.activation_layers or (), values):
-                yield f"act_{stat}/{layer_name or ROOT_TAG}", float(value)
+                if value == value:  # NaN: the statistic does not apply to this module
+                    yield f"act_{stat}/{layer_name or ROOT_TAG}", float(value)
     yield "total/grad_norm", record.total_grad_norm
     if record.loss is not None:
         yield "total/loss", record.loss

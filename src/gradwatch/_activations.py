@@ -1,0 +1,353 @@
+"""Sampled activation statistics from forward hooks that exist only on sampled steps.
+
+Which modules are hooked (decided once, at attach time):
+
+* every *layer* (a module owning parameters directly, as in :mod:`gradwatch._layers`):
+  its output is the pre-activation of what follows (``Linear``, ``Conv*``) or a
+  normalised signal (``LayerNorm``, ``BatchNorm``);
+* every parameter-free module that is one of torch's activation classes (``ReLU``,
+  ``Sigmoid``, ``Tanh``, ``GELU``, ...). Activations called as functions
+  (``F.relu(x)``) are invisible to hooks and are not measured.
+
+Per hooked module and sampled step, on the module's device and without a host sync:
+``mean`` and ``std`` of the finite outputs; ``batch_std``, the standard deviation across
+the batch per unit (RMS over units), i.e. how much the output still depends on the input
+(a bias-only signal has batch_std 0 however large its std); ``saturated``, the fraction
+of outputs within ``SATURATION_EPS`` of the range of a bounded activation
+(``Sigmoid``, ``Tanh``, ``Hardtanh``, ``Softsign``, ``Hardsigmoid``); ``dead``, the
+fraction of units of a rectifier (``ReLU``, ``ReLU6``, ``LeakyReLU`` with slope 0)
+that output <= 0 for every sample of the batch; ``nonfinite``, the fraction of NaN/inf
+outputs. A statistic that does not apply to a module is NaN on the host (and not
+logged). A module called several times in one step (weight sharing, an RNN cell, micro
+batches) reports the average over its calls.
+
+Only training forwards count: forwards with gradients disabled (``torch.no_grad()``,
+inference mode: validation loops) and forwards of modules in eval mode are skipped
+unless ``activation_eval=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._layers import strip_wrapper_prefix, unwrap_model
+
+#: The statistics each hooked module reports, in the order of the device vector.
+STATS: tuple[str, ...] = ("mean", "std", "batch_std", "saturated", "dead", "nonfinite")
+#: An output within this fraction of a bounded activation's range from either bound
+#: counts as saturated: sigmoid < 0.01 or > 0.99, |tanh| > 0.98. There the derivative is
+#: below 4% of its peak (tanh is a rescaled sigmoid, so the two agree exactly).
+SATURATION_EPS = 0.01
+#: Dead units are only measured on batches of at least this many samples: with fewer,
+#: a healthy unit is off for the whole batch by chance too often (2^-n).
+MIN_DEAD_SAMPLES = 4
+
+#: Roles of hooked modules, used by the detectors.
+ROLE_MIXING = "mixing"  # Linear / Conv: weighted sums, where initialisation sets the gain
+ROLE_NORM = "norm"
+ROLE_BOUNDED = "bounded"
+ROLE_RECTIFIER = "rectifier"
+ROLE_ACTIVATION = "activation"
+ROLE_LAYER = "layer"
+
+_MIXING: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+)
+_NORM: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.RReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softsign,
+    nn.Softplus,
+    nn.Tanhshrink,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Threshold,
+    nn.GLU,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """One hooked module: its name, role, and what applies to it (no module reference)."""
+
+    name: str
+    role: str
+    bounds: tuple[float, float] | None = None
+
+
+def bounds_of(module: nn.Module) -> tuple[float, float] | None:
+    """The output range of a bounded activation, or None."""
+    if isinstance(module, nn.ReLU6):
+        return None  # a rectifier first: its failure mode is dying, not saturating
+    if isinstance(module, nn.Hardtanh):
+        return float(module.min_val), float(module.max_val)
+    if isinstance(module, (nn.Tanh, nn.Softsign)):
+        return -1.0, 1.0
+    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
+        return 0.0, 1.0
+    return None
+
+
+def is_rectifier(module: nn.Module) -> bool:
+    """A unit of this module is dead when it outputs <= 0 for every sample."""
+    if isinstance(module, (nn.ReLU, nn.ReLU6)):
+        return True
+    return isinstance(module, nn.LeakyReLU) and float(module.negative_slope) == 0.0
+
+
+def role_of(module: nn.Module, owns_params: bool) -> str | None:
+    """The role of a module, or None when it is not hooked."""
+    if isinstance(module, _MIXING):
+        return ROLE_MIXING
+    if isinstance(module, _NORM):
+        return ROLE_NORM
+    if bounds_of(module) is not None:
+        return ROLE_BOUNDED
+    if is_rectifier(module):
+        return ROLE_RECTIFIER
+    if isinstance(module, _ACTIVATIONS):
+        return ROLE_ACTIVATION
+    if owns_params:
+        return ROLE_LAYER
+    return None
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    """The module's main output: the tensor itself, or the first tensor of a tuple/list."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, Tensor):
+                return item
+    return None
+
+
+def output_stats(output: Tensor, target: _Target) -> Tensor:
+    """The statistics of one output that apply to ``target``, as one float32 vector.
+
+    Every value stays on the output's device; nothing here reads a value back.
+    """
+    y = output.detach()
+    samples = y.shape[0] if y.dim() >= 2 else 1
+    flat = y.reshape(samples, -1).float()
+    finite = torch.isfinite(flat)
+    count = finite.sum().clamp_min(1)
+    safe = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+    mean = safe.sum() / count
+    centred = torch.where(finite, flat - mean, torch.zeros((), device=flat.device))
+    std = (centred.square().sum() / count).sqrt()
+    parts = [mean, std]
+    if samples >= 2:
+        parts.append(safe.var(dim=0, unbiased=False).mean().sqrt())
+    if target.bounds is not None:
+        low, high = target.bounds
+        margin = (high - low) * SATURATION_EPS
+        parts.append(((flat <= low + margin) | (flat >= high - margin)).float().mean())
+    if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
+        parts.append(1.0 - (flat > 0).any(dim=0).float().mean())
+    parts.append(1.0 - finite.float().mean())
+    return torch.stack(parts)
+
+
+def _layout(target: _Target, samples: int) -> tuple[int, ...]:
+    """Indices into :data:`STATS` of the values :func:`output_stats` produced."""
+    layout = [0, 1]
+    if samples >= 2:
+        layout.append(2)
+    if target.bounds is not None:
+        layout.append(3)
+    if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
+        layout.append(4)
+    layout.append(5)
+    return tuple(layout)
+
+
+@dataclasses.dataclass
+class _Accumulator:
+    target: _Target
+    layout: tuple[int, ...]
+    total: Tensor
+    calls: int = 1
+
+
+@dataclasses.dataclass
+class ActivationSample:
+    """One sampled step's activation statistics while they are still on the device."""
+
+    layers: tuple[str, ...]
+    roles: tuple[str, ...]
+    layouts: tuple[tuple[int, ...], ...]
+    values: Tensor
+    offset: int = 0  # where ``values`` starts in the step's host vector
+
+    @property
+    def size(self) -> int:
+        return int(self.values.shape[0])
+
+    def append_to(self, values: Tensor) -> Tensor:
+        """``values`` with this sample appended: it rides along with the step's host copy."""
+        self.offset = int(values.shape[0])  # a shape, known on the host: no sync
+        # non_blocking: activations may live on another device than the statistics.
+        return torch.cat([values, self.values.to(values.device, non_blocking=True)])
+
+    def to_host(self, host: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-statistic arrays aligned with ``layers``; NaN where a statistic does not apply."""
+        out = {stat: np.full(len(self.layers), np.nan) for stat in STATS}
+        position = 0
+        for layer, layout in enumerate(self.layouts):
+            for stat in layout:
+                out[STATS[stat]][layer] = float(host[position])
+                position += 1
+        return out
+
+
+class ActivationProbe:
+    """Installs forward hooks for one sampled step and gathers what they measured.
+
+    The probe keeps weak references to the modules (to install hooks on the next sampled
+    step) and the hook handles while armed; the hooks themselves receive the module as an
+    argument and close over nothing but the probe and a name.
+    """
+
+    def __init__(self, model: nn.Module, *, include_eval: bool = False) -> None:
+        self.include_eval = include_eval
+        self._modules: list[tuple[weakref.ref[nn.Module], _Target]] = []
+        for name, module in unwrap_model(model).named_modules():
+            owns = next(module.parameters(recurse=False), None) is not None
+            role = role_of(module, owns)
+            if role is None:
+                continue
+            target = _Target(strip_wrapper_prefix(name), role, bounds_of(module))
+            self._modules.append((weakref.ref(module), target))
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seen: dict[str, _Accumulator] = {}
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Names of the hooked modules, in ``named_modules()`` order."""
+        return tuple(target.name for _, target in self._modules)
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Install the forward hooks (idempotent)."""
+        if self._handles:
+            return
+        self._seen = {}
+        for ref, target in self._modules:
+            module = ref()
+            if module is None:
+                continue
+            hook = _Hook(weakref.ref(self), target)
+            self._handles.append(module.register_forward_hook(hook))
+
+    def disarm(self) -> None:
+        """Remove the hooks (idempotent); what they measured is kept until :meth:`collect`."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    def collect(self) -> ActivationSample | None:
+        """Remove the hooks and return what they measured (None if nothing ran)."""
+        self.disarm()
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return None
+        parts: list[Tensor] = []
+        device = next(iter(seen.values())).total.device
+        for acc in seen.values():
+            total = acc.total if acc.calls == 1 else acc.total / acc.calls
+            if total.device != device:
+                # non_blocking: a device-to-device hop must not stall the host.
+                total = total.to(device, non_blocking=True)
+            parts.append(total)
+        accs = list(seen.values())
+        return ActivationSample(
+            layers=tuple(a.target.name for a in accs),
+            roles=tuple(a.target.role for a in accs),
+            layouts=tuple(a.layout for a in accs),
+            values=torch.cat(parts),
+        )
+
+    def _observe(self, module: nn.Module, target: _Target, output: Any) -> None:
+        if not self.include_eval and (not module.training or not torch.is_grad_enabled()):
+            return  # validation / inference forwards are not the training signal
+        tensor = _first_tensor(output)
+        if tensor is None or not (tensor.is_floating_point() and tensor.numel()):
+            return
+        stats = output_stats(tensor, target)
+        samples = tensor.shape[0] if tensor.dim() >= 2 else 1
+        layout = _layout(target, samples)
+        acc = self._seen.get(target.name)
+        if acc is None:
+            # First call at this step: its position in the dict is its execution order.
+            self._seen[target.name] = _Accumulator(target, layout, stats)
+        elif acc.layout == layout and acc.total.device == stats.device:
+            acc.total = acc.total + stats  # on the device; averaged in collect()
+            acc.calls += 1
+
+
+class _Hook:
+    """A forward hook that holds the probe weakly, so a hook left behind keeps nothing alive."""
+
+    __slots__ = ("probe", "target")
+
+    def __init__(self, probe: weakref.ref[ActivationProbe], target: _Target) -> None:
+        self.probe = probe
+        self.target = target
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        probe = self.probe()
+        if probe is None:
+            return
+        try:
+            probe._observe(module, self.target, output)
+        except Exception:  # a statistic must never break the user's forward
+            probe._seen.pop(self.target.name, None)
+
+
+def split_activations(
+    sample: ActivationSample | None, host: np.ndarray
+) -> tuple[np.ndarray, tuple[dict[str, np.ndarray], tuple[str, ...], tuple[str, ...]] | None]:
+    """Split a step's host vector into its core part and its activation statistics.
+
+    Returns the core part and ``(stats, layers, roles)``, or ``None`` when the step
+    carries no activations (not sampled, or not yet appended by ``append_to``).
+    """
+    if sample is None or not sample.offset or host.shape[0] < sample.offset + sample.size:
+        return host, None
+    stats = sample.to_host(host[sample.offset : sample.offset + sample.size])
+    return host[: sample.offset], (stats, sample.layers, sample.roles)

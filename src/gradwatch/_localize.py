@@ -1,0 +1,377 @@
+"""NaN/inf localisation: which module *produced* the first non-finite value of a step.
+
+With ``watch(..., locate_nonfinite=True)`` every module gets a forward pre-hook (its
+inputs), a forward hook (its outputs) and, on those tensors, gradient hooks (the gradient
+w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its min and
+max with one ``torch.aminmax`` kernel (NaN propagates through both; an inf shows in one)
+and appends the two device scalars to a list, with a host-side event naming the module.
+Nothing is read back: the list is stacked into one device vector when the step is
+measured, and only read (one small copy) when that step's statistics show a non-finite
+loss, gradient or weight.
+
+The producer is then the first module, in execution order, that turned finite values
+into non-finite ones:
+
+* forward: the first module whose output is non-finite while its inputs were finite; if
+  a module's *inputs* are the first non-finite values seen, they came from outside any
+  submodule: the batch itself (at the root module) or functional code (``torch.log``,
+  a division) in the enclosing module's ``forward``;
+* backward (only when the whole forward was finite): the first module whose gradient
+  w.r.t. its inputs is non-finite although the gradient w.r.t. its outputs was finite;
+  if the first non-finite gradient arrives at the model's output, the loss produced it.
+
+This costs a few small kernels per module call instead of ``detect_anomaly``'s check of
+every autograd node plus a Python traceback per forward op (see
+``benchmarks/bench_localize.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
+
+from ._history import StepRecord
+from ._layers import strip_wrapper_prefix, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+#: At most this many tensors are checked per step (the first ones are the ones that
+#: matter: a producer is the *first* module to go non-finite). Bounds memory if steps
+#: are never taken.
+MAX_CHECKS_PER_STEP = 200_000
+
+
+class _Kind(enum.IntEnum):
+    IN = 0  # inputs of a forward call
+    OUT = 1  # outputs of a forward call
+    GOUT = 2  # gradient w.r.t. the outputs of a call
+    GIN = 3  # gradient w.r.t. the inputs of a call
+
+
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    kind: _Kind
+    call: int  # index of the forward call the event belongs to
+    slots: tuple[int, ...]  # slots of the checked values (2 per tensor: min and max)
+
+
+@dataclasses.dataclass
+class _Seen:
+    """A tensor checked this step (weakly held), its slots, and its gradient hook."""
+
+    ref: weakref.ref[Tensor]
+    version: int  # an in-place change after the check means checking again
+    slots: tuple[int, ...]
+    hook: _GradHook | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    name: str  # qualified module name
+    type_name: str
+    parent: int | None  # the enclosing call (None for an outermost call)
+
+
+@dataclasses.dataclass(frozen=True)
+class NonfiniteOrigin:
+    """Where a step's first non-finite value was produced.
+
+    Attributes:
+        layer: the producing module's qualified name; ``None`` when the producer is
+            outside the model (the input batch, or the loss).
+        phase: ``"forward"``, ``"backward"``, ``"input"`` or ``"loss"``.
+        sentence: one sentence for the alert.
+    """
+
+    layer: str | None
+    phase: str
+    sentence: str
+
+
+@dataclasses.dataclass
+class StepTrace:
+    """One step's checks: host-side events and the device vector of min/max values."""
+
+    calls: list[_Call]
+    events: list[_Event]
+    values: Tensor | None
+
+
+def _quote(name: str) -> str:
+    return repr(name) if name else "the root module"
+
+
+class NonfiniteLocator:
+    """Owns the localisation hooks of one model; hand its handles to the watcher's stack."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._calls: list[_Call] = []
+        self._events: list[_Event] = []
+        self._values: list[Tensor] = []
+        self._stack: list[int] = []
+        self._seen: dict[int, _Seen] = {}  # tensors checked this step, by id
+        self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
+        self._ref = ref = weakref.ref(self)
+        for name, module in unwrap_model(model).named_modules():
+            qualified = strip_wrapper_prefix(name)
+            type_name = type(module).__name__
+            self.handles.append(
+                module.register_forward_pre_hook(
+                    _PreHook(ref, qualified, type_name), with_kwargs=True
+                )
+            )
+            self.handles.append(module.register_forward_hook(_PostHook(ref), always_call=True))
+
+    def remove(self) -> None:
+        handles, self.handles = self.handles, []
+        for handle in handles:
+            handle.remove()
+
+    # ----------------------------------------------------------------- recording
+    def _slots(self, tensor: Tensor) -> tuple[int, int]:
+        """Queue the min/max of ``tensor`` on its device; returns its two slots."""
+        if tensor.is_complex():
+            tensor = torch.view_as_real(tensor)
+        # One reduction kernel, no host read: NaN propagates into min and max.
+        low, high = torch.aminmax(tensor.detach())
+        first = len(self._values)
+        self._values.append(low)
+        self._values.append(high)
+        return first, first + 1
+
+    def _forward(self, kind: _Kind, call: int, tensors: list[Tensor]) -> None:
+        """Check forward tensors once each (a module's input is usually the previous
+        module's output: the same tensor, checked once) and hook their gradients."""
+        if not tensors or len(self._values) >= MAX_CHECKS_PER_STEP:
+            return
+        slots: list[int] = []
+        grad_kind = _Kind.GIN if kind == _Kind.IN else _Kind.GOUT
+        for tensor in tensors:
+            seen = self._seen.get(id(tensor))
+            if seen is None or seen.ref() is not tensor or seen.version != tensor._version:
+                seen = _Seen(weakref.ref(tensor), tensor._version, self._slots(tensor))
+                self._seen[id(tensor)] = seen
+            slots.extend(seen.slots)
+            if tensor.requires_grad:
+                if seen.hook is None:
+                    seen.hook = _GradHook(self._ref, self._generation)
+                    tensor.register_hook(seen.hook)
+                seen.hook.roles.append((grad_kind, call))
+        self._events.append(_Event(kind, call, tuple(slots)))
+
+    def _grad(self, hook: _GradHook, grad: Tensor) -> None:
+        if hook.generation != self._generation or not grad.numel():
+            return  # a gradient of an older step, or nothing to check
+        if len(self._values) >= MAX_CHECKS_PER_STEP:
+            return
+        slots = self._slots(grad)
+        for kind, call in hook.roles:
+            self._events.append(_Event(kind, call, slots))
+
+    def _before(self, name: str, type_name: str, args: Any, kwargs: Any) -> None:
+        if not torch.is_grad_enabled():
+            return  # evaluation forwards are not part of the training step
+        call = len(self._calls)
+        parent = self._stack[-1] if self._stack else None
+        self._calls.append(_Call(name, type_name, parent))
+        self._stack.append(call)
+        self._forward(_Kind.IN, call, _float_tensors((args, kwargs)))
+
+    def _after(self, output: Any) -> None:
+        if not self._stack:
+            return
+        call = self._stack.pop()
+        self._forward(_Kind.OUT, call, _float_tensors(output))
+
+    # ----------------------------------------------------------------- per step
+    def take(self) -> StepTrace | None:
+        """Hand over this step's checks (stacked into one device vector) and start afresh."""
+        calls, events, values = self._calls, self._events, self._values
+        self._calls, self._events, self._values, self._stack = [], [], [], []
+        self._seen = {}
+        self._generation += 1
+        if not events:
+            return None
+        device = values[0].device
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for slot, value in enumerate(values):
+            groups.setdefault((value.device, value.dtype), []).append(slot)
+        if len(groups) == 1:
+            stacked = torch.stack(values).float()
+        else:
+            stacked = torch.empty(len(values), dtype=torch.float32, device=device)
+            for (group_device, _), slots in groups.items():
+                part = torch.stack([values[s] for s in slots]).float()
+                if group_device != device:
+                    part = part.to(device, non_blocking=True)  # no host stall
+                index = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+                stacked.index_copy_(0, index, part)
+        return StepTrace(calls, events, stacked)
+
+
+def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
+    """Name the producer of the step's first non-finite value (reads the flags: a copy).
+
+    Called only for a step whose statistics already showed a non-finite value, so the
+    values have been computed by then and the copy does not wait on new work.
+    """
+    if trace.values is None:
+        return None
+    bad_slot = ~np.isfinite(trace.values.detach().cpu().numpy())
+
+    def bad(event: _Event) -> bool:
+        return bool(bad_slot[list(event.slots)].any())
+
+    calls = trace.calls
+    # Forward: the first non-finite inputs or outputs, in execution order.
+    for event in trace.events:
+        if event.kind in (_Kind.IN, _Kind.OUT) and bad(event):
+            call = calls[event.call]
+            if event.kind == _Kind.OUT:
+                return NonfiniteOrigin(
+                    call.name,
+                    "forward",
+                    f"The first non-finite value was produced in the forward pass by "
+                    f"{_quote(call.name)} ({call.type_name}): its inputs were finite, its "
+                    "output was not; the layers after it only propagated it.",
+                )
+            if call.parent is None:
+                return NonfiniteOrigin(
+                    None,
+                    "input",
+                    f"The model's input was already non-finite when it reached "
+                    f"{_quote(call.name)} ({call.type_name}): no module produced it, the "
+                    "data did; check the batch (and its preprocessing) for NaN/inf.",
+                )
+            parent = calls[call.parent]
+            return NonfiniteOrigin(
+                parent.name,
+                "forward",
+                f"The first non-finite value was produced inside the forward of "
+                f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
+                f"submodule (a functional op such as torch.log or a division, or a "
+                f"non-finite buffer), before it called {_quote(call.name)}.",
+            )
+    # Backward (the forward was finite): the first call whose gradient w.r.t. its inputs
+    # is non-finite while the gradient w.r.t. its outputs was finite.
+    output_grad_bad: set[int] = set()
+    first_bad_gout: _Event | None = None
+    for event in trace.events:
+        if event.kind == _Kind.GOUT and bad(event):
+            output_grad_bad.add(event.call)
+            if first_bad_gout is None:
+                first_bad_gout = event
+        elif event.kind == _Kind.GIN and bad(event) and event.call not in output_grad_bad:
+            call = calls[event.call]
+            return NonfiniteOrigin(
+                call.name,
+                "backward",
+                f"The first non-finite value was produced in the backward pass by "
+                f"{_quote(call.name)} ({call.type_name}): the gradient reaching its output "
+                "was finite, the gradient it passed to its inputs was not (e.g. sqrt or "
+                "log at 0, a division by a value near 0).",
+            )
+    if first_bad_gout is not None:
+        call = calls[first_bad_gout.call]
+        outermost = [index for index, c in enumerate(calls) if c.parent is None]
+        if any(index in output_grad_bad for index in outermost):
+            return NonfiniteOrigin(
+                None,
+                "loss",
+                "The model's forward pass was finite but the gradient arriving at its "
+                "output was not: the loss (or code between the model and the loss) "
+                "produced it; check the loss for log(0), division by 0 or NaN targets.",
+            )
+        where = calls[call.parent] if call.parent is not None else call
+        return NonfiniteOrigin(
+            where.name,
+            "backward",
+            f"The first non-finite gradient was produced in the backward pass of code "
+            f"inside {_quote(where.name)} ({where.type_name}) that is not a submodule "
+            f"(a functional op consuming the output of {_quote(call.name)}).",
+        )
+    return None
+
+
+def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
+    """The producer of ``record``'s first non-finite value, if the record has one.
+
+    Never raises: a failure to localise leaves the plain ``nonfinite`` alert.
+    """
+    if record.loss_finite and record.grad_finite.all() and record.weight_finite.all():
+        return None  # the common case: the flags are never read
+    try:
+        return resolve(trace)
+    except Exception:
+        logger.warning("gradwatch could not localise a non-finite value", exc_info=True)
+        return None
+
+
+def _float_tensors(tree: Any) -> list[Tensor]:
+    return [
+        leaf
+        for leaf in tree_leaves(tree)
+        if isinstance(leaf, Tensor)
+        and (leaf.is_floating_point() or leaf.is_complex())
+        and leaf.numel() > 0
+    ]
+
+
+class _PreHook:
+    __slots__ = ("locator", "name", "type_name")
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator], name: str, type_name: str):
+        self.locator = locator
+        self.name = name
+        self.type_name = type_name
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        locator = self.locator()
+        if locator is not None:
+            try:
+                locator._before(self.name, self.type_name, args, kwargs)
+            except Exception:  # localisation must never break the user's forward
+                logger.debug("gradwatch: localisation pre-hook failed", exc_info=True)
+
+
+class _PostHook:
+    __slots__ = ("locator",)
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator]):
+        self.locator = locator
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        locator = self.locator()
+        if locator is not None:
+            try:
+                locator._after(output)
+            except Exception:  # localisation must never break the user's forward
+                logger.debug("gradwatch: localisation hook failed", exc_info=True)
+
+
+class _GradHook:
+    """Checks the gradient of one tensor once, for every (kind, call) role it plays."""
+
+    __slots__ = ("generation", "locator", "roles")
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator], generation: int):
+        self.locator = locator
+        self.generation = generation
+        self.roles: list[tuple[_Kind, int]] = []
+
+    def __call__(self, grad: Tensor) -> None:
+        locator = self.locator()
+        if locator is not None and grad is not None:
+            try:
+                locator._grad(self, grad)
+            except Exception:  # localisation must never break the user's backward
+                logger.debug("gradwatch: localisation gradient hook failed", exc_info=True)

@@ -1,0 +1,247 @@
+"""Sampled activation statistics: the numbers, when hooks exist, what counts, lifetimes."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch._logreader import read_run
+
+from .helpers import make_mlp, regression_batches
+
+
+def _train(model, optimizer, batches, gw=None, validate=None) -> list[torch.Tensor]:
+    losses = []
+    for x, y in batches:
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if gw is not None:
+            gw.record_loss(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach().clone())
+        if validate is not None:
+            validate()
+    return losses
+
+
+def _bounded_net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid()
+    )
+
+
+def _hooked_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda m, a, out, name=name: outputs.__setitem__(name, out.detach().clone())
+        )
+        for name, module in model.named_modules()
+        if name
+    ]
+    model(x)
+    for handle in handles:
+        handle.remove()
+    return outputs
+
+
+def test_statistics_in_tensorboard_equal_statistics_computed_by_hand(tmp_path) -> None:
+    model = _bounded_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights fixed: compare at will
+    batches = regression_batches(3, batch=16)
+    with gradwatch.watch(model, optimizer, logdir=tmp_path, activation_every=2):
+        _train(model, optimizer, batches)
+    expected = _hooked_outputs(model, batches[2][0])
+    run = read_run(tmp_path)
+    for name, out in expected.items():
+        logged = {step for step, _ in run.scalars[f"act_mean/{name}"]}
+        assert logged == {0, 2}  # sampled steps only
+        value = dict(run.scalars[f"act_mean/{name}"])[2]
+        assert value == pytest.approx(out.mean().item(), abs=1e-5)
+        std = dict(run.scalars[f"act_std/{name}"])[2]
+        assert std == pytest.approx(out.std(unbiased=False).item(), rel=1e-4)
+        batch_std = dict(run.scalars[f"act_batch_std/{name}"])[2]
+        assert batch_std == pytest.approx(
+            out.var(dim=0, unbiased=False).mean().sqrt().item(), rel=1e-4
+        )
+        assert dict(run.scalars[f"act_nonfinite/{name}"])[2] == 0.0
+    tanh = expected["1"]
+    saturated = ((tanh.abs() >= 0.98).float().mean()).item()
+    assert dict(run.scalars["act_saturated/1"])[2] == pytest.approx(saturated, abs=1e-6)
+    relu = expected["3"]
+    dead = 1.0 - (relu > 0).any(dim=0).float().mean().item()
+    assert dict(run.scalars["act_dead/3"])[2] == pytest.approx(dead, abs=1e-6)
+    # Statistics that do not apply are not logged: no saturation for ReLU or Linear,
+    # no dead units for tanh.
+    assert "act_saturated/3" not in run.scalars and "act_saturated/0" not in run.scalars
+    assert "act_dead/1" not in run.scalars
+    assert "act_saturated/5" in run.scalars
+
+
+def test_hooks_exist_only_on_sampled_steps() -> None:
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    armed = []
+    with gradwatch.watch(model, optimizer, activation_every=3) as gw:
+        for x, y in regression_batches(7):
+            armed.append(bool(model[1]._forward_hooks))
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert armed == [True, False, False, True, False, False, True]
+    assert [r.step for r in gw.history if r.activations] == [0, 3, 6]
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_validation_forwards_are_not_counted_unless_asked() -> None:
+    batches = regression_batches(2)
+    wild = torch.randn(32, 8) * 100.0
+
+    def run(activation_eval: bool, validate: str | None) -> np.ndarray:
+        model = make_mlp(seed=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+        def validation() -> None:
+            if validate == "no_grad":
+                with torch.no_grad():
+                    model(wild)
+            elif validate == "eval":
+                model.eval()
+                model(wild)
+                model.train()
+
+        # Validate *before* the step is measured: between backward and optimizer.step.
+        with gradwatch.watch(
+            model, optimizer, activation_every=1, activation_eval=activation_eval
+        ) as gw:
+            for x, y in batches:
+                nn.functional.mse_loss(model(x), y).backward()
+                validation()
+                optimizer.step()
+                optimizer.zero_grad()
+        return gw.history.latest.activations["std"]
+
+    clean = run(False, None)
+    np.testing.assert_array_equal(run(False, "no_grad"), clean)
+    np.testing.assert_array_equal(run(False, "eval"), clean)
+    assert (run(True, "no_grad") > clean * 5).all()  # averaged with the wild batch
+
+
+@pytest.mark.parametrize("locate", [False, True])
+def test_watched_run_is_bit_identical_with_activation_hooks(locate: bool) -> None:
+    batches = regression_batches(6)
+    plain, watched = _bounded_net(seed=2), _bounded_net(seed=2)
+    plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    watched_opt = torch.optim.AdamW(watched.parameters(), lr=1e-2)
+    plain_losses = _train(plain, plain_opt, batches)
+    with gradwatch.watch(
+        watched, watched_opt, activation_every=1, locate_nonfinite=locate
+    ) as gw:
+        watched_losses = _train(watched, watched_opt, batches, gw)
+    for a, b in zip(plain_losses, watched_losses):
+        assert torch.equal(a, b)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_watcher_with_armed_hooks_does_not_keep_the_model_alive() -> None:
+    model = _bounded_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gw = gradwatch.watch(model, optimizer, activation_every=1, locate_nonfinite=True)
+    x, y = regression_batches(1)[0]
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()  # the next step's hooks are armed now
+    model_ref = weakref.ref(model)
+    del model, x, y
+    gc.collect()
+    assert model_ref() is None
+    gw.close()
+
+
+def test_close_removes_armed_and_localisation_hooks() -> None:
+    model = _bounded_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gw = gradwatch.watch(model, optimizer, activation_every=1, locate_nonfinite=True)
+    assert model[1]._forward_hooks and model[1]._forward_pre_hooks
+    gw.close()
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_activation_every_zero_switches_statistics_off(tmp_path) -> None:
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, logdir=tmp_path, activation_every=0) as gw:
+        assert not any(m._forward_hooks for m in model.modules())
+        _train(model, optimizer, regression_batches(2))
+    assert all(r.activations is None for r in gw.history)
+    assert not [tag for tag in read_run(tmp_path).scalars if tag.startswith("act_")]
+
+
+def test_manual_steps_without_optimizer_are_sampled() -> None:
+    model = make_mlp()
+    with gradwatch.watch(model, activation_every=2, update_ratio_every=1) as gw:
+        for x, y in regression_batches(5):
+            nn.functional.mse_loss(model(x), y).backward()
+            gw.step()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    assert [r.step for r in gw.history if r.activations] == [0, 2, 4]
+    assert gw.history[0].activation_layers == ("0", "1", "2", "3", "4", "5", "6")
+
+
+def test_nonfinite_outputs_are_counted() -> None:
+    class Log(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), Log(), nn.Linear(16, 1))
+    probe_model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    probe_model.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradwatch.watch(model, optimizer, activation_every=1) as gw:
+        x, y = regression_batches(1)[0]
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    record = gw.history.latest
+    # Log is not an activation module, so it is not hooked; the Linear after it is.
+    assert record.activation_layers == ("0", "2")
+    expected = 1.0 - torch.isfinite(model[2](torch.log(model[0](x)))).float().mean().item()
+    assert expected > 0
+    assert record.activations["nonfinite"][1] == pytest.approx(expected)
+    assert np.isfinite(record.activations["mean"][1])  # over the finite values only
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "names"),
+    [
+        ({"activation_every": -1}, ValueError, ["activation_every", "0 to switch"]),
+        ({"activation_every": 2.0}, TypeError, ["activation_every", "int"]),
+        ({"activation_eval": 1}, TypeError, ["activation_eval", "True or False"]),
+        ({"locate_nonfinite": "yes"}, TypeError, ["locate_nonfinite", "True or False"]),
+        ({"saturation_threshold": 0}, ValueError, ["saturation_threshold", "fraction"]),
+        ({"saturation_threshold": 1.5}, ValueError, ["saturation_threshold", "<= 1"]),
+        ({"dead_units_threshold": "high"}, TypeError, ["dead_units_threshold"]),
+        ({"dead_units_threshold": float("nan")}, ValueError, ["dead_units_threshold"]),
+        ({"poor_init_ratio": 1.0}, ValueError, ["poor_init_ratio", "> 1"]),
+        ({"poor_init_gain": 1.5}, ValueError, ["poor_init_gain", "5/3"]),
+        ({"poor_init_steps": 0}, ValueError, ["poor_init_steps", ">= 1"]),
+    ],
+)
+def test_bad_activation_options_are_refused(options: dict, error: type, names: list[str]) -> None:
+    model = make_mlp()
+    with pytest.raises(error) as info:
+        gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), **options)
+    for name in names:
+        assert name in str(info.value)

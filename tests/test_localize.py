@@ -1,0 +1,148 @@
+"""NaN/inf localisation names the module that produced the value, not its followers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+
+from .helpers import regression_batches
+
+
+class Log(nn.Module):
+    """A parameter-free module that produces NaN for negative inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+class Norm(nn.Module):
+    """Row norms: finite forward at a zero row, NaN gradient there (0/0 in backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((x * x).sum(dim=1, keepdim=True))
+
+
+class FunctionalLog(nn.Module):
+    """Produces NaN in its own forward code, between two submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+        self.after = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(torch.log(self.inner(x)))
+
+
+def _model(middle: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 16), middle, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)
+    )
+
+
+def _nonfinite_alerts(model, batches, loss_fn=nn.functional.mse_loss, **options):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True, **options) as gw:
+        for x, y in batches:
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return [a for a in gw.alerts if a.kind == "nonfinite"], gw
+
+
+def test_middle_module_producing_nan_is_named_not_the_layers_after_it() -> None:
+    alerts, gw = _nonfinite_alerts(_model(Log()), regression_batches(2))
+    assert alerts, gw.alerts
+    alert = alerts[0]
+    assert alert.step == 0 and alert.layer == "1"  # Log, not "2" or "4"
+    assert "'1' (Log)" in alert.message and "forward" in alert.message
+    assert gw.history.latest.nonfinite_origin.phase == "forward"
+
+
+def test_without_locate_nonfinite_the_first_affected_layer_is_named() -> None:
+    optimizer_model = _model(Log())
+    optimizer = torch.optim.SGD(optimizer_model.parameters(), lr=0.01)
+    with gradwatch.watch(optimizer_model, optimizer) as gw:
+        x, y = regression_batches(1)[0]
+        nn.functional.mse_loss(optimizer_model(x), y).backward()
+        optimizer.step()
+    alert = next(a for a in gw.alerts if a.kind == "nonfinite")
+    assert alert.layer == "0"  # depth order of gradients: the core's fallback
+    assert gw.history.latest.nonfinite_origin is None
+
+
+@pytest.mark.parametrize("bad_step", [0, 2])
+def test_nan_input_is_blamed_on_the_data(bad_step: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    batches = regression_batches(4)
+    x, y = batches[bad_step]
+    x = x.clone()
+    x[3, 2] = float("nan")
+    batches[bad_step] = (x, y)
+    alerts, _ = _nonfinite_alerts(model, batches)
+    assert alerts and alerts[0].step == bad_step
+    assert alerts[0].layer is None
+    assert "input" in alerts[0].message and "data" in alerts[0].message
+
+
+def test_functional_op_inside_a_module_names_that_module() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), FunctionalLog(), nn.Linear(16, 1))
+    alerts, _ = _nonfinite_alerts(model, regression_batches(1))
+    assert alerts[0].layer == "1"  # FunctionalLog's own code, before it called '1.after'
+    assert "'1.after'" in alerts[0].message
+
+
+def test_backward_only_nonfinite_is_named_in_the_backward_pass() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), Norm(), nn.Linear(1, 1))
+    x, y = regression_batches(1)[0]
+    x[0] = 0.0  # a zero row: the norm is 0 there
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()  # the forward is finite ...
+    alerts, gw = _nonfinite_alerts(model, [(x, y)])
+    assert alerts, gw.alerts  # ... the gradient is not: d|x|/dx = x/|x| = 0/0
+    assert alerts[0].layer == "1" and "backward" in alerts[0].message
+
+
+def test_loss_producing_nan_is_blamed_on_the_loss() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(prediction) - target).square().mean()  # log of negatives
+
+    alerts, _ = _nonfinite_alerts(model, regression_batches(1), loss_fn=log_loss)
+    assert alerts and alerts[0].layer is None and "loss" in alerts[0].message
+
+
+def test_raise_policy_names_the_producer() -> None:
+    model = _model(Log())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = regression_batches(1)[0]
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True, on_nonfinite="raise"):
+        nn.functional.mse_loss(model(x), y).backward()
+        with pytest.raises(gradwatch.NonFiniteError) as info:
+            optimizer.step()
+    assert info.value.layer == "1"
+
+
+def test_finite_steps_have_no_origin_and_validation_is_ignored() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Softplus(), Log(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    poison = torch.full((4, 8), float("nan"))
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True) as gw:
+        for x, y in regression_batches(3):
+            nn.functional.mse_loss(model(x), y).backward()
+            with torch.no_grad():
+                model(poison)  # a validation forward full of NaN: not traced
+            optimizer.step()
+            optimizer.zero_grad()
+    assert not gw.alerts
+    assert all(record.nonfinite_origin is None for record in gw.history)
