@@ -219,3 +219,68 @@ def tokens():
 def test_healthy_models_raise_no_warning(make, data) -> None:
     alerts = train(make(), *data(), steps=30, activation_every=3)
     assert not serious(alerts), [str(a) for a in alerts]
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def _record(step: int, saturated: list[float], dead: list[float]):
+    import numpy as np
+
+    from gradwatch._history import StepRecord
+
+    layers = ("0", "1", "2", "3", "4", "5")
+    roles = ("mixing", "bounded", "mixing", "rectifier", "mixing", "bounded")
+    nan = float("nan")
+    stats = {
+        "mean": np.zeros(6),
+        "std": np.ones(6),
+        "batch_std": np.ones(6),
+        "saturated": np.array([nan, saturated[0], nan, nan, nan, saturated[1]]),
+        "dead": np.array([nan, nan, nan, dead[0], nan, nan]),
+        "nonfinite": np.zeros(6),
+    }
+    return StepRecord(
+        step=step,
+        grad_norm=np.ones(3),
+        weight_norm=np.ones(3),
+        has_grad=np.ones(3, dtype=bool),
+        total_grad_norm=1.0,
+        activations=stats,
+        activation_layers=layers,
+        activation_roles=roles,
+    )
+
+
+def _detect(records, detector_name: str, **options):
+    from gradwatch._config import WatchConfig
+    from gradwatch._detectors import DetectorContext
+    from gradwatch._detectors.dead_units import detect_dead_units
+    from gradwatch._detectors.saturation import detect_saturation
+    from gradwatch._history import History
+
+    history = History(16)
+    for record in records:
+        history.append(record)
+    context = DetectorContext(("0", "2", "4"), ("Linear",) * 3, WatchConfig(**options))
+    detector = {"saturation": detect_saturation, "dead_units": detect_dead_units}
+    return detector[detector_name](history, context)
+
+
+def test_saturated_output_activation_is_not_a_gradient_problem() -> None:
+    # '5' is the model's output sigmoid (no Linear after it): a confident classifier.
+    assert _detect([_record(0, [0.1, 1.0], [0.0])], "saturation") == []
+    (alert,) = _detect([_record(0, [0.8, 1.0], [0.0])], "saturation")
+    assert alert.layer == "1" and alert.severity == "warning" and alert.value == 0.8
+
+
+def test_a_level_must_hold_over_the_last_two_samples() -> None:
+    (alert,) = _detect([_record(0, [0.9, 0.0], [0.0]), _record(10, [0.3, 0.0], [0.0])],
+                       "saturation")
+    assert alert.severity == "info" and alert.value == 0.3 and alert.threshold == 0.25
+    (alert,) = _detect([_record(0, [0.0, 0.0], [1.0]), _record(10, [0.0, 0.0], [1.0])],
+                       "dead_units")
+    assert alert.severity == "error" and alert.layer == "3"
+    (alert,) = _detect([_record(0, [0.0, 0.0], [0.9])], "dead_units", dead_units_threshold=0.8)
+    assert alert.severity == "warning" and alert.threshold == 0.8
+    assert _detect([_record(0, [0.0, 0.0], [0.3])], "dead_units") == []

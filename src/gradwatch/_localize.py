@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 MAX_CHECKS_PER_STEP = 200_000
 
 
+#: Modules whose forward only chains children (no code of their own to produce NaN).
+_CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 class _Kind(enum.IntEnum):
     IN = 0  # inputs of a forward call
     OUT = 1  # outputs of a forward call
@@ -122,6 +126,8 @@ class NonfiniteLocator:
         self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
         self._ref = ref = weakref.ref(self)
         for name, module in unwrap_model(model).named_modules():
+            if type(module) in _CONTAINERS:
+                continue  # only chains its children: their hooks see the same tensors
             qualified = strip_wrapper_prefix(name)
             type_name = type(module).__name__
             self.handles.append(

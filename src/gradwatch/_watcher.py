@@ -319,7 +319,10 @@ class Watcher:
     ) -> tuple[ActivationProbe | None, NonfiniteLocator | None]:
         """Activation sampling and NaN localisation, both owned by ``self._stack``."""
         probe = locator = None
-        if self.config.activation_every:
+        if self.config.activation_every and hasattr(model, "_orig_mod"):
+            # Hooks added and removed every few steps would make torch.compile recompile.
+            logger.info("gradwatch: activation statistics are off for a torch.compile'd model")
+        elif self.config.activation_every:
             probe = ActivationProbe(model, include_eval=self.config.activation_eval)
             self._stack.callback(probe.disarm)
         if self.config.locate_nonfinite:

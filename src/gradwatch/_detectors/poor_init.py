@@ -132,7 +132,7 @@ def _gain_alert(record: StepRecord, config: WatchConfig) -> list[Alert]:
             kind="poor_init",
             severity=severity,  # type: ignore[arg-type]
             step=record.step,
-            layer=first,
+            layer=None,  # about the whole stack (one episode), the message names layers
             message=(
                 f"At the start of training each Linear/Conv layer multiplies the scale of "
                 f"its input by a median x{median:.2g} (std of its output over the RMS of its "
