@@ -11,14 +11,20 @@ import gradwatch
 def test_all_is_pinned() -> None:
     assert sorted(gradwatch.__all__) == sorted(
         [
+            "__version__",
+            "AGC",
             "Alert",
+            "AutoClip",
+            "check",
+            "ClipNorm",
+            "Clipper",
+            "ClipValue",
             "LayerSummary",
             "NonFiniteError",
             "Report",
             "WatchConfig",
             "Watcher",
-            "__version__",
-            "check",
+            "ZClip",
             "watch",
         ]
     )

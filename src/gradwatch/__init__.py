@@ -14,6 +14,7 @@ or check a model in a few steps (CI smoke test)::
 
 from ._alerts import Alert
 from ._check import check
+from ._clip import AGC, AutoClip, ClipNorm, Clipper, ClipValue, ZClip
 from ._config import WatchConfig
 from ._errors import NonFiniteError
 from ._report import LayerSummary, Report
@@ -21,7 +22,12 @@ from ._version import __version__
 from ._watcher import Watcher, watch
 
 __all__ = [
+    "AGC",
     "Alert",
+    "AutoClip",
+    "ClipNorm",
+    "ClipValue",
+    "Clipper",
     "LayerSummary",
     "NonFiniteError",
     "Report",
@@ -29,5 +35,6 @@ __all__ = [
     "Watcher",
     "__version__",
     "check",
+    "ZClip",
     "watch",
 ]

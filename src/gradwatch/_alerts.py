@@ -21,6 +21,7 @@ ALERT_KINDS: tuple[str, ...] = (
     "not_learning",
     "loss_spike",
     "grad_spike",
+    "amp_skip",
 )
 
 

@@ -111,6 +111,20 @@ class WatchConfig:
             first NaN/inf of a step (forward or backward) in the ``nonfinite`` alert.
             Costs a few small kernels per module call, far less than
             ``torch.autograd.detect_anomaly``; off by default.
+        clip: gradient clipping before each update, after the statistics were measured:
+            ``None`` (off), a number (clip the global L2 gradient norm to it, as
+            ``torch.nn.utils.clip_grad_norm_``), or a clipper (``gradwatch.ClipNorm``,
+            ``ClipValue``, ``AGC``, ``AutoClip``, ``ZClip``). The clip coefficient is
+            logged as ``total/clip_coef``.
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop, or None. Statistics
+            and clipping then act on unscaled gradients (gradwatch calls
+            ``scaler.unscale_(optimizer)`` once per step unless you did), and a step the
+            scaler skips for inf/NaN is logged as an ``amp_skip`` info alert.
+        skip_spikes: ``None`` (off) or a z-score: skip a step (parameters and optimizer
+            state untouched) whose loss or total gradient norm is more than this many
+            standard deviations above its mean over the last ``spike_window`` steps.
+            Costs one host sync per step.
+        spike_window: how many recent steps the ``skip_spikes`` statistics cover.
     """
 
     log_every: int = 1
@@ -126,6 +140,10 @@ class WatchConfig:
     poor_init_gain: float = 3.5
     poor_init_steps: int = 20
     locate_nonfinite: bool = False
+    clip: Any = None
+    scaler: Any = None
+    skip_spikes: float | None = None
+    spike_window: int = 128
 
     def __post_init__(self) -> None:
         require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
@@ -171,6 +189,24 @@ class WatchConfig:
         )
         require_int("poor_init_steps", self.poor_init_steps, minimum=1)
         require_bool("locate_nonfinite", self.locate_nonfinite)
+        from ._amp import validate_scaler
+        from ._clip import resolve_clip
+
+        resolve_clip(self.clip)
+        validate_scaler(self.scaler)
+        if self.skip_spikes is not None:
+            require_number(
+                "skip_spikes",
+                self.skip_spikes,
+                exclusive_minimum=0.0,
+                hint="Pass a z-score such as skip_spikes=6.0, or None to never skip spikes.",
+            )
+        require_int(
+            "spike_window",
+            self.spike_window,
+            minimum=4,
+            hint="It is how many recent steps the spike statistics cover; the default is 128.",
+        )
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

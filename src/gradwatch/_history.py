@@ -20,6 +20,10 @@ class StepRecord:
     Per-layer arrays are aligned with :attr:`gradwatch._layers.LayerIndex.names`. A layer
     with no gradient this step (frozen, unused) has ``has_grad`` False and a NaN
     ``grad_norm``: it is reported as "no gradient", never as a zero gradient.
+
+    ``clip_coef`` is the factor the clipper scaled the gradient's global norm by (None
+    without clipping); ``skipped`` marks a step gradwatch dropped (``on_nonfinite="skip"``,
+    ``skip_spikes``); ``amp_skipped`` one the ``GradScaler`` skipped for inf/NaN.
     """
 
     step: int
@@ -31,6 +35,7 @@ class StepRecord:
     update_ratio: np.ndarray | None = None
     clip_coef: float | None = None
     skipped: bool = False
+    amp_skipped: bool = False
     activations: dict[str, np.ndarray] | None = None
     activation_layers: tuple[str, ...] | None = None
     extras: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ._activations import ActivationProbe, ActivationSample, split_activations
 from ._alertbook import AlertBook
 from ._alerts import Alert
+from ._amp import ScalerBridge
 from ._config import WatchConfig
 from ._detectors import Detector, DetectorContext, default_detectors
 from ._detectors.nonfinite import nonfinite_alert
@@ -35,6 +36,7 @@ from ._errors import NonFiniteError
 from ._history import History, StepRecord
 from ._layers import LayerIndex
 from ._localize import NonfiniteLocator, StepTrace, locate
+from ._policies import StepPolicies
 from ._sinks import GuardedSink
 from ._sinks.logging_sink import LoggingSink
 from ._stats import LayerNorms, snapshot, update_squared
@@ -60,7 +62,8 @@ class PendingStep:
     """One step's statistics while they are still device tensors.
 
     The layout of ``values`` is ``[grad_norm (L), weight_norm (L), total_grad_norm, loss]``,
-    then ``update_ratio (L)`` once the update has been measured.
+    then the policies' scalars (``[clip_coef, amp_found_inf]`` when clipping or a scaler
+    is active, see ``_policies``), then ``update_ratio (L)`` once the update was measured.
     """
 
     step: int
@@ -182,6 +185,8 @@ class Watcher:
         self._book = AlertBook()
         self._context = DetectorContext(self.index.names, self.index.module_types, self.config)
         self._detectors: list[Detector] = default_detectors(self.config)
+        self._policies = StepPolicies(self.config, self.index, self.config.scaler is not None)
+        self._amp: ScalerBridge | None = None
         self._step = 0
         self._loss: Tensor | None = None
         self._pending: PendingStep | None = None
@@ -207,6 +212,19 @@ class Watcher:
                 self._stack.enter_context(
                     optimizer.register_step_post_hook(self._after_optimizer_step)
                 )
+            if self.config.scaler is not None:
+                if optimizer is None:
+                    raise ValueError(
+                        "scaler needs the optimizer it steps: pass it, as in "
+                        "gradwatch.watch(model, optimizer, scaler=scaler)."
+                    )
+                self._amp = ScalerBridge(
+                    self.config.scaler,
+                    optimizer,
+                    before_step=self._before_scaler_step,
+                    after_step=self._seal_pending,
+                )
+                self._stack.enter_context(self._amp.attached())
         except BaseException:
             self._stack.close()
             raise
@@ -228,6 +246,24 @@ class Watcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def clipped_steps(self) -> int:
+        """How many steps the clipper actually shrank (coefficient < 1) so far."""
+        self._drain(block=True)
+        return self._policies.clipped_steps
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps gradwatch skipped (``on_nonfinite="skip"``, ``skip_spikes``)."""
+        self._drain(block=True)
+        return self._policies.skipped_steps
+
+    @property
+    def amp_skipped_steps(self) -> int:
+        """How many steps the ``GradScaler`` skipped for inf/NaN gradients."""
+        self._drain(block=True)
+        return self._policies.amp_skipped_steps
 
     def record_loss(self, loss: Tensor | float) -> None:
         """Attach this iteration's loss to the step about to be taken.
@@ -344,9 +380,15 @@ class Watcher:
     def _before_optimizer_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
-        if self._closed:
-            return
+        if self._closed or (self._amp is not None and self._amp.in_scaler_step):
+            return  # inside scaler.step(): already measured by _before_scaler_step
         self._pending = self._measure()
+
+    def _before_scaler_step(self) -> None:
+        """``scaler.step(optimizer)`` is about to run: measure (and clip) unscaled grads."""
+        if not self._closed:
+            self._seal_pending()
+            self._pending = self._measure()
 
     def _after_optimizer_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
@@ -360,6 +402,9 @@ class Watcher:
         step = self._step
         self._step += 1
         params = self.index.params
+        optimizer = self._optimizer_ref() if self._optimizer_ref is not None else None
+        if self._amp is not None and optimizer is not None:
+            self._amp.unscale(optimizer)  # at most once per step; a no-op if the user did
         grads = [p.grad for p in params]
         has_grad = np.zeros(self.index.num_layers, dtype=bool)
         for grad, layer in zip(grads, self.index.param_layer):
@@ -374,33 +419,54 @@ class Watcher:
         else:
             # non_blocking: the loss may live on another device; never wait for it here.
             loss_value = loss.reshape(1).to(self.device, torch.float32, non_blocking=True)
+        total = grad_sq.sum().sqrt()
+        # Clipping comes after the statistics above, so they are of the unclipped gradient.
+        coef = self._policies.clip(params, total)
+        found_inf = None
+        if self._amp is not None and optimizer is not None:
+            found_inf = self._amp.found_inf(optimizer, self.device)
         values = torch.cat(
-            [grad_sq.sqrt(), weight_sq.sqrt(), grad_sq.sum().sqrt().reshape(1), loss_value]
+            [
+                grad_sq.sqrt(),
+                weight_sq.sqrt(),
+                total.reshape(1),
+                loss_value,
+                *self._policies.values(coef, found_inf, total),
+            ]
         )
         pending = PendingStep(step, values, has_grad, loss is not None)
         if self._probe is not None:
             pending.activations = self._probe.collect()  # removes the hooks; device values
         if self._locator is not None:
             pending.trace = self._locator.take()  # device flags, read only on NaN/inf
-        if self.config.on_nonfinite != "warn":
-            self._apply_nonfinite_policy(pending)
+        if self._policies.needs_host:
+            self._apply_host_policies(pending)
         every = self.config.update_ratio_every
         if every and step % every == 0 and not pending.skipped:
             pending.weights_before = snapshot(params)
         return pending
 
-    def _apply_nonfinite_policy(self, pending: PendingStep) -> None:
-        """``skip``/``raise`` must decide before the update: the one host sync they cost."""
+    def _apply_host_policies(self, pending: PendingStep) -> None:
+        """``on_nonfinite="skip"|"raise"`` and ``skip_spikes`` must decide before the
+        update, on this step's values: the one host sync they cost (shared)."""
         pending.host = pending.values.cpu().numpy()  # deliberate sync, documented
         record = self._record(pending)
-        alert = nonfinite_alert(record, self._context)
-        if alert is None:
-            return
-        if self.config.on_nonfinite == "raise":
-            self._consume(record)
-            raise NonFiniteError(alert)
-        # skip: with every .grad set to None, torch optimizers leave both the parameters
-        # and their state (moments, step counters) untouched for this step.
+        if self.config.on_nonfinite != "warn":
+            alert = nonfinite_alert(record, self._context)
+            if alert is not None:
+                if self.config.on_nonfinite == "raise":
+                    self._consume(record)
+                    raise NonFiniteError(alert)
+                self._skip(pending)
+                return
+        spike = self._policies.check_spike(record)
+        if spike is not None:
+            self._skip(pending)
+            self._publish(spike)
+
+    def _skip(self, pending: PendingStep) -> None:
+        """Drop this step: with every .grad set to None, torch optimizers leave both the
+        parameters and their state (moments, step counters) untouched."""
         for p in self.index.params:
             p.grad = None
         pending.skipped = True
@@ -438,7 +504,9 @@ class Watcher:
         num = self.index.num_layers
         grad_norm = host[:num].astype(np.float64)
         grad_norm[~pending.has_grad] = np.nan
-        ratio = host[2 * num + 2 : 3 * num + 2] if host.shape[0] > 2 * num + 2 else None
+        clip_coef, amp_skipped = self._policies.read(host, 2 * num + 2)
+        start = 2 * num + 2 + self._policies.num_values
+        ratio = host[start : start + num] if host.shape[0] > start else None
         if ratio is not None and pending.skipped:
             ratio = np.zeros_like(ratio)
         record = StepRecord(
@@ -449,7 +517,9 @@ class Watcher:
             total_grad_norm=float(host[2 * num]),
             loss=float(host[2 * num + 1]) if pending.has_loss else None,
             update_ratio=None if ratio is None else ratio.astype(np.float64),
+            clip_coef=clip_coef,
             skipped=pending.skipped,
+            amp_skipped=amp_skipped,
         )
         if activations is not None:
             record.activations, record.activation_layers, record.activation_roles = activations
@@ -460,6 +530,7 @@ class Watcher:
     def _consume(self, record: StepRecord) -> None:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""
         self.history.append(record)
+        self._policies.observe(record)
         for detector in self._detectors:
             try:
                 alerts = detector(self.history, self._context)

@@ -35,9 +35,16 @@ Detector = Callable[[History, DetectorContext], list[Alert]]
 
 def default_detectors(config: WatchConfig) -> list[Detector]:
     """The detectors a :class:`~gradwatch.Watcher` runs, in order."""
+    from .amp_skip import detect_amp_skip
     from .dead_units import detect_dead_units
     from .nonfinite import detect_nonfinite
     from .poor_init import detect_poor_init
     from .saturation import detect_saturation
 
-    return [detect_nonfinite, detect_saturation, detect_dead_units, detect_poor_init]
+    return [
+        detect_nonfinite,
+        detect_saturation,
+        detect_dead_units,
+        detect_poor_init,
+        detect_amp_skip,
+    ]

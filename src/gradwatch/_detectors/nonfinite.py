@@ -18,7 +18,7 @@ REMEDY = (
 def first_nonfinite_layer(record: StepRecord) -> tuple[int | None, str]:
     """Index of the first layer (depth order) with a non-finite gradient or weight."""
     bad_grad = np.flatnonzero(~record.grad_finite)
-    if bad_grad.size:
+    if bad_grad.size and not record.amp_skipped:
         return int(bad_grad[0]), "gradient"
     bad_weight = np.flatnonzero(~record.weight_finite)
     if bad_weight.size:
@@ -27,8 +27,12 @@ def first_nonfinite_layer(record: StepRecord) -> tuple[int | None, str]:
 
 
 def nonfinite_alert(record: StepRecord, context: DetectorContext) -> Alert | None:
-    """The ``nonfinite`` alert for ``record``, or None when everything is finite."""
-    bad_grads = int((~record.grad_finite).sum())
+    """The ``nonfinite`` alert for ``record``, or None when everything is finite.
+
+    On a step the ``GradScaler`` skipped (``record.amp_skipped``), non-finite gradients
+    are the scaler's routine overflow signal, reported as ``amp_skip``, not here.
+    """
+    bad_grads = 0 if record.amp_skipped else int((~record.grad_finite).sum())
     bad_weights = int((~record.weight_finite).sum())
     if record.loss_finite and not bad_grads and not bad_weights:
         return None
