@@ -9,6 +9,7 @@ named as in ``model.named_modules()`` (DESIGN.md). A parameter shared by several
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
@@ -71,6 +72,11 @@ class LayerIndex:
     def tag(self, layer: int) -> str:
         """The TensorBoard tag suffix of a layer."""
         return self.names[layer] or ROOT_TAG
+
+    @functools.cached_property
+    def tags(self) -> tuple[str, ...]:
+        """Every layer's TensorBoard tag suffix (computed once: sinks read it each step)."""
+        return tuple(name or ROOT_TAG for name in self.names)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> LayerIndex:

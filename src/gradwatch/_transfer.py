@@ -37,7 +37,8 @@ class HostCopy:
     def result(self) -> np.ndarray:
         """The host array; waits for the copy if it has not landed yet."""
         if self._event is not None:
-            self._event.synchronize()
+            if not self._event.query():  # landed already (the usual case): no wait at all
+                self._event.synchronize()  # only when a caller must block (alerts, close)
             self._event = None
         if isinstance(self._buffer, Tensor):
             self._buffer = self._buffer.numpy()

@@ -188,7 +188,7 @@ class Watcher:
         self._policies = StepPolicies(self.config, self.index, self.config.scaler is not None)
         self._amp: ScalerBridge | None = None
         self._step = 0
-        self._loss: Tensor | None = None
+        self._loss: Tensor | float | None = None
         self._pending: PendingStep | None = None
         self._inflight: list[HostCopy] = []
         self._closed: bool = False
@@ -280,7 +280,9 @@ class Watcher:
                 )
             self._loss = loss.detach()
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            self._loss = torch.tensor(float(loss))
+            # Kept as a Python float and filled in on the device by _measure(): a host
+            # tensor here would cost a host→device copy every step.
+            self._loss = float(loss)
         else:
             raise TypeError(
                 f"record_loss(loss) expects a scalar torch.Tensor or a float, got "
@@ -414,8 +416,10 @@ class Watcher:
         weight_sq = self._norms.squared(params)
         loss = self._loss
         self._loss = None
-        if loss is None:
-            loss_value = torch.full((1,), float("nan"), device=self.device)
+        if loss is None or isinstance(loss, float):
+            # A fill kernel with a host scalar argument: no host→device copy, no sync.
+            value = float("nan") if loss is None else loss
+            loss_value = torch.full((1,), value, device=self.device)
         else:
             # non_blocking: the loss may live on another device; never wait for it here.
             loss_value = loss.reshape(1).to(self.device, torch.float32, non_blocking=True)

@@ -1,0 +1,87 @@
+"""Per-layer norms (_stats): exact values for every dtype, batched kernels, no autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradwatch._layers import LayerIndex
+from gradwatch._stats import LayerNorms, snapshot, update_squared
+
+
+def _by_hand(module: nn.Module) -> float:
+    return sum(float(p.detach().double().square().sum()) for p in module.parameters(recurse=False))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str
+)
+def test_layer_norms_match_float64_norms_for_each_dtype(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+    index = LayerIndex.from_model(model)
+    squared = LayerNorms(index, index.device()).squared(index.params)
+    assert squared.dtype == torch.float32
+    expected = torch.tensor([_by_hand(model[0]), _by_hand(model[2])])
+    rtol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+    torch.testing.assert_close(squared.double(), expected.double(), rtol=rtol, atol=0.0)
+
+
+def test_float16_norms_do_not_overflow() -> None:
+    """A float16 tensor whose norm exceeds float16's range (65504) still measures finite."""
+    layer = nn.Linear(100, 1000, bias=False).half()
+    with torch.no_grad():
+        layer.weight.fill_(300.0)  # norm = 300 * sqrt(1e5) ~ 94868 > 65504
+    index = LayerIndex.from_model(layer)
+    squared = LayerNorms(index, index.device()).squared(index.params)
+    assert torch.isfinite(squared).all()
+    assert squared.sqrt().item() == pytest.approx(300.0 * 1e5**0.5, rel=1e-4)
+
+
+def test_mixed_dtype_model_is_measured_per_group() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).double())
+    index = LayerIndex.from_model(model)
+    squared = LayerNorms(index, index.device()).squared(index.params)
+    expected = torch.tensor([_by_hand(model[0]), _by_hand(model[1])], dtype=torch.float64)
+    torch.testing.assert_close(squared.double(), expected, rtol=1e-5, atol=0.0)
+
+
+def test_missing_tensors_count_as_nothing() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    index = LayerIndex.from_model(model)
+    tensors = [p if i < 2 else None for i, p in enumerate(index.params)]
+    squared = LayerNorms(index, index.device()).squared(tensors)
+    assert squared[1].item() == 0.0
+    assert squared[0].item() == pytest.approx(_by_hand(model[0]), rel=1e-5)
+
+
+def test_measurement_builds_no_autograd_graph() -> None:
+    model = nn.Linear(4, 4)
+    index = LayerIndex.from_model(model)
+    assert not LayerNorms(index, index.device()).squared(index.params).requires_grad
+    assert not any(t.requires_grad for t in snapshot(index.params))
+
+
+def test_steady_state_index_tensors_are_built_at_attach_time() -> None:
+    """The hot path builds no host→device index tensor once every gradient is present."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).double())
+    index = LayerIndex.from_model(model)
+    norms = LayerNorms(index, index.device())
+    built = dict(norms._layer_ids_cache)
+    assert len(built) == 2  # one per dtype group
+    grads = [torch.ones_like(p) for p in index.params]
+    norms.squared(grads)
+    norms.squared(index.params)
+    assert norms._layer_ids_cache == built
+
+
+def test_update_squared_is_the_squared_norm_of_the_change() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    index = LayerIndex.from_model(model)
+    norms = LayerNorms(index, index.device())
+    before = snapshot(index.params)
+    with torch.no_grad():
+        model[1].weight.add_(0.5)  # 8 entries moved by 0.5 -> squared norm 2.0
+    update = update_squared(index, norms, before)
+    torch.testing.assert_close(update, torch.tensor([0.0, 2.0]))
