@@ -236,6 +236,29 @@ def test_close_restores_the_scaler() -> None:
     assert scaler.step.__func__ is torch.amp.GradScaler.step
 
 
+def test_one_scaler_shared_by_two_watched_optimizers() -> None:
+    # The AMP docs allow one scaler for several optimizers; watchers close in any order.
+    models = [make_mlp(seed=9), make_mlp(seed=10)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    first = gradwatch.watch(models[0], optimizers[0], scaler=scaler)
+    second = gradwatch.watch(models[1], optimizers[1], scaler=scaler)
+    for round_ in range(4):
+        if round_ == 2:
+            first.close()  # closed first: the second watcher keeps seeing its steps
+        for x, y in regression_batches(1, seed=round_):
+            loss = _amp_loss(models[0], x, y) + _amp_loss(models[1], x, y)
+            scaler.scale(loss).backward()
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+            scaler.update()
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+    assert first.step_count == 2 and second.step_count == 4
+    second.close()
+    assert "step" not in vars(scaler)
+
+
 def test_disabled_scaler_is_a_plain_run() -> None:
     model = make_mlp(seed=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)

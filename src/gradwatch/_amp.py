@@ -106,24 +106,25 @@ class ScalerBridge:
         scaler = self.scaler
         had_own = "step" in vars(scaler)
         previous = vars(scaler).get("step")
-        original = scaler.step
+        original = scaler.step  # another watcher's wrapper when one scaler serves several
         bridge_ref = weakref.ref(self)
+        active = [True]
 
         def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             bridge = bridge_ref()
-            if bridge is None or optimizer is not bridge._optimizer_ref():
+            if not active[0] or bridge is None or optimizer is not bridge._optimizer_ref():
                 return original(optimizer, *args, **kwargs)
             return bridge._step(original, optimizer, *args, **kwargs)
 
+        step._gradwatch_unwind = (active, had_own, previous)  # type: ignore[attr-defined]
         scaler.step = step  # type: ignore[method-assign]
         try:
             yield
         finally:
-            if had_own:
-                scaler.step = previous  # type: ignore[method-assign,assignment]
-            else:
-                with contextlib.suppress(AttributeError):
-                    del scaler.step
+            active[0] = False  # if still chained under a later watcher's wrapper: pass through
+            if vars(scaler).get("step") is step:
+                _unwind(scaler, had_own, previous)
+
 
     def _step(
         self,
@@ -143,3 +144,15 @@ class ScalerBridge:
         finally:
             self.in_scaler_step = False
             self._after_step()
+
+
+def _unwind(scaler: GradScaler, had_own: bool, previous: Any) -> None:
+    """Restore ``scaler.step``, skipping wrappers of watchers already closed."""
+    while had_own:
+        unwind = getattr(previous, "_gradwatch_unwind", None)
+        if unwind is None or unwind[0][0]:  # not ours, or a watcher still open: keep it
+            scaler.step = previous  # type: ignore[method-assign]
+            return
+        _, had_own, previous = unwind
+    with contextlib.suppress(AttributeError):
+        del scaler.step
