@@ -124,7 +124,41 @@ class WatchConfig:
             state untouched) whose loss or total gradient norm is more than this many
             standard deviations above its mean over the last ``spike_window`` steps.
             Costs one host sync per step.
-        spike_window: how many recent steps the ``skip_spikes`` statistics cover.
+        spike_window: how many recent steps the rolling spike statistics cover: those of
+            ``skip_spikes`` and those of the ``loss_spike``/``grad_spike`` detectors.
+
+    Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
+
+        exploding_rel_grad: a layer whose gradient is this many times larger than its
+            weights (‖g‖/‖w‖) is ``exploding`` (warning; error at the square of it, or when
+            the gradient norm overflows). At 1e4, even SGD with lr=1e-4 would more than
+            double the layer in one step.
+        exploding_growth: the total gradient norm growing by this factor within
+            ``trend_window`` steps, mostly step over step, while the loss does not fall,
+            is ``exploding`` (a trend visible before the run reaches NaN).
+        trend_window: how many recent steps the trend detectors (``exploding`` growth,
+            ``vanishing``) look at; per-layer values are smoothed over it by a median.
+        vanishing_ratio: a weight layer whose loss sensitivity ‖g‖·‖w‖ is below this
+            fraction of the largest among the layers after it (closer to the output) is
+            ``vanishing``: warning below it, error below its square, info between it and
+            its 3/4 power (borderline). Exactly zero gradients (while later layers get
+            some) count as a ratio of 0.
+        vanishing_floor: when even the most sensitive layer's ‖g‖·‖w‖ is below this
+            fraction of the loss, no layer can move the loss: ``vanishing`` (error).
+        spike_z: a loss or total gradient norm this many robust standard deviations
+            (median/MAD over the previous ``spike_window`` steps) above its rolling median
+            is a ``loss_spike``/``grad_spike``...
+        spike_ratio: ...and also at least this many times the rolling median.
+        spike_warmup: how many previous finite values a spike detector needs before it
+            judges (early steps are volatile by nature).
+        not_learning_steps: ``not_learning`` judges a run only after this many steps with
+            a recorded loss, and only while the history still holds the run's first
+            steps (a model that learned and then plateaued has converged, it is not
+            "not learning").
+        not_learning_z: the loss must fall by more than this many noise standard errors
+            (the loss's own step-to-step noise, or the learning-rate-zero baseline of
+            ``check(..., baseline=True)``) to count as learning.
+        not_learning_min_drop: ...and by more than this fraction of its initial level.
     """
 
     log_every: int = 1
@@ -144,6 +178,17 @@ class WatchConfig:
     scaler: Any = None
     skip_spikes: float | None = None
     spike_window: int = 128
+    exploding_rel_grad: float = 1e4
+    exploding_growth: float = 100.0
+    trend_window: int = 10
+    vanishing_ratio: float = 1e-2
+    vanishing_floor: float = 1e-7
+    spike_z: float = 8.0
+    spike_ratio: float = 3.0
+    spike_warmup: int = 8
+    not_learning_steps: int = 20
+    not_learning_z: float = 2.0
+    not_learning_min_drop: float = 1e-3
 
     def __post_init__(self) -> None:
         require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
@@ -206,6 +251,59 @@ class WatchConfig:
             self.spike_window,
             minimum=4,
             hint="It is how many recent steps the spike statistics cover; the default is 128.",
+        )
+        require_number(
+            "exploding_rel_grad",
+            self.exploding_rel_grad,
+            exclusive_minimum=1.0,
+            hint="It is a ratio ‖g‖/‖w‖ far above 1; the default is 1e4.",
+        )
+        require_number(
+            "exploding_growth",
+            self.exploding_growth,
+            exclusive_minimum=1.0,
+            hint="It is a growth factor above 1; the default is 100.",
+        )
+        require_int("trend_window", self.trend_window, minimum=3, hint="The default is 10 steps.")
+        require_number(
+            "vanishing_ratio",
+            self.vanishing_ratio,
+            exclusive_minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction in (0, 1]; the default is 1e-2.",
+        )
+        require_number(
+            "vanishing_floor",
+            self.vanishing_floor,
+            exclusive_minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction in (0, 1]; the default is 1e-7.",
+        )
+        require_number(
+            "spike_z", self.spike_z, exclusive_minimum=0.0, hint="The default is 8 (robust z)."
+        )
+        require_number(
+            "spike_ratio", self.spike_ratio, minimum=1.0, hint="The default is 3 (x the median)."
+        )
+        require_int("spike_warmup", self.spike_warmup, minimum=3, hint="The default is 8 steps.")
+        if self.spike_warmup > self.spike_window:
+            raise ValueError(
+                f"spike_warmup ({self.spike_warmup}) must be <= spike_window "
+                f"({self.spike_window}): the window must hold the warm-up steps."
+            )
+        require_int(
+            "not_learning_steps",
+            self.not_learning_steps,
+            minimum=4,
+            hint="The default is 20 steps.",
+        )
+        require_number("not_learning_z", self.not_learning_z, minimum=0.0, hint="The default is 2.")
+        require_number(
+            "not_learning_min_drop",
+            self.not_learning_min_drop,
+            minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction of the initial loss in [0, 1]; the default is 1e-3.",
         )
 
     @classmethod

@@ -69,6 +69,13 @@ class LayerIndex:
     def num_layers(self) -> int:
         return len(self.names)
 
+    def layer_numel(self) -> tuple[int, ...]:
+        """How many parameter elements each layer owns."""
+        counts = [0] * self.num_layers
+        for p, layer in zip(self.params, self.param_layer):
+            counts[layer] += p.numel()
+        return tuple(counts)
+
     def tag(self, layer: int) -> str:
         """The TensorBoard tag suffix of a layer."""
         return self.names[layer] or ROOT_TAG

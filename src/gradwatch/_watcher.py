@@ -183,7 +183,12 @@ class Watcher:
         self.history = History(self.config.history)
         self._norms = LayerNorms(self.index, self.device)
         self._book = AlertBook()
-        self._context = DetectorContext(self.index.names, self.index.module_types, self.config)
+        self._context = DetectorContext(
+            self.index.names,
+            self.index.module_types,
+            self.config,
+            layer_numel=self.index.layer_numel(),
+        )
         self._detectors: list[Detector] = default_detectors(self.config)
         self._policies = StepPolicies(self.config, self.index, self.config.scaler is not None)
         self._amp: ScalerBridge | None = None

@@ -17,7 +17,7 @@ from .._history import History
 
 @dataclasses.dataclass(frozen=True)
 class DetectorContext:
-    """What detectors may know besides the history: layer names and types, options.
+    """What detectors may know besides the history: layer names, types and sizes, options.
 
     ``loss_baseline`` is the learning-rate-zero baseline of :func:`gradwatch.check`
     (``baseline=True``): the loss of step ``i``'s batch with the weights frozen at their
@@ -27,6 +27,7 @@ class DetectorContext:
     layer_names: tuple[str, ...]
     module_types: tuple[str, ...]
     config: WatchConfig
+    layer_numel: tuple[int, ...] = ()
     loss_baseline: tuple[float, ...] | None = None
 
 
@@ -37,14 +38,24 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
     """The detectors a :class:`~gradwatch.Watcher` runs, in order."""
     from .amp_skip import detect_amp_skip
     from .dead_units import detect_dead_units
+    from .exploding import detect_exploding
+    from .grad_spike import detect_grad_spike
+    from .loss_spike import detect_loss_spike
     from .nonfinite import detect_nonfinite
+    from .not_learning import detect_not_learning
     from .poor_init import detect_poor_init
     from .saturation import detect_saturation
+    from .vanishing import detect_vanishing
 
     return [
         detect_nonfinite,
+        detect_exploding,
+        detect_vanishing,
         detect_saturation,
         detect_dead_units,
         detect_poor_init,
         detect_amp_skip,
+        detect_loss_spike,
+        detect_grad_spike,
+        detect_not_learning,
     ]

@@ -1,0 +1,81 @@
+"""Small numeric helpers the detectors share: robust statistics and layer selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._history import History
+from . import DetectorContext
+
+#: MAD x this = a standard deviation for normally distributed data.
+MAD_TO_SD = 1.4826
+
+#: Module types whose parameters are not "weights" in the depth sense: normalisation
+#: scales/shifts sit near 1/0 whatever the depth, and embedding tables get sparse
+#: gradients (only the rows of the tokens seen), so neither says anything about how well
+#: gradients flow across depth.
+_NOT_DEPTH_TYPES = ("Norm", "Embedding")
+
+
+def depth_layers(context: DetectorContext) -> np.ndarray:
+    """Boolean mask of the layers that carry the signal across depth (weight layers)."""
+    return np.array(
+        [not any(word in kind for word in _NOT_DEPTH_TYPES) for kind in context.module_types],
+        dtype=bool,
+    )
+
+
+def layer_label(context: DetectorContext, layer: int) -> str:
+    return repr(context.layer_names[layer]) if context.layer_names[layer] else "(root module)"
+
+
+def weight_floor(context: DetectorContext, weight_norm: np.ndarray) -> np.ndarray:
+    """A per-layer lower bound for ‖w‖: the typical weight RMS times sqrt(numel).
+
+    A zero-initialised layer (a residual branch's output projection, a LoRA ``B``
+    matrix, a classifier head) has ‖w‖ ≈ 0 for its first steps; dividing or multiplying
+    by that would make it look exploding or vanishing. Substituting the median weight
+    RMS of the model's layers gives such a layer an ordinary weight scale instead.
+    """
+    numel = np.asarray(context.layer_numel, dtype=np.float64)
+    if numel.shape != weight_norm.shape or not numel.size:
+        return np.zeros_like(weight_norm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rms = weight_norm / np.sqrt(np.maximum(numel, 1.0))
+    finite = rms[np.isfinite(rms) & (rms > 0)]
+    typical = float(np.median(finite)) if finite.size else 0.0
+    return 0.1 * typical * np.sqrt(numel)
+
+
+def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based standard deviation of the finite ``values``."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return math.nan, math.nan
+    median = float(np.median(finite))
+    return median, MAD_TO_SD * float(np.median(np.abs(finite - median)))
+
+
+def step_noise(values: np.ndarray) -> float:
+    """Robust standard deviation of the step-to-step noise of a series.
+
+    From first differences, so a steady trend (a falling loss) is not mistaken for noise:
+    for white noise of s.d. s the differences have s.d. s·√2.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size < 3:
+        return math.nan
+    diffs = np.diff(finite)
+    return MAD_TO_SD * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2.0)
+
+
+def finite_tail(history: History, field: str, n: int) -> np.ndarray:
+    """The last ``n`` values of a scalar field, non-finite ones dropped."""
+    values = history.series(field, n)
+    return values[np.isfinite(values)]
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3g}"

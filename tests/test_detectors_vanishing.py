@@ -1,0 +1,70 @@
+"""``vanishing`` on models whose gradients really vanish."""
+
+from __future__ import annotations
+
+import gradwatch
+
+from .unstable_models import (
+    chain_batches,
+    default_init_relu_mlp,
+    he_mlp,
+    linear_chain,
+    mse,
+    negative_bias_relu_mlp,
+    regression,
+    scalar_batches,
+    scalar_chain,
+    sigmoid_normal_mlp,
+)
+
+
+def vanishing(report: gradwatch.Report) -> list[gradwatch.Alert]:
+    return [alert for alert in report.alerts if alert.kind == "vanishing"]
+
+
+def test_linear_chain_of_0_5_identity_vanishes_everywhere() -> None:
+    report = gradwatch.check(linear_chain(0.5), chain_batches(2), mse, steps=8)
+    alerts = vanishing(report)
+    assert alerts and alerts[0].severity == "error", report.summary()
+    assert "No layer can move the loss" in alerts[0].message
+    assert not report.ok
+
+
+def test_scalar_chain_w_0_7_vanishes_on_the_input_side() -> None:
+    report = gradwatch.check(scalar_chain(0.7), scalar_batches(2), mse, steps=8)
+    alerts = vanishing(report)
+    assert alerts and alerts[0].layer == "0"
+    assert alerts[0].value is not None and alerts[0].value < 1e-4
+
+
+def test_pytorch_default_init_in_a_20_layer_relu_mlp_vanishes() -> None:
+    report = gradwatch.check(default_init_relu_mlp(), regression(4), mse, steps=8)
+    alerts = vanishing(report)
+    assert alerts, report.summary()
+    first = alerts[0]
+    assert first.severity in ("warning", "error")
+    assert first.layer == "0"  # the input side is named first
+    assert first.threshold is not None and first.value is not None
+    assert first.value < first.threshold
+    assert "'0', '2', '4'" in first.message
+    assert "He" in first.remedy and "residual" in first.remedy
+
+
+def test_deep_sigmoid_mlp_with_normal_weights_vanishes() -> None:
+    report = gradwatch.check(sigmoid_normal_mlp(), regression(4), mse, steps=8)
+    alerts = vanishing(report)
+    assert alerts and alerts[0].severity in ("warning", "error"), report.summary()
+    assert "sigmoid" in alerts[0].remedy
+
+
+def test_dead_relus_from_a_large_negative_bias_cut_the_gradient_to_zero() -> None:
+    report = gradwatch.check(negative_bias_relu_mlp(), regression(4), mse, steps=8)
+    alerts = vanishing(report)
+    assert alerts and alerts[0].layer == "0"
+    assert "exactly zero" in alerts[0].message
+    assert alerts[0].value == 0.0
+
+
+def test_he_initialised_mlp_does_not_vanish() -> None:
+    report = gradwatch.check(he_mlp(depth=8), regression(4), mse, steps=10)
+    assert vanishing(report) == []
