@@ -47,6 +47,8 @@ def relative_gradient(record: StepRecord, context: DetectorContext) -> np.ndarra
 
 def _magnitude(record: StepRecord, context: DetectorContext) -> Alert | None:
     threshold = context.config.exploding_rel_grad
+    if record.amp_skipped:
+        return None  # fp16 overflow under a GradScaler: skipped by design, not an explosion
     if not record.loss_finite or not bool(np.all(record.weight_finite)):
         return None  # NaN everywhere: the nonfinite detector speaks for this step
     overflow = record.has_grad & np.isposinf(record.grad_norm)

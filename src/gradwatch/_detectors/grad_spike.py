@@ -25,8 +25,8 @@ REMEDY = (
 
 def detect_grad_spike(history: History, context: DetectorContext) -> list[Alert]:
     record = history.latest
-    if record is None:
-        return []
+    if record is None or record.skipped or record.amp_skipped:
+        return []  # a step skipped by a policy was already reported by it
     config = context.config
     spike = spike_of(history.series("total_grad_norm", config.spike_window + 1), config, log=True)
     if spike is None:

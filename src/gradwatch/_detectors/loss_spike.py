@@ -23,8 +23,8 @@ REMEDY = (
 
 def detect_loss_spike(history: History, context: DetectorContext) -> list[Alert]:
     record = history.latest
-    if record is None or record.loss is None:
-        return []
+    if record is None or record.loss is None or record.skipped or record.amp_skipped:
+        return []  # a step skipped by a policy was already reported by it
     config = context.config
     spike = spike_of(history.series("loss", config.spike_window + 1), config, log=False)
     if spike is None:

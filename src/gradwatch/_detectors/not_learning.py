@@ -18,7 +18,8 @@ data alone, then compare the real run with it. Two versions:
   the loss clearly rises; otherwise a slowly falling loss may just need more steps than
   were taken, so it is an info that suggests the baseline.
 
-The run is judged from its first step on, once ``not_learning_steps`` losses are recorded,
+The run is judged from its first step on, once ``not_learning_steps`` steps that updated
+the weights (not skipped by a policy or a GradScaler) have a recorded loss,
 and only while the history still holds step 0: a model that learned and then plateaued
 has converged; it is not "not learning".
 """
@@ -61,7 +62,10 @@ def detect_not_learning(history: History, context: DetectorContext) -> list[Aler
     records = list(history)
     losses = np.array([np.nan if r.loss is None else r.loss for r in records], dtype=np.float64)
     finite = np.isfinite(losses)
-    if int(finite.sum()) < config.not_learning_steps or not finite[-1]:
+    # Only steps that updated the weights count: a step skipped by a policy or by a
+    # GradScaler gave the model no chance to learn.
+    taken = finite & ~np.array([r.skipped or r.amp_skipped for r in records], dtype=bool)
+    if int(taken.sum()) < config.not_learning_steps or not finite[-1]:
         return []
     if context.loss_baseline is not None:
         alert = _against_baseline(records[-1].step, losses, context)
@@ -122,7 +126,9 @@ def _against_own_noise(
     updates = [
         float(np.nanmedian(r.update_ratio))
         for r in history
-        if r.update_ratio is not None and np.isfinite(r.update_ratio).any() and not r.skipped
+        if r.update_ratio is not None
+        and np.isfinite(r.update_ratio).any()
+        and not (r.skipped or r.amp_skipped)
     ]
     frozen = bool(updates) and max(updates) < FROZEN_UPDATE
     rising = -fall > needed and -fall > 0.1 * level

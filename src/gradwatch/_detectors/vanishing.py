@@ -52,7 +52,7 @@ def _names(context: DetectorContext, layers: np.ndarray, limit: int = 3) -> str:
 
 def detect_vanishing(history: History, context: DetectorContext) -> list[Alert]:
     config = context.config
-    records = history.last(config.trend_window)
+    records = [r for r in history.last(config.trend_window) if not r.amp_skipped]
     if len(records) < min(MIN_STEPS, config.trend_window):
         return []
     latest = records[-1]
