@@ -275,11 +275,13 @@ def test_saturated_output_activation_is_not_a_gradient_problem() -> None:
 
 
 def test_a_level_must_hold_over_the_last_two_samples() -> None:
-    (alert,) = _detect([_record(0, [0.9, 0.0], [0.0]), _record(10, [0.3, 0.0], [0.0])],
-                       "saturation")
+    (alert,) = _detect(
+        [_record(0, [0.9, 0.0], [0.0]), _record(10, [0.3, 0.0], [0.0])], "saturation"
+    )
     assert alert.severity == "info" and alert.value == 0.3 and alert.threshold == 0.25
-    (alert,) = _detect([_record(0, [0.0, 0.0], [1.0]), _record(10, [0.0, 0.0], [1.0])],
-                       "dead_units")
+    (alert,) = _detect(
+        [_record(0, [0.0, 0.0], [1.0]), _record(10, [0.0, 0.0], [1.0])], "dead_units"
+    )
     assert alert.severity == "error" and alert.layer == "3"
     (alert,) = _detect([_record(0, [0.0, 0.0], [0.9])], "dead_units", dead_units_threshold=0.8)
     assert alert.severity == "warning" and alert.threshold == 0.8
