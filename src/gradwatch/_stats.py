@@ -23,11 +23,17 @@ _UPCAST = (torch.float16, torch.bfloat16)
 
 
 def _dense_values(tensor: Tensor) -> Tensor:
-    """The stored values of a tensor: a sparse gradient's non-zeros, else the tensor."""
+    """A real, strided view of a tensor's stored values with the same L2 norm.
+
+    A sparse gradient contributes its non-zeros; a complex tensor is viewed as pairs of
+    reals (|a+bi|² = a² + b²), so every group can be reduced in float32.
+    """
     if tensor.layout == torch.sparse_coo:
-        return tensor.coalesce().values()
-    if tensor.layout != torch.strided:
-        return tensor.to_dense()
+        tensor = tensor.coalesce().values()
+    elif tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
     return tensor
 
 

@@ -34,6 +34,7 @@ from ._detectors import Detector, DetectorContext, default_detectors
 from ._detectors.nonfinite import nonfinite_alert
 from ._errors import NonFiniteError
 from ._history import History, StepRecord
+from ._hooks import WatcherHook
 from ._layers import LayerIndex
 from ._localize import NonfiniteLocator, StepTrace, locate
 from ._policies import StepPolicies
@@ -212,10 +213,10 @@ class Watcher:
             self._probe, self._locator = self._attach_probes(model)
             if optimizer is not None:
                 self._stack.enter_context(
-                    optimizer.register_step_pre_hook(self._before_optimizer_step)
+                    optimizer.register_step_pre_hook(WatcherHook(self, "_before_optimizer_step"))
                 )
                 self._stack.enter_context(
-                    optimizer.register_step_post_hook(self._after_optimizer_step)
+                    optimizer.register_step_post_hook(WatcherHook(self, "_after_optimizer_step"))
                 )
             if self.config.scaler is not None:
                 if optimizer is None:

@@ -2,8 +2,9 @@
 
 Scalars of one step go out as one ``Summary`` event holding every tag, instead of one
 event per tag: one protobuf and one queue put per step keeps the training thread's cost
-flat as layers grow. TensorBoard's own writer (``torch.utils.tensorboard.SummaryWriter``
-over ``tensorboard``'s event-file writer) does the file work on its own thread.
+flat as layers grow. Summaries are built with ``torch.utils.tensorboard.summary`` and
+framed by TensorBoard's ``RecordWriter``; :mod:`.eventfile` does the disk work on its own
+thread and reports its failures back instead of dying with a traceback.
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def alert_markdown(alert: Alert) -> str:
     )
 
 
+def _figure_to_chw(figure: Any) -> Any:
+    """Render a matplotlib figure to a CHW uint8 array, then close it."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    plt.close(figure)
+    return image.transpose(2, 0, 1)
+
+
 def text_summary(tag: str, text: str) -> Any:
     """A text-plugin summary under exactly ``tag`` (``add_text`` would append a suffix)."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -142,29 +154,49 @@ class TensorBoardSink:
 
     def __init__(self, logdir: str | os.PathLike[str], *, flush_secs: float = 30.0) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import summary as summaries
+
+        from .eventfile import EventFileWriter
 
         self._summary_cls = Summary
-        self._summaries = SummaryTemplates(Summary)
+        self._templates = SummaryTemplates(Summary)
+        self._summaries = summaries
         self.logdir = os.fspath(logdir)
-        self.writer = SummaryWriter(log_dir=self.logdir, flush_secs=int(max(1, flush_secs)))
-        self.writer.add_custom_scalars(custom_scalars_layout())
-        file_writer = self.writer.file_writer
-        assert file_writer is not None
-        self._file_writer: Any = file_writer
-        self.writer.flush()
+        self._file_writer: Any = EventFileWriter(self.logdir, flush_secs=flush_secs)
+        self._file_writer.add_summary(summaries.custom_scalars(custom_scalars_layout()), 0)
+        self._file_writer.flush()
+        self._steps_written = 0
+
+    #: How often (in written steps) to check that the log directory still exists.
+    CHECK_EVERY = 50
+
+    def _check_logdir(self) -> None:
+        """Raise if the log directory vanished: writes would go to an unlinked file."""
+        if not os.path.isdir(self.logdir):
+            raise FileNotFoundError(f"the log directory {self.logdir!r} was removed")
 
     def write_step(self, record: StepRecord, index: LayerIndex) -> None:
-        summary = self._summaries.pack(step_scalars(record, index))
+        self._steps_written += 1
+        if self._steps_written % self.CHECK_EVERY == 0:
+            self._check_logdir()
+        # The writer copies the summary into its Event at once, so the template is reusable.
+        summary = self._templates.pack(step_scalars(record, index))
         self._file_writer.add_summary(summary, record.step)
 
     def write_alert(self, alert: Alert) -> None:
+        self._check_logdir()
         self._file_writer.add_summary(text_summary("alerts", alert_markdown(alert)), alert.step)
         # An alert is on disk as soon as it is raised, so a killed process keeps it.
-        self.writer.flush()
+        self._file_writer.flush()
+
+    def write_figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure as an image summary (the figure is closed)."""
+        self._file_writer.add_summary(self._summaries.image(tag, _figure_to_chw(figure)), step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        self._check_logdir()
+        self._file_writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        self._file_writer.close()
+        self._check_logdir()  # after closing: say so if what was written went nowhere

@@ -1,0 +1,38 @@
+"""Hook callables that are safe to copy and pickle along with the object they hook.
+
+``copy.deepcopy(model)``, ``copy.deepcopy(optimizer)``, ``torch.save(model)`` and
+``pickle`` copy the hook dictionaries too. A bound method of the Watcher there would drag
+the whole watcher (writers, threads) into the copy, or make pickling fail. A
+:class:`WatcherHook` instead turns into an inert :class:`InertHook` when copied or
+pickled: the copy is simply not watched, and the original stays watched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InertHook:
+    """What a copied or unpickled :class:`WatcherHook` becomes: a hook that does nothing."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class WatcherHook:
+    """Calls ``getattr(owner, method)`` on each invocation; becomes inert when copied."""
+
+    __slots__ = ("method", "owner")
+
+    def __init__(self, owner: object, method: str) -> None:
+        self.owner = owner
+        self.method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.owner, self.method)(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type[InertHook], tuple[()]]:
+        return (InertHook, ())
+
+    def __repr__(self) -> str:
+        return f"<gradwatch hook {type(self.owner).__name__}.{self.method}>"

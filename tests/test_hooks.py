@@ -1,0 +1,68 @@
+"""Watched models and optimizers can still be copied, saved and pickled."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import torch
+from torch import nn
+
+import gradwatch
+
+from .helpers import make_mlp, regression_batches
+
+
+def _one_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    x, y = regression_batches(1)[0]
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_copies_and_pickles_while_watched_and_after(tmp_path) -> None:
+    model = make_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
+        _one_step(model, optimizer)
+        model_copy = copy.deepcopy(model)
+        optimizer_copy = copy.deepcopy(optimizer)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        pickled = pickle.loads(pickle.dumps(optimizer))
+        state = model.state_dict()
+        # The copies are not watched: stepping them records nothing in the watcher.
+        _one_step(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1))
+        optimizer_copy.zero_grad()
+        optimizer_copy.step()
+        assert gw.step_count == 1
+        _one_step(model, optimizer)
+        assert gw.step_count == 2
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert set(loaded.state_dict()) == set(state)
+    assert isinstance(pickled, torch.optim.Adam)
+    # After close, everything is as if gradwatch had never been there.
+    copy.deepcopy(model)
+    pickle.dumps(optimizer)
+    assert not optimizer._optimizer_step_pre_hooks
+
+
+def test_watcher_hook_becomes_inert_when_copied() -> None:
+    from gradwatch._hooks import InertHook, WatcherHook
+
+    class Owner:
+        calls = 0
+
+        def method(self) -> int:
+            self.calls += 1
+            return self.calls
+
+    owner = Owner()
+    hook = WatcherHook(owner, "method")
+    assert hook() == 1
+    clone = copy.deepcopy(hook)
+    assert isinstance(clone, InertHook) and clone() is None
+    assert isinstance(pickle.loads(pickle.dumps(hook)), InertHook)
+    assert owner.calls == 1

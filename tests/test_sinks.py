@@ -1,0 +1,180 @@
+"""Sink faults never hurt training: one warning, training goes on, nothing recorded is lost."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch._logreader import read_run
+from gradwatch._sinks import SinkFailureWarning
+
+from .helpers import make_mlp, regression_batches
+
+
+class DiskFullRecords:
+    """Stands in for the record writer on a full disk: every write raises ENOSPC."""
+
+    def write(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _train(model, optimizer, gw, batches, nan_at: int | None = None) -> list[torch.Tensor]:
+    losses = []
+    for step, (x, y) in enumerate(batches):
+        if step == nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        gw.record_loss(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach())
+    return losses
+
+
+def _tensorboard_sink(gw: gradwatch.Watcher):
+    (guarded,) = [s for s in gw._sinks if s.name == "TensorBoard"]
+    return guarded.sink
+
+
+def test_disk_full_writer_gives_one_warning_and_training_continues(tmp_path) -> None:
+    twin = make_mlp(seed=5)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.05)
+    model = make_mlp(seed=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    batches = regression_batches(10)
+    with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
+        _train(model, optimizer, gw, batches[:3])
+        sink = _tensorboard_sink(gw)
+        sink.flush()  # what was written before the disk filled up must survive
+        sink._file_writer._records = DiskFullRecords()
+        with pytest.warns(SinkFailureWarning, match="No space left") as caught:
+            _train(model, optimizer, gw, batches[3:], nan_at=4)
+    assert len(caught) == 1
+    with gradwatch.watch(twin, twin_opt) as twin_gw:
+        _train(twin, twin_opt, twin_gw, batches[:3])
+        _train(twin, twin_opt, twin_gw, batches[3:], nan_at=4)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    # The in-memory record is complete, and what reached disk before the fault is intact.
+    assert [r.step for r in gw.history] == list(range(10))
+    assert [a.step for a in gw.alerts if a.kind == "nonfinite"] == [7]
+    run = read_run(tmp_path)
+    assert [s for s, _ in run.scalars["total/grad_norm"]] == [0, 1, 2]
+
+
+def test_log_directory_removed_mid_run_warns_once(tmp_path) -> None:
+    logdir = tmp_path / "run"
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, logdir=logdir) as gw:
+        _train(model, optimizer, gw, regression_batches(5))
+        shutil.rmtree(logdir)
+        with pytest.warns(SinkFailureWarning, match="was removed") as caught:
+            _train(model, optimizer, gw, regression_batches(60))
+            gw.close()
+    assert len(caught) == 1
+    assert gw.history.steps_seen == 65
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 96 KiB tmpfs (a real full disk); skipped where mounting is not permitted."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_real_full_disk_is_survived(tiny_tmpfs) -> None:
+    # A wide model so that a few hundred steps of scalars overflow 96 KiB.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(40)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batches = [(torch.randn(4, 8), torch.randn(4, 8)) for _ in range(400)]
+    with pytest.warns(SinkFailureWarning) as caught:
+        with gradwatch.watch(model, optimizer, logdir=tiny_tmpfs, flush_secs=1) as gw:
+            for x, y in batches:
+                nn.functional.mse_loss(model(x), y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            gw.close()
+    assert len(caught) == 1
+    assert gw.history.steps_seen == 400
+
+
+def _run_script(code: str, tmp_path, timeout: float = 120) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_alert_survives_a_killed_process(tmp_path) -> None:
+    logdir = tmp_path / "run"
+    result = _run_script(
+        f"""
+        import os, signal, torch
+        from torch import nn
+        import gradwatch
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        gw = gradwatch.watch(model, optimizer, logdir={str(logdir)!r})
+        x = torch.randn(8, 4)
+        x[0, 0] = float("nan")
+        model(x).sum().backward()
+        optimizer.step()
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == -9, result.stderr
+    run = read_run(logdir)
+    assert run.alerts and run.alerts[0][0] == 0 and "nonfinite" in run.alerts[0][1]
+
+
+def test_interpreter_exit_flushes_an_unclosed_watcher_without_hanging(tmp_path) -> None:
+    logdir = tmp_path / "run"
+    result = _run_script(
+        f"""
+        import torch
+        from torch import nn
+        import gradwatch
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        gradwatch.watch(model, optimizer, logdir={str(logdir)!r}, flush_secs=600)
+        for _ in range(5):
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        """,
+        tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [s for s, _ in read_run(logdir).scalars["total/grad_norm"]] == [0, 1, 2, 3, 4]
