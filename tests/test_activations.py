@@ -142,9 +142,7 @@ def test_watched_run_is_bit_identical_with_activation_hooks(locate: bool) -> Non
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
     watched_opt = torch.optim.AdamW(watched.parameters(), lr=1e-2)
     plain_losses = _train(plain, plain_opt, batches)
-    with gradwatch.watch(
-        watched, watched_opt, activation_every=1, locate_nonfinite=locate
-    ) as gw:
+    with gradwatch.watch(watched, watched_opt, activation_every=1, locate_nonfinite=locate) as gw:
         watched_losses = _train(watched, watched_opt, batches, gw)
     for a, b in zip(plain_losses, watched_losses):
         assert torch.equal(a, b)

@@ -6,10 +6,12 @@ import copy
 import io
 import pickle
 
+import pytest
 import torch
 from torch import nn
 
 import gradwatch
+from gradwatch._hooks import InertHook
 
 from .helpers import make_mlp, regression_batches
 
@@ -21,10 +23,15 @@ def _one_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
-def test_copies_and_pickles_while_watched_and_after(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"activation_every": 1, "locate_nonfinite": True}],
+    ids=["default", "activation-and-localisation-hooks"],
+)
+def test_copies_and_pickles_while_watched_and_after(tmp_path, options) -> None:
     model = make_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
+    with gradwatch.watch(model, optimizer, logdir=tmp_path, **options) as gw:
         _one_step(model, optimizer)
         model_copy = copy.deepcopy(model)
         optimizer_copy = copy.deepcopy(optimizer)
@@ -32,7 +39,13 @@ def test_copies_and_pickles_while_watched_and_after(tmp_path) -> None:
         torch.save(model, buffer)
         pickled = pickle.loads(pickle.dumps(optimizer))
         state = model.state_dict()
-        # The copies are not watched: stepping them records nothing in the watcher.
+        # The copies are not watched: stepping them records nothing in the watcher,
+        # and their forwards feed no statistics into it.
+        assert all(
+            isinstance(h, InertHook)
+            for m in model_copy.modules()
+            for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        )
         _one_step(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1))
         optimizer_copy.zero_grad()
         optimizer_copy.step()
@@ -50,7 +63,7 @@ def test_copies_and_pickles_while_watched_and_after(tmp_path) -> None:
 
 
 def test_watcher_hook_becomes_inert_when_copied() -> None:
-    from gradwatch._hooks import InertHook, WatcherHook
+    from gradwatch._hooks import WatcherHook
 
     class Owner:
         calls = 0

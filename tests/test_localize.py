@@ -39,9 +39,7 @@ class FunctionalLog(nn.Module):
 
 def _model(middle: nn.Module) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(8, 16), middle, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)
-    )
+    return nn.Sequential(nn.Linear(8, 16), middle, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
 
 
 def _nonfinite_alerts(model, batches, loss_fn=nn.functional.mse_loss, **options):

@@ -111,13 +111,15 @@ def test_real_full_disk_is_survived(tiny_tmpfs) -> None:
     model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(40)])
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     batches = [(torch.randn(4, 8), torch.randn(4, 8)) for _ in range(400)]
-    with pytest.warns(SinkFailureWarning) as caught:
-        with gradwatch.watch(model, optimizer, logdir=tiny_tmpfs, flush_secs=1) as gw:
-            for x, y in batches:
-                nn.functional.mse_loss(model(x), y).backward()
-                optimizer.step()
-                optimizer.zero_grad()
-            gw.close()
+    with (
+        pytest.warns(SinkFailureWarning) as caught,
+        gradwatch.watch(model, optimizer, logdir=tiny_tmpfs, flush_secs=1) as gw,
+    ):
+        for x, y in batches:
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        gw.close()
     assert len(caught) == 1
     assert gw.history.steps_seen == 400
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._hooks import CopyInertHook
 from ._layers import strip_wrapper_prefix, unwrap_model
 
 #: The statistics each hooked module reports, in the order of the device vector.
@@ -320,7 +321,7 @@ class ActivationProbe:
             acc.calls += 1
 
 
-class _Hook:
+class _Hook(CopyInertHook):
     """A forward hook that holds the probe weakly, so a hook left behind keeps nothing alive."""
 
     __slots__ = ("probe", "target")

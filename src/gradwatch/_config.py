@@ -39,9 +39,7 @@ def require_int(name: str, value: object, *, minimum: int, hint: str = "") -> No
 def require_bool(name: str, value: object) -> None:
     """Raise ``TypeError`` naming ``name`` unless ``value`` is True or False."""
     if not isinstance(value, bool):
-        raise TypeError(
-            f"{name} must be True or False, got {type(value).__name__} {value!r}."
-        )
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
 
 
 def require_number(

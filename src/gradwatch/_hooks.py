@@ -19,7 +19,20 @@ class InertHook:
         return None
 
 
-class WatcherHook:
+class CopyInertHook:
+    """Base of every hook gradwatch registers: copies and pickles become :class:`InertHook`.
+
+    ``__reduce__`` is what ``copy.deepcopy``, ``pickle`` and ``torch.save`` consult, so a
+    copied model or optimizer carries an inert hook instead of a link to this watcher.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[InertHook], tuple[()]]:
+        return (InertHook, ())
+
+
+class WatcherHook(CopyInertHook):
     """Calls ``getattr(owner, method)`` on each invocation; becomes inert when copied."""
 
     __slots__ = ("method", "owner")
@@ -30,9 +43,6 @@ class WatcherHook:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.owner, self.method)(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[type[InertHook], tuple[()]]:
-        return (InertHook, ())
 
     def __repr__(self) -> str:
         return f"<gradwatch hook {type(self.owner).__name__}.{self.method}>"

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ._history import StepRecord
+from ._hooks import CopyInertHook
 from ._layers import strip_wrapper_prefix, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ def _float_tensors(tree: Any) -> list[Tensor]:
     ]
 
 
-class _PreHook:
+class _PreHook(CopyInertHook):
     __slots__ = ("locator", "name", "type_name")
 
     def __init__(self, locator: weakref.ref[NonfiniteLocator], name: str, type_name: str):
@@ -349,7 +350,7 @@ class _PreHook:
                 logger.debug("gradwatch: localisation pre-hook failed", exc_info=True)
 
 
-class _PostHook:
+class _PostHook(CopyInertHook):
     __slots__ = ("locator",)
 
     def __init__(self, locator: weakref.ref[NonfiniteLocator]):
@@ -364,7 +365,7 @@ class _PostHook:
                 logger.debug("gradwatch: localisation hook failed", exc_info=True)
 
 
-class _GradHook:
+class _GradHook(CopyInertHook):
     """Checks the gradient of one tensor once, for every (kind, call) role it plays."""
 
     __slots__ = ("generation", "locator", "roles")
