@@ -125,7 +125,6 @@ class ScalerBridge:
             if vars(scaler).get("step") is step:
                 _unwind(scaler, had_own, previous)
 
-
     def _step(
         self,
         original: Callable[..., Any],
