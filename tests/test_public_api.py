@@ -22,6 +22,7 @@ def test_all_is_pinned() -> None:
             "LayerSummary",
             "NonFiniteError",
             "Report",
+            "SinkFailureWarning",
             "WatchConfig",
             "Watcher",
             "ZClip",

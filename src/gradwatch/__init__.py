@@ -18,6 +18,7 @@ from ._clip import AGC, AutoClip, ClipNorm, Clipper, ClipValue, ZClip
 from ._config import WatchConfig
 from ._errors import NonFiniteError
 from ._report import LayerSummary, Report
+from ._sinks import SinkFailureWarning
 from ._version import __version__
 from ._watcher import Watcher, watch
 
@@ -31,6 +32,7 @@ __all__ = [
     "LayerSummary",
     "NonFiniteError",
     "Report",
+    "SinkFailureWarning",
     "WatchConfig",
     "Watcher",
     "__version__",
