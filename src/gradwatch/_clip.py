@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._config import require_int, require_number
+from ._distributed import full_value, has_dtensor, sharded_l2_norm
 
 #: Added to a norm before dividing by it, exactly as ``torch.nn.utils.clip_grad_norm_`` does.
 NORM_EPS = 1e-6
@@ -60,6 +61,8 @@ def l2_norm(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     """Global L2 norm of ``tensors`` in float32 on ``device`` (batched, no sync)."""
     if not tensors:
         return torch.zeros((), device=device)
+    if has_dtensor(tensors):  # FSDP2 shards: the norm of the full tensors, across ranks
+        return sharded_l2_norm(tensors, device)
     norms = torch._foreach_norm(list(tensors), 2.0, dtype=torch.float32)
     squares = torch.stack([n.to(device, non_blocking=True) for n in norms]).square()
     return squares.sum().sqrt()
@@ -69,7 +72,8 @@ def total_norm_of(grads: Sequence[Tensor], norm_type: float) -> Tensor:
     """``torch.nn.utils.get_total_norm`` in float32 (with a fallback for torch < 2.6)."""
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
     if get_total_norm is not None:
-        return get_total_norm([g.float() for g in grads], norm_type)
+        # On DTensor shards torch reduces across ranks and returns a replicated DTensor.
+        return full_value(get_total_norm([g.float() for g in grads], norm_type))
     norms = [torch.linalg.vector_norm(g, norm_type, dtype=torch.float32) for g in grads]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 NonfinitePolicy = Literal["warn", "skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("warn", "skip", "raise")
+DistributedMode = Literal["auto", "off"]
+DISTRIBUTED_MODES: tuple[str, ...] = ("auto", "off")
 
 
 def _is_int(value: object) -> bool:
@@ -124,6 +126,11 @@ class WatchConfig:
             Costs one host sync per step.
         spike_window: how many recent steps the rolling spike statistics cover: those of
             ``skip_spikes`` and those of the ``loss_spike``/``grad_spike`` detectors.
+        distributed: ``"auto"``: when a ``torch.distributed`` process group with more
+            than one rank is initialised, statistics are global (one all-reduce per step,
+            so every rank must call ``watch()`` and step together) and only rank 0 writes
+            logs. ``"off"``: this rank is watched alone (no collectives) and writes its
+            own logs, e.g. a model only rank 0 trains.
 
     Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
 
@@ -187,6 +194,7 @@ class WatchConfig:
     not_learning_steps: int = 20
     not_learning_z: float = 2.0
     not_learning_min_drop: float = 1e-3
+    distributed: DistributedMode = "auto"
 
     def __post_init__(self) -> None:
         require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
@@ -303,6 +311,11 @@ class WatchConfig:
             maximum=1.0,
             hint="It is a fraction of the initial loss in [0, 1]; the default is 1e-3.",
         )
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(
+                f"distributed must be one of {', '.join(map(repr, DISTRIBUTED_MODES))}, "
+                f"got {self.distributed!r}. Use 'off' to watch this rank alone."
+            )
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from ._amp import ScalerBridge
 from ._config import WatchConfig
 from ._detectors import Detector, DetectorContext, default_detectors
 from ._detectors.nonfinite import nonfinite_alert
+from ._distributed import AlertRelay, GlobalNorms
 from ._errors import NonFiniteError
 from ._history import History, StepRecord
 from ._hooks import WatcherHook
@@ -83,13 +84,7 @@ class PendingStep:
         return self.values[2 * len(self.has_grad)]
 
 
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
-
-
-def _validate_logdir(logdir: object) -> str | None:
+def _validate_logdir(logdir: object, *, create: bool = True) -> str | None:
     if logdir is None:
         return None
     if not isinstance(logdir, (str, os.PathLike)):
@@ -105,6 +100,8 @@ def _validate_logdir(logdir: object) -> str | None:
             f"logdir {path!r} is a file, not a directory. Pass a directory path "
             "(it is created if missing), e.g. logdir='runs/exp1'."
         )
+    if not create:  # a rank that does not write (distributed, rank != 0) touches nothing
+        return path
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
@@ -177,10 +174,13 @@ class Watcher:
                 f"model ({type(model).__name__}) has no parameters, so there is nothing to "
                 "watch. Pass the module that owns the trainable parameters."
             )
-        self.logdir = _validate_logdir(logdir)
+        self.device = self.index.device()
+        # Distributed: global statistics through one all-reduce per step (_distributed).
+        self._global = GlobalNorms.create(self.index, self.device, self.config.distributed)
+        self.is_writer = self._global is None or self._global.rank == 0
+        self.logdir = _validate_logdir(logdir, create=self.is_writer)
         self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
-        self.device = self.index.device()
         self.history = History(self.config.history)
         self._norms = LayerNorms(self.index, self.device)
         self._book = AlertBook()
@@ -199,10 +199,12 @@ class Watcher:
         self._inflight: list[HostCopy] = []
         self._closed: bool = False
         self._stack = contextlib.ExitStack()
-        self.is_writer = _rank() == 0
         self._sinks: list[GuardedSink] = []
+        self._relay = AlertRelay.create(self._global)
         try:
             self._add_sink(LoggingSink(), "logging")
+            if self._relay is not None and not self.is_writer:
+                self._add_sink(self._relay, "alert relay to rank 0")
             if self.logdir is not None and self.is_writer:
                 from ._sinks.tensorboard import TensorBoardSink
 
@@ -325,6 +327,10 @@ class Watcher:
                 self._seal_pending()
             with contextlib.suppress(Exception):
                 self._drain(block=True)
+            if self._relay is not None and self.is_writer:
+                with contextlib.suppress(Exception):
+                    for alert in self._relay.finish():
+                        self._publish(alert)
         finally:
             self._stack.close()
             for sink in self._sinks:
@@ -418,8 +424,6 @@ class Watcher:
         for grad, layer in zip(grads, self.index.param_layer):
             if grad is not None:  # a host-side attribute check, not a tensor read
                 has_grad[layer] = True
-        grad_sq = self._norms.squared(grads)
-        weight_sq = self._norms.squared(params)
         loss = self._loss
         self._loss = None
         if loss is None or isinstance(loss, float):
@@ -429,6 +433,13 @@ class Watcher:
         else:
             # non_blocking: the loss may live on another device; never wait for it here.
             loss_value = loss.reshape(1).to(self.device, torch.float32, non_blocking=True)
+        if self._global is None:
+            grad_sq = self._norms.squared(grads)
+            weight_sq = self._norms.squared(params)
+        else:  # one all-reduce; every rank gets the same global numbers
+            grad_sq, weight_sq, loss_value = self._global.reduce_step(
+                grads, params, loss_value, loss is not None
+            )
         total = grad_sq.sum().sqrt()
         # Clipping comes after the statistics above, so they are of the unclipped gradient.
         coef = self._policies.clip(params, total)
@@ -453,7 +464,9 @@ class Watcher:
             self._apply_host_policies(pending)
         every = self.config.update_ratio_every
         if every and step % every == 0 and not pending.skipped:
-            pending.weights_before = snapshot(params)
+            pending.weights_before = (
+                snapshot(params) if self._global is None else self._global.snapshot(params)
+            )
         return pending
 
     def _apply_host_policies(self, pending: PendingStep) -> None:
@@ -489,7 +502,11 @@ class Watcher:
         values = pending.values
         if pending.weights_before is not None:
             num = self.index.num_layers
-            update = update_squared(self.index, self._norms, pending.weights_before).sqrt()
+            if self._global is None:
+                update_sq = update_squared(self.index, self._norms, pending.weights_before)
+            else:
+                update_sq = self._global.update_squared(pending.weights_before)
+            update = update_sq.sqrt()
             pending.weights_before = None
             ratio = update / values[num : 2 * num].clamp_min(torch.finfo(torch.float32).tiny)
             values = torch.cat([values, ratio])
@@ -549,6 +566,12 @@ class Watcher:
                 continue
             for alert in alerts:
                 self._publish(alert)
+        if self._relay is not None and self.is_writer:
+            try:  # alerts other ranks raised for steps this rank has now consumed
+                for alert in self._relay.receive(record.step):
+                    self._publish(alert)
+            except Exception:
+                logger.exception("gradwatch: reading alerts relayed from other ranks failed")
         if record.step % self.config.log_every == 0:
             for sink in self._sinks:
                 sink.write_step(record, self.index)
