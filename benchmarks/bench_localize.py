@@ -47,9 +47,7 @@ def main() -> None:
     x = torch.randn(args.batch, args.width, device=device)
     y = torch.randn(args.batch, 1, device=device)
 
-    def runner(
-        model: nn.Module, anomaly: bool
-    ) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    def runner(model: nn.Module, anomaly: bool) -> tuple[Callable[[], None], torch.optim.Optimizer]:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step() -> None:

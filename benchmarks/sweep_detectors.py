@@ -450,6 +450,80 @@ def _(seed: int) -> Case:
     return model, data, lambda out, y: nn.functional.mse_loss(out, y, reduction="sum"), None
 
 
+@case("mlp_rmsprop")
+def _(seed: int) -> Case:
+    model = he_mlp(5, 32)
+    return model, regression(8, seed=seed), mse, torch.optim.RMSprop(model.parameters(), lr=1e-3)
+
+
+@case("mlp_adagrad_ce")
+def _(seed: int) -> Case:
+    model = he_mlp(4, 32, d_out=4)
+    return model, classification(8, seed=seed), ce, torch.optim.Adagrad(model.parameters(), lr=1e-2)
+
+
+@case("mlp_plain_sgd_0.01")
+def _(seed: int) -> Case:
+    model = he_mlp(4, 32)
+    return model, regression(8, seed=seed), mse, torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+# lr 0.1 is at the edge of stability for this MLP: some seeds diverge (and exploding
+# must show before NaN), others train
+@case("mlp_plain_sgd_0.1_edge_of_stability", set())
+def _(seed: int) -> Case:
+    model = he_mlp(4, 32)
+    return model, regression(8, seed=seed), mse, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@case("lstm_long_sequences_sgd_clipless")
+def _(seed: int) -> Case:
+    model = SeqRNN("lstm", 1)
+    data = sequences(8, length=50, seed=seed)
+    return model, data, ce, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@case("groupnorm_cnn")
+def _(seed: int) -> Case:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.GroupNorm(4, 16),
+        nn.SiLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.GroupNorm(4, 16),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+    return model, images(8, seed=seed), ce, None
+
+
+@case("partially_frozen_mlp")
+def _(seed: int) -> Case:
+    model = he_mlp(4, 32)
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, regression(8, seed=seed), mse, torch.optim.Adam(params, lr=1e-3)
+
+
+@case("tied_embedding_lm")
+def _(seed: int) -> Case:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(24, 32)
+            self.rnn = nn.GRU(32, 32, batch_first=True)
+            self.out = nn.Linear(32, 24, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.rnn(self.emb(x))[0])
+
+    return Tied(), lm_batches(8, seed=seed), lm_ce, None
+
+
 # ----------------------------------------------------------------------------- broken
 class LinearChain(nn.Module):
     def __init__(self, depth: int, scale: float, width: int = 2, bias: bool = False) -> None:

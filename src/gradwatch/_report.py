@@ -16,7 +16,8 @@ class LayerSummary:
     """One layer's gradient and weight norms over a checked run.
 
     ``final_*`` are the values at the last measured step (NaN where the layer had no
-    gradient then); ``max_*`` the largest finite values seen over the run.
+    gradient then); ``max_*`` the largest finite values seen over the run (over its last
+    ``history`` steps when it ran longer than that).
     """
 
     name: str

@@ -10,8 +10,8 @@ still. Two signs are read from the history:
   layer in one step), or whose gradient norm overflowed float32 while the loss is still
   finite;
 * trend: the total gradient norm growing by ``exploding_growth`` or more within the last
-  ``trend_window`` steps, rising at most steps, while the loss does not fall. This is
-  visible before the run reaches NaN.
+  ``trend_window`` steps, rising at most steps, while the loss does not fall and some
+  layer's ‖g‖/‖w‖ has reached 1. This is visible before the run reaches NaN.
 
 The alert names the input-most layer that crosses the threshold (or, for the trend, the
 layer whose gradient grew most).
@@ -27,6 +27,11 @@ from .._alerts import Alert
 from .._history import History, StepRecord
 from . import DetectorContext
 from ._common import fmt, layer_label, weight_floor
+
+#: The growth rule needs some layer's ‖g‖/‖w‖ to have reached this: one SGD step with
+#: lr = 1 would then change the layer by its own size. Below it, fast relative growth is
+#: a gradient coming back from negligible (leaving a dead or flat region), not a blow-up.
+GROWTH_FLOOR = 1.0
 
 REMEDY = (
     "lower the learning rate; clip gradients (gradwatch.watch(..., clip=1.0)); use Xavier/He "
@@ -118,6 +123,8 @@ def _growth(history: History, context: DetectorContext) -> Alert | None:
     if finite_losses.size >= 2 and finite_losses[-1] < finite_losses[0]:
         return None  # gradients grow while the loss falls: leaving a plateau, not diverging
     first, last = window[low], window[-1]
+    if not np.nanmax(relative_gradient(last, context), initial=0.0) >= GROWTH_FLOOR:
+        return None  # growing from negligible to small: not (yet) an explosion
     with np.errstate(divide="ignore", invalid="ignore"):
         layer_growth = last.grad_norm / first.grad_norm
     layer_growth[~np.isfinite(layer_growth)] = 0.0

@@ -14,7 +14,8 @@ typical weight scale instead of its ≈0 norm (see ``weight_floor``). Three sign
 smoothed by a median over the last ``trend_window`` steps:
 
 * across depth: a weight layer whose s is below ``vanishing_ratio`` times the largest s
-  of the layers after it (closer to the output);
+  of the layers after it (closer to the output); borderline cases (below its 3/4 power)
+  are an info, and only when the input-most layer is among them;
 * exact zeros: a layer that has a gradient, but one that is exactly zero, at most of the
   last steps while layers after it do get gradient (cut off, e.g. by dead ReLUs);
 * absolute: even the most sensitive layer has s below ``vanishing_floor`` times the loss,
@@ -142,6 +143,8 @@ def _across_depth(
     level = config.vanishing_ratio if severity != "info" else info_level
     affected = candidates[ratio < level]
     first = int(affected[0])
+    if severity == "info" and first != int(candidates[0]):
+        return []  # borderline and not the input-side pattern: not worth a word
     reference = int(candidates[int(np.argmax(values))])
     if zeros.any():
         zero_layers = candidates[zeros]
