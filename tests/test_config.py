@@ -25,6 +25,8 @@ from .helpers import make_mlp
         ({"on_nonfinite": "ignore"}, ValueError, ["on_nonfinite", "'warn'", "'skip'", "'raise'"]),
         ({"flush_secs": 0}, ValueError, ["flush_secs"]),
         ({"flush_secs": float("nan")}, ValueError, ["flush_secs", "finite"]),
+        ({"flow_image_every": -1}, ValueError, ["flow_image_every", "0 to switch"]),
+        ({"flow_image_every": 2.5}, TypeError, ["flow_image_every", "int"]),
     ],
 )
 def test_bad_options_are_refused(options: dict, error: type, names: list[str]) -> None:

@@ -131,6 +131,12 @@ class WatchConfig:
             so every rank must call ``watch()`` and step together) and only rank 0 writes
             logs. ``"off"``: this rank is watched alone (no collectives) and writes its
             own logs, e.g. a model only rank 0 trains.
+        flow_image_every: with a ``logdir``, draw the gradient-flow picture (layers x
+            steps heat map of log10 gradient norm, plus norms across depth) into
+            TensorBoard's Images tab every this many steps, and once at ``close()``;
+            ``0`` switches it off. Needs matplotlib (the ``cli`` extra); without it the
+            picture is off, with one log message. Each picture costs tens of
+            milliseconds on the host.
 
     Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
 
@@ -195,6 +201,7 @@ class WatchConfig:
     not_learning_z: float = 2.0
     not_learning_min_drop: float = 1e-3
     distributed: DistributedMode = "auto"
+    flow_image_every: int = 100
 
     def __post_init__(self) -> None:
         require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
@@ -316,6 +323,12 @@ class WatchConfig:
                 f"distributed must be one of {', '.join(map(repr, DISTRIBUTED_MODES))}, "
                 f"got {self.distributed!r}. Use 'off' to watch this rank alone."
             )
+        require_int(
+            "flow_image_every",
+            self.flow_image_every,
+            minimum=0,
+            hint="Use 0 to switch the gradient-flow image off.",
+        )
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

@@ -209,7 +209,12 @@ class Watcher:
                 from ._sinks.tensorboard import TensorBoardSink
 
                 self._add_sink(
-                    TensorBoardSink(self.logdir, flush_secs=self.config.flush_secs),
+                    TensorBoardSink(
+                        self.logdir,
+                        flush_secs=self.config.flush_secs,
+                        history=self.history,
+                        flow_image_every=self.config.flow_image_every,
+                    ),
                     "TensorBoard",
                 )
             self._probe, self._locator = self._attach_probes(model)

@@ -9,13 +9,21 @@ thread and reports its failures back instead of dying with a traceback.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from .._alerts import Alert
-from .._history import StepRecord
+from .._history import History, StepRecord
 from .._layers import ROOT_TAG, LayerIndex
+
+logger = logging.getLogger(__name__)
+
+#: Image tag of the gradient-flow picture (layers x steps heat map + depth profile).
+FLOW_IMAGE_TAG = "gradient_flow"
 
 #: Per-layer statistics and the chart titles they get in the custom-scalars layout.
 LAYER_STATS: dict[str, str] = {
@@ -103,6 +111,49 @@ def _figure_to_chw(figure: Any) -> Any:
     return image.transpose(2, 0, 1)
 
 
+_ALERT_MARKDOWN = re.compile(
+    r"^\*\*(?P<severity>[A-Z]+)\*\* `(?P<kind>[^`]+)` at step (?P<step>\d+) in "
+    r"`(?P<where>[^`]*)`:(?: value `(?P<value>[^`]+)`)?(?:, threshold `(?P<threshold>[^`]+)`)?"
+    r"\n\n(?P<message>.*?)\n\n\*Try:\* (?P<remedy>.*)$",
+    re.DOTALL,
+)
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_alert_markdown(text: str, step: int) -> dict[str, Any]:
+    """Read back what :func:`alert_markdown` wrote (for ``gradwatch report``).
+
+    Values come back rounded to the 4 significant digits they were written with.
+    ``layer`` is the display form (``(model)`` for a whole-model alert). Text in
+    another format is kept whole under ``text`` with the other fields None.
+    """
+    match = _ALERT_MARKDOWN.match(text)
+    if match is None:
+        return {
+            "kind": None, "severity": None, "step": step, "layer": None, "message": text,
+            "value": None, "threshold": None, "remedy": None, "text": text,
+        }  # fmt: skip
+    return {
+        "kind": match["kind"],
+        "severity": match["severity"].lower(),
+        "step": int(match["step"]),
+        "layer": match["where"],
+        "message": match["message"],
+        "value": _number(match["value"]),
+        "threshold": _number(match["threshold"]),
+        "remedy": match["remedy"],
+        "text": text,
+    }
+
+
 def text_summary(tag: str, text: str) -> Any:
     """A text-plugin summary under exactly ``tag`` (``add_text`` would append a suffix)."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -150,9 +201,25 @@ class SummaryTemplates:
 
 
 class TensorBoardSink:
-    """Writes a gradwatch run into ``logdir`` as TensorBoard event files."""
+    """Writes a gradwatch run into ``logdir`` as TensorBoard event files.
 
-    def __init__(self, logdir: str | os.PathLike[str], *, flush_secs: float = 30.0) -> None:
+    With ``history`` and ``flow_image_every > 0`` it also draws the gradient-flow picture
+    (:mod:`gradwatch._flowplot`) from the host history under the image tag
+    ``gradient_flow``: at every step that is a multiple of ``flow_image_every`` and
+    once more at ``close()`` if steps came since, so a short run still gets one. Drawing
+    happens on the host, from numbers already there (no device sync), and costs tens
+    of milliseconds per picture; the newest ``history`` steps are drawn. Without
+    matplotlib the picture is off, with one log message.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike[str],
+        *,
+        flush_secs: float = 30.0,
+        history: History | None = None,
+        flow_image_every: int = 0,
+    ) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary as summaries
 
@@ -166,6 +233,17 @@ class TensorBoardSink:
         self._file_writer.add_summary(summaries.custom_scalars(custom_scalars_layout()), 0)
         self._file_writer.flush()
         self._steps_written = 0
+        self._history: History | None = history
+        self._flow_every: int = flow_image_every if history is not None else 0
+        if self._flow_every and not _matplotlib_available():
+            logger.info(
+                "gradwatch: the gradient-flow image in TensorBoard is off because "
+                "matplotlib is not installed (pip install 'gradwatch[cli]')."
+            )
+            self._flow_every = 0
+        self._index: LayerIndex | None = None
+        self._next_image_step: int = self._flow_every
+        self._last_image_step: int | None = None
 
     #: How often (in written steps) to check that the log directory still exists.
     CHECK_EVERY = 50
@@ -182,6 +260,44 @@ class TensorBoardSink:
         # The writer copies the summary into its Event at once, so the template is reusable.
         summary = self._templates.pack(step_scalars(record, index))
         self._file_writer.add_summary(summary, record.step)
+        self._index = index
+        if self._flow_every and record.step >= self._next_image_step:
+            # The first logged step at or past each multiple of flow_image_every (with
+            # log_every > 1 the multiple itself may not be logged).
+            self._next_image_step = (record.step // self._flow_every + 1) * self._flow_every
+            self.write_flow_image()
+
+    def write_flow_image(self) -> None:
+        """Draw the gradient-flow picture of the history so far, at the latest step.
+
+        A failure to draw switches only the picture off (one warning in the log); the
+        scalars and alerts keep flowing.
+        """
+        if self._history is None or self._index is None or not len(self._history):
+            return
+        from .._flowplot import flow_from_history, flow_rgb
+
+        records = list(self._history)
+        index = self._index
+        step = records[-1].step
+        self._last_image_step = step
+        try:
+            with warnings.catch_warnings():
+                # matplotlib's own deprecation notices are not the user's business here.
+                warnings.simplefilter("ignore")
+                data = flow_from_history(records, [index.tag(i) for i in range(index.num_layers)])
+                image = flow_rgb(data, title=f"steps {records[0].step}-{step}")
+        except Exception:
+            logger.warning(
+                "gradwatch: drawing the gradient-flow image failed; it is off for the rest "
+                "of this run (scalars and alerts are unaffected).",
+                exc_info=True,
+            )
+            self._flow_every = 0
+            return
+        self._file_writer.add_summary(
+            self._summaries.image(FLOW_IMAGE_TAG, image, dataformats="HWC"), step
+        )
 
     def write_alert(self, alert: Alert) -> None:
         self._check_logdir()
@@ -198,5 +314,20 @@ class TensorBoardSink:
         self._file_writer.flush()
 
     def close(self) -> None:
-        self._file_writer.close()
+        try:
+            latest = self._history.latest if self._history is not None else None
+            if self._flow_every and latest is not None and (
+                self._last_image_step is None or latest.step > self._last_image_step
+            ):
+                self.write_flow_image()
+        finally:
+            self._file_writer.close()
         self._check_logdir()  # after closing: say so if what was written went nowhere
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

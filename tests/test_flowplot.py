@@ -1,0 +1,108 @@
+"""The gradient-flow picture: drawn from real runs, in TensorBoard and as a PNG."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch._flowplot import FlowData, chosen_steps, flow_from_history, flow_rgb
+from gradwatch._logreader import read_run
+
+from .helpers import make_mlp, regression_batches
+
+pytest.importorskip("matplotlib")
+
+
+def _train(logdir, steps: int, **options) -> gradwatch.Watcher:
+    model = make_mlp(depth=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, logdir=logdir, **options) as gw:
+        for x, y in regression_batches(steps):
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return gw
+
+
+@pytest.mark.parametrize(
+    ("steps", "options", "expected"),
+    [
+        (7, {"flow_image_every": 3}, [3, 6]),  # 6 is also the last step: no extra at close
+        (8, {"flow_image_every": 3}, [3, 6, 7]),  # one more at close for the steps since
+        (5, {}, [4]),  # default every 100 steps: a short run still gets one at close
+        (9, {"flow_image_every": 4, "log_every": 3}, [6, 8]),  # first logged step past 4, 8
+        (5, {"flow_image_every": 0}, []),
+    ],
+)
+def test_flow_image_steps(tmp_path, steps: int, options: dict, expected: list[int]) -> None:
+    _train(tmp_path, steps, **options)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    if not expected:
+        assert "gradient_flow" not in accumulator.Tags()["images"]
+        return
+    images = accumulator.Images("gradient_flow")
+    assert [image.step for image in images] == expected
+    assert images[0].width > 300 and images[0].height > 150
+    assert images[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_flow_data_from_history_matches_the_records(tmp_path) -> None:
+    gw = _train(None, 6)
+    data = flow_from_history(list(gw.history), gw.index.names)
+    assert data.grad_norm.shape == (4, 6)
+    np.testing.assert_array_equal(data.steps, np.arange(6))
+    np.testing.assert_allclose(data.grad_norm[:, -1], gw.history.latest.grad_norm)
+
+
+def test_flow_image_shows_vanishing_as_dark_input_side() -> None:
+    """The heat map's colours follow log10 norm: the tiny-gradient layer gets the
+    colour map's low end (viridis: dark purple), the large one its high end (yellow)."""
+    layers = ("first", "middle", "last")
+    grads = np.array([[1e-8] * 4, [1e-3] * 4, [1.0] * 4])
+    image = flow_rgb(FlowData(layers, np.arange(4), grads))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    height = image.shape[0]
+    # Sample the heat map along its centre column band: find the darkest and brightest rows.
+    band = image[:, int(image.shape[1] * 0.3), :].astype(int)
+    brightness = band.sum(axis=1)
+    dark_row = int(np.argmin(brightness[: height - 40]))
+    bright_row = int(np.argmax(np.where(band[:, 2] < 100, brightness, 0)))  # yellow: low blue
+    assert dark_row < bright_row  # input side (top) is dark, output side (bottom) bright
+
+
+def test_report_flow_data_equals_history(tmp_path) -> None:
+    gw = _train(tmp_path, 5)
+    data = read_run(tmp_path).flow_data()
+    assert data.layers == tuple(gw.index.names)
+    expected = flow_from_history(list(gw.history), gw.index.names)
+    np.testing.assert_allclose(data.grad_norm, expected.grad_norm, rtol=1e-6)
+    np.testing.assert_allclose(data.weight_norm, expected.weight_norm, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "expected"), [(0, []), (1, [0]), (2, [0, 1]), (9, [0, 4, 8])])
+def test_chosen_steps(n: int, expected: list[int]) -> None:
+    assert chosen_steps(n) == expected
+
+
+def test_without_matplotlib_the_image_is_off_with_one_log_message(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with caplog.at_level(logging.INFO, logger="gradwatch"):
+        gw = _train(tmp_path, 3)
+    messages = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
+    assert len(messages) == 1 and "gradient-flow image" in messages[0]
+    assert not gw.alerts
+    run = read_run(tmp_path)
+    assert run.images == () and "grad_norm/0" in run.scalars
