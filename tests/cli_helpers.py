@@ -42,3 +42,16 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI's ``main()`` in this process (for the many usage-error cases, where a
+    subprocess per case would only re-import torch); returns (status, stdout, stderr)."""
+    from gradwatch._cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exit:  # argparse's own usage errors
+        status = int(exit.code or 0)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err

@@ -8,6 +8,8 @@ from torch import nn
 
 from .helpers import make_mlp, regression_batches
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def mlp() -> nn.Sequential:

@@ -17,7 +17,7 @@ from gradwatch._cli._output import Output
 from gradwatch._logreader import read_run
 from gradwatch._runsummary import summarize
 
-from .cli_helpers import run_cli
+from .cli_helpers import run_cli, run_main
 from .helpers import make_mlp, regression_batches
 
 
@@ -109,18 +109,18 @@ def test_report_json_and_plot(logs: dict[str, Path], tmp_path: Path) -> None:
     assert "wrote the gradient-flow picture" in result.stderr
 
 
+BAD_DIRS = [
+    ("missing", ["does not exist"]),
+    ("empty", ["no TensorBoard event files"]),
+    ("file", ["is a file"]),
+    ("not_gradwatch", ["none written by gradwatch", "accuracy"]),
+    ("parent", ["run(s) in subdirectories", "healthy", "pass one of them"]),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("which", "words"),
-    [
-        ("missing", ["does not exist"]),
-        ("empty", ["no TensorBoard event files"]),
-        ("file", ["is a file"]),
-        ("not_gradwatch", ["none written by gradwatch", "accuracy"]),
-        ("parent", ["run(s) in subdirectories", "healthy", "pass one of them"]),
-    ],
-)
-def test_report_on_bad_log_dirs_is_a_usage_error(
+@pytest.mark.parametrize(("which", "words"), [BAD_DIRS[0], BAD_DIRS[3]])
+def test_console_script_on_bad_log_dirs_exits_2(
     logs: dict[str, Path], which: str, words: list[str]
 ) -> None:
     result = run_cli("report", str(logs[which]))
@@ -132,13 +132,23 @@ def test_report_on_bad_log_dirs_is_a_usage_error(
     assert result.stdout == ""
 
 
-@pytest.mark.slow
-def test_plot_into_missing_directory_is_a_usage_error(
-    logs: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(("which", "words"), BAD_DIRS)
+def test_report_on_bad_log_dirs_is_a_usage_error(
+    logs: dict[str, Path], capsys: pytest.CaptureFixture[str], which: str, words: list[str]
 ) -> None:
-    result = run_cli("report", str(logs["healthy"]), "--plot", str(tmp_path / "no" / "x.png"))
-    assert result.returncode == 2
-    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    status, out, err = run_main(["report", str(logs[which])], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith("gradwatch report: error: cannot report on")
+    for word in words:
+        assert word in err
+
+
+def test_plot_into_missing_directory_is_a_usage_error(
+    logs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "no" / "x.png")
+    status, _, err = run_main(["report", str(logs["healthy"]), "--plot", missing], capsys)
+    assert status == 2 and "does not exist" in err
 
 
 def test_colour_rendering_with_rich(tmp_path: Path) -> None:

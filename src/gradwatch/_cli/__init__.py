@@ -12,11 +12,12 @@ come with the optional ``cli`` extra, and without them output is plain text.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import _report
+from . import _check, _report
 from ._errors import UsageError
 
 EXIT_OK = 0
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradwatch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    _check.add_parser(subparsers)
     _report.add_parser(subparsers)
     return parser
 
@@ -41,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (argparse's own errors exit with 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The report shows every alert; without this, Python's last-resort handler would also
+    # print each one to stderr as the library logs it.
+    logging.getLogger("gradwatch").addHandler(logging.NullHandler())
     try:
         return int(args.run(args))
     except UsageError as error:

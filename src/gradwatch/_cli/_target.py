@@ -59,13 +59,27 @@ def split_target(target: str) -> tuple[str, str, bool]:
 
 
 def user_traceback(error: BaseException, *, skip_prefixes: Iterable[str] = ()) -> str:
-    """The traceback of ``error`` without the frames of gradwatch's CLI and importlib."""
+    """The traceback of ``error`` from the first frame of the user's code on.
+
+    Leading frames of gradwatch's CLI, importlib and ``skip_prefixes`` are dropped, and
+    leading torch frames too when a user frame follows (``nn.Module.__call__`` before the
+    user's ``forward``); an error raised before any user frame keeps its last frames.
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     skip = (here, "<frozen importlib", *skip_prefixes)
+    library = (*skip, os.path.dirname(os.path.abspath(_torch_file())))
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(skip):
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
+    user = tb
+    while user is not None and user.tb_frame.f_code.co_filename.startswith(library):
+        user = user.tb_next
+    return "".join(traceback.format_exception(type(error), error, user or tb))
+
+
+def _torch_file() -> str:
+    module = sys.modules.get("torch")
+    return getattr(module, "__file__", None) or "<no torch>"
 
 
 def _import_file(path: str) -> types.ModuleType:
@@ -142,7 +156,7 @@ def _function(module: types.ModuleType, function: str, where: str) -> Any:
     value = getattr(module, function)
     if not callable(value):
         raise UsageError(
-            f"{where}:{function} is a {type(value).__name__}, not a function. TARGET must "
+            f"{where}:{function} is not a function but a {type(value).__name__}. TARGET must "
             "name a function returning (model, data, loss_fn) or (model, data, loss_fn, "
             "optimizer)."
         )
@@ -169,10 +183,10 @@ def validate_returned(value: object, target: str) -> CheckInputs:
             f"{target} returned {type(model).__name__} as the model (1st item); expected a "
             f"torch.nn.Module. It must return {expected}."
         )
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+    if isinstance(data, (str, bytes, torch.Tensor)) or not isinstance(data, Iterable):
         raise UsageError(
             f"{target} returned {type(data).__name__} as data (2nd item); expected an "
-            "iterable of (inputs, targets) batches, e.g. a list or a DataLoader."
+            "iterable of (inputs, targets) batches, e.g. [(x, y)] or a DataLoader."
         )
     if not callable(loss_fn):
         raise UsageError(
