@@ -52,7 +52,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.tensorboard import SummaryWriter
 
 import gradwatch
-from gradwatch._config import WatchConfig
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -133,7 +132,7 @@ class Workload:
 
 def workloads() -> list[Workload]:
     gen = torch.Generator().manual_seed(0)
-    vocab, context, batch = 4096, 96, 8
+    vocab, context, batch = 1000, 128, 8
 
     def tokens() -> tuple[Tensor, Tensor]:
         t = torch.randint(0, vocab, (batch, context + 1), generator=gen)
@@ -148,7 +147,7 @@ def workloads() -> list[Workload]:
     return [
         Workload(
             "transformer",
-            lambda: TinyGPT(vocab, 256, blocks=4, heads=4, context=context),
+            lambda: TinyGPT(vocab, 256, blocks=6, heads=4, context=context),
             [tokens() for _ in range(4)],
             _token_loss,
             f"{batch}x{context} tokens",
@@ -171,115 +170,118 @@ def workloads() -> list[Workload]:
 
 
 # --------------------------------------------------------------------------- configurations
-class Runner:
-    """One configuration: its own copy of the model (same seed), optimizer and step."""
+class Mode:
+    """One configuration, attached to the shared model for a block of steps, then removed.
 
-    def __init__(self, workload: Workload, logdir: str) -> None:
-        torch.manual_seed(1234)
-        self.model = workload.make_model()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.loss_fn = workload.loss_fn
-        self.logdir = logdir
-        self.steps = 0
+    Every configuration trains the *same* model and optimizer (attached in turn), so they
+    all see the same memory layout: separate copies of a model differ by a few percent in
+    step time on their own (where their buffers land), more than what is measured here.
+    """
 
-    def forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
-        loss = self.loss_fn(self.model(x), y)
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, logdir: str) -> None:
+        pass
+
+    def forward_backward(self, model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
+        loss = loss_fn(model(x), y)
         loss.backward()
         return loss
 
-    def after_backward(self, loss: Tensor) -> None:
+    def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
         """Whatever the configuration does between backward() and optimizer.step()."""
 
-    def step(self, x: Tensor, y: Tensor) -> None:
-        loss = self.forward_backward(x, y)
-        self.after_backward(loss)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        self.steps += 1
-
-    def close(self) -> None:
+    def detach(self) -> None:
         pass
 
     def note(self) -> str:
         return ""
 
 
-class GradwatchRunner(Runner):
-    def __init__(self, workload: Workload, logdir: str, **options: Any) -> None:
-        super().__init__(workload, logdir)
-        self.watcher = gradwatch.watch(self.model, self.optimizer, logdir=logdir, **options)
+class GradwatchMode(Mode):
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.watcher: gradwatch.Watcher | None = None
+        self.alerts = 0
 
-    def after_backward(self, loss: Tensor) -> None:
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, logdir: str) -> None:
+        self.watcher = gradwatch.watch(model, optimizer, logdir=logdir, **self.options)
+
+    def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
+        assert self.watcher is not None
         self.watcher.record_loss(loss)
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        assert self.watcher is not None
         self.watcher.close()
+        self.alerts += len(self.watcher.alerts)
+        self.watcher = None
 
     def note(self) -> str:
-        return f"{len(self.watcher.alerts)} alerts"
+        return f"{self.alerts} alerts"
 
 
-class AnomalyRunner(Runner):
+class AnomalyMode(Mode):
     """``torch.autograd.detect_anomaly()`` around forward and backward (its documented use)."""
 
-    def forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward_backward(self, model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with torch.autograd.detect_anomaly():
-                return super().forward_backward(x, y)
+                return super().forward_backward(model, loss_fn, x, y)
 
 
-class LightningNormRunner(Runner):
+class WriterMode(Mode):
+    """A configuration that logs through its own ``SummaryWriter``."""
+
+    writer: SummaryWriter | None = None
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, logdir: str) -> None:
+        self.writer = SummaryWriter(logdir)
+
+    def detach(self) -> None:
+        assert self.writer is not None
+        self.writer.close()
+        self.writer = None
+
+
+class LightningNormMode(WriterMode):
     """Lightning ``grad_norm`` style: per-parameter ``.norm()`` read with ``.item()``,
     logged with one ``add_scalar`` per tag (as TensorBoardLogger.log_metrics does)."""
 
-    def __init__(self, workload: Workload, logdir: str) -> None:
-        super().__init__(workload, logdir)
-        self.writer = SummaryWriter(logdir)
-
-    def after_backward(self, loss: Tensor) -> None:
+    def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
+        assert self.writer is not None
         norms = {
             f"grad_2.0_norm/{name}": p.grad.norm(2.0).item()
-            for name, p in self.model.named_parameters()
+            for name, p in model.named_parameters()
             if p.grad is not None
         }
         norms["grad_2.0_norm_total"] = math.sqrt(sum(v * v for v in norms.values()))
         for tag, value in norms.items():
-            self.writer.add_scalar(tag, value, self.steps)
-
-    def close(self) -> None:
-        self.writer.close()
+            self.writer.add_scalar(tag, value, step)
 
 
-class HistogramRunner(Runner):
+class HistogramMode(WriterMode):
     """``wandb.watch(log="gradients", log_freq=1)`` style: a histogram of every
     parameter's gradient every step (here with ``SummaryWriter.add_histogram``)."""
 
-    def __init__(self, workload: Workload, logdir: str) -> None:
-        super().__init__(workload, logdir)
-        self.writer = SummaryWriter(logdir)
-
-    def after_backward(self, loss: Tensor) -> None:
-        for name, p in self.model.named_parameters():
+    def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
+        assert self.writer is not None
+        for name, p in model.named_parameters():
             if p.grad is not None:
-                self.writer.add_histogram(f"gradients/{name}", p.grad, self.steps)
-
-    def close(self) -> None:
-        self.writer.close()
+                self.writer.add_histogram(f"gradients/{name}", p.grad, step)
 
 
-class ActivationHookRunner(Runner):
+class ActivationHookMode(Mode):
     """Composer ``ActivationMonitor`` style at interval 1: a forward hook on every module
     computing, for each input and output, the mean L2 norm and max over the last
     dimension, the mean and the kurtosis, each read with ``.item()``."""
 
-    def __init__(self, workload: Workload, logdir: str) -> None:
-        super().__init__(workload, logdir)
+    def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
-        names = {module: name for name, module in self.model.named_modules()}
+        self.handles: list[Any] = []
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, logdir: str) -> None:
         self.handles = [
-            module.register_forward_hook(self._hook(names[module]))
-            for module in self.model.modules()
+            module.register_forward_hook(self._hook(name)) for name, module in model.named_modules()
         ]
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
@@ -301,72 +303,49 @@ class ActivationHookRunner(Runner):
         self.metrics[f"kurtosis/{key}"] = kurtosis.item()
         self.metrics[f"max/{key}"] = value.max(dim=-1).values.mean().item()
 
-    def close(self) -> None:
+    def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []
 
 
 @dataclasses.dataclass
 class Config:
     label: str
-    make: Callable[[Workload, str], Runner]
+    make: Callable[[], Mode]
     every: int = 1  # take part in every `every`-th round (expensive reference rows)
     target: str = ""
 
 
-def _has_option(name: str) -> bool:
-    return name in WatchConfig.option_names()
-
-
 def configs() -> list[Config]:
-    rows = [
-        Config("unwatched (baseline)", Runner),
-        Config("unwatched, second copy (A/A noise floor)", Runner),
+    return [
+        Config("unwatched (baseline)", Mode),
+        Config("unwatched again (A/A: the noise floor)", Mode),
         Config(
-            "gradwatch default (norms, non-finite check, TensorBoard every step)",
-            lambda w, d: GradwatchRunner(w, d),
+            "gradwatch, norms only (`activation_every=0, update_ratio_every=0`)",
+            lambda: GradwatchMode(activation_every=0, update_ratio_every=0),
             target="<= 1.01",
         ),
         Config(
-            "gradwatch, update ratio every step",
-            lambda w, d: GradwatchRunner(w, d, update_ratio_every=1),
+            "gradwatch default (+ activation stats, update ratios every 10 steps)",
+            GradwatchMode,
+            target="<= 1.02",
         ),
+        Config(
+            "gradwatch default + `locate_nonfinite=True`",
+            lambda: GradwatchMode(locate_nonfinite=True),
+            target="<= 1.05",
+        ),
+        Config("gradwatch, `update_ratio_every=1`", lambda: GradwatchMode(update_ratio_every=1)),
+        Config("`torch.autograd.detect_anomaly()`", AnomalyMode, every=3),
+        Config(
+            "Lightning-style `grad_norm`: per-parameter `.norm().item()`",
+            LightningNormMode,
+            every=3,
+        ),
+        Config("wandb.watch-style gradient histograms every step", HistogramMode, every=3),
+        Config("Composer-style activation hooks on every module", ActivationHookMode, every=3),
     ]
-    if _has_option("activation_every"):
-        rows.append(
-            Config(
-                "gradwatch + activation stats (default interval) + update ratios",
-                lambda w, d: GradwatchRunner(w, d, activation_every=WatchConfig().activation_every),
-                target="<= 1.02",
-            )
-        )
-    if _has_option("locate_nonfinite"):
-        rows.append(
-            Config(
-                "gradwatch, NaN localisation on (locate_nonfinite=True)",
-                lambda w, d: GradwatchRunner(w, d, locate_nonfinite=True),
-                target="<= 1.05",
-            )
-        )
-    rows += [
-        Config("torch.autograd.detect_anomaly()", AnomalyRunner, every=3),
-        Config(
-            "per-parameter norm().item() + add_scalar (Lightning grad_norm style)",
-            LightningNormRunner,
-            every=3,
-        ),
-        Config(
-            "per-parameter gradient histograms every step (wandb.watch style)",
-            HistogramRunner,
-            every=3,
-        ),
-        Config(
-            "forward hooks with stats on every module (Composer ActivationMonitor style)",
-            ActivationHookRunner,
-            every=3,
-        ),
-    ]
-    return rows
 
 
 # --------------------------------------------------------------------------- timing
@@ -381,51 +360,68 @@ def median_ci(values: list[float]) -> tuple[float, float, float]:
 
 
 def time_workload(
-    workload: Workload, rows: list[Config], rounds: int, warmup: int, root: str
+    workload: Workload, rows: list[Config], rounds: int, block: int, root: str
 ) -> list[str]:
-    runners = [
-        row.make(workload, os.path.join(root, f"{workload.name}-{i}")) for i, row in enumerate(rows)
-    ]
-    base = runners[0]
-    params = sum(p.numel() for p in base.model.parameters())
-    layers = sum(1 for m in base.model.modules() if list(m.parameters(recurse=False)))
-    tensors = sum(1 for _ in base.model.parameters())
-    times: list[dict[int, float]] = [{} for _ in rows]
+    """Rounds of blocks: each round runs every configuration for ``block`` timed steps
+    (after one untimed step), in a shuffled order; a configuration's ratio in a round is
+    its block time over the baseline's block time in the same round."""
+    torch.manual_seed(1234)
+    model = workload.make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    params = sum(p.numel() for p in model.parameters())
+    layers = sum(1 for m in model.modules() if list(m.parameters(recurse=False)))
+    tensors = sum(1 for _ in model.parameters())
+    modes = [row.make() for row in rows]
+    wall_times: list[dict[int, float]] = [{} for _ in rows]
+    cpu_times: list[dict[int, float]] = [{} for _ in rows]
     rng = random.Random(0)
-    gc.collect()
+    step = 0
     started = time.perf_counter()
-    for r in range(warmup + rounds):
-        x, y = workload.batches[r % len(workload.batches)]
-        order = [i for i, row in enumerate(rows) if i == 0 or (r - warmup) % row.every == 0]
+    for r in range(-1, rounds):  # round -1 warms every configuration up, untimed
+        order = [i for i, row in enumerate(rows) if r < 0 or i == 0 or r % row.every == 0]
         rng.shuffle(order)
         for i in order:
-            t0 = time.perf_counter()
-            runners[i].step(x, y)
-            elapsed = time.perf_counter() - t0
-            if r >= warmup:
-                times[i][r] = elapsed
-    wall = time.perf_counter() - started
-    notes = [runner.note() for runner in runners]
-    for runner in runners:
-        runner.close()
+            mode = modes[i]
+            mode.attach(model, optimizer, os.path.join(root, f"{workload.name}-{i}-{r}"))
+            wall = cpu = 0.0
+            for s in range(1 + block):
+                x, y = workload.batches[step % len(workload.batches)]
+                c0, t0 = time.process_time(), time.perf_counter()
+                loss = mode.forward_backward(model, workload.loss_fn, x, y)
+                mode.after_backward(model, loss, step)
+                optimizer.step()
+                optimizer.zero_grad()
+                t1, c1 = time.perf_counter(), time.process_time()
+                step += 1
+                if s > 0:  # the first step after attaching may build caches
+                    wall, cpu = wall + t1 - t0, cpu + c1 - c0
+            mode.detach()
+            gc.collect()
+            if r >= 0:
+                wall_times[i][r], cpu_times[i][r] = wall / block, cpu / block
+    elapsed = time.perf_counter() - started
     lines = [
         f"\n### {workload.name}: {params / 1e6:.2f}M parameters in {tensors} tensors, "
         f"{layers} layers, batch {workload.batch_text}, AdamW "
-        f"({rounds} rounds after {warmup} warm-up, {wall:.0f} s)\n",
-        "| configuration | median step | ratio to unwatched [95% CI] | target |",
-        "|---|---:|---:|---|",
+        f"({rounds} rounds of {block}-step blocks, {elapsed:.0f} s)\n",
+        "| configuration | median step | wall-time ratio [95% CI] | CPU-time ratio [95% CI] "
+        "| target |",
+        "|---|---:|---:|---:|---|",
     ]
+
+    def ratio(times: list[dict[int, float]], i: int) -> str:
+        med, lo, hi = median_ci([times[i][r] / times[0][r] for r in times[i]])
+        return f"{med:.3f}x [{lo:.3f}, {hi:.3f}]"
+
     for i, row in enumerate(rows):
-        own = times[i]
-        ms = statistics.median(own.values()) * 1e3
+        ms = statistics.median(wall_times[i].values()) * 1e3
         if i == 0:
-            lines.append(f"| {row.label} | {ms:.1f} ms | 1 | |")
+            lines.append(f"| {row.label} | {ms:.1f} ms | 1 | 1 | |")
             continue
-        ratios = [own[r] / times[0][r] for r in own]
-        med, lo, hi = median_ci(ratios)
-        note = f" ({notes[i]})" if notes[i] else ""
+        note = f" ({modes[i].note()})" if modes[i].note() else ""
         lines.append(
-            f"| {row.label}{note} | {ms:.1f} ms | {med:.3f}x [{lo:.3f}, {hi:.3f}] | {row.target} |"
+            f"| {row.label}{note} | {ms:.1f} ms | {ratio(wall_times, i)} | "
+            f"{ratio(cpu_times, i)} | {row.target} |"
         )
     return lines
 
@@ -663,7 +659,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run while developing")
     parser.add_argument("--rounds", type=int, help="timed rounds per workload")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=10,
+        help="timed steps per configuration and round (keep a multiple of 10: the "
+        "default options sample activations and update ratios every 10 steps)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--memory-steps", type=int, help="steps of the memory run")
     parser.add_argument(
@@ -673,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workloads", default="transformer,cnn,mlp", help="comma-separated workload names"
     )
     args = parser.parse_args(argv)
-    rounds = args.rounds or (12 if args.quick else 120)
+    rounds = args.rounds or (3 if args.quick else 15)
     memory_steps = args.memory_steps or (2000 if args.quick else 10_000)
     sections = set(args.only.split(",")) if args.only else {"timing", "ops", "consumer", "memory"}
     torch.set_num_threads(args.threads)
@@ -688,14 +690,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     chosen = [w for w in workloads() if w.name in args.workloads.split(",")]
     base_ms: dict[str, float] = {}
-    out: list[str] = []
     if "timing" in sections:
         with tempfile.TemporaryDirectory() as root:
             for workload in chosen:
-                lines = time_workload(workload, configs(), rounds, args.warmup, root)
+                lines = time_workload(workload, configs(), rounds, args.block, root)
                 base_ms[workload.name] = float(lines[3].split("|")[2].split()[0])
                 print("\n".join(lines), flush=True)
-                out += lines
     if "ops" in sections:
         lines = ops_section(workloads()[0]) + device_memory_section()
         print("\n".join(lines), flush=True)
