@@ -342,6 +342,8 @@ class _PreHook(CopyInertHook):
         self.type_name = type_name
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # not traced into a torch.compile graph (it cannot hold weak refs)
         locator = self.locator()
         if locator is not None:
             try:
@@ -357,6 +359,8 @@ class _PostHook(CopyInertHook):
         self.locator = locator
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # not traced into a torch.compile graph (it cannot hold weak refs)
         locator = self.locator()
         if locator is not None:
             try:
