@@ -28,7 +28,7 @@ def he_relu_mlp() -> tuple[nn.Module, torch.optim.Optimizer]:
         nn.init.zeros_(linear.bias)
         layers += [linear, nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(32, 1))
-    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, torch.optim.Adam(model.parameters(), lr=3e-3)
 
 
 def sgd_learning_rate_too_high() -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -58,7 +58,7 @@ SCENARIOS: dict[str, Callable[[], tuple[nn.Module, torch.optim.Optimizer]]] = {
 def run(name: str, logdir: str, steps: int) -> list[gradwatch.Alert]:
     torch.manual_seed(0)
     model, optimizer = SCENARIOS[name]()
-    target = torch.randn(32, 1)
+    target = torch.randn(32, 1) / 32**0.5  # unit-variance targets: learnable in a few dozen steps
     with gradwatch.watch(model, optimizer, logdir=os.path.join(logdir, name)) as gw:
         for _ in range(steps):
             x = torch.randn(64, 32)

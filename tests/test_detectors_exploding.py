@@ -102,6 +102,7 @@ def test_growth_rule_fires_on_steady_growth_with_a_rising_loss() -> None:
         alerts += detect_exploding(history, _context(exploding_rel_grad=1e9))
     assert [a.step for a in alerts][:1] == [4]
     assert alerts[0].value is not None and alerts[0].value >= 100
+    assert alerts[0].layer is None  # the whole model's norm: one episode, not one per layer
 
 
 def test_growth_rule_stays_quiet_while_the_loss_falls() -> None:

@@ -107,6 +107,29 @@ def test_nan_in_input_at_step_k_raises_nonfinite_alert_at_k(bad_step: int) -> No
     assert nonfinite[0].remedy
 
 
+def test_once_weights_are_nan_only_the_nonfinite_alert_speaks() -> None:
+    """After a NaN reaches the weights every statistic is garbage: no dead-unit, vanishing
+    or not-learning noise may bury the one alert that names the cause."""
+    model = make_mlp(depth=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    bad_step = 2
+    with gradwatch.watch(model, optimizer, activation_every=1, not_learning_steps=5) as gw:
+        for step, (x, y) in enumerate(regression_batches(30)):
+            if step == bad_step:
+                x = x.clone()
+                x[0, 0] = float("nan")
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            gw.record_loss(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+    broken_from = min(r.step for r in gw.history if not r.weight_finite.all())
+    assert broken_from == bad_step + 1  # the NaN gradient's update poisoned the weights
+    after = [a for a in gw.alerts if a.step >= broken_from]
+    assert all(a.kind == "nonfinite" for a in after), [(a.kind, a.step) for a in after]
+    assert [a.kind for a in gw.alerts if a.step == bad_step] == ["nonfinite"]
+
+
 def test_alert_is_on_disk_as_soon_as_it_is_raised(tmp_path) -> None:
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

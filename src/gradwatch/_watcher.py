@@ -30,7 +30,7 @@ from ._alertbook import AlertBook
 from ._alerts import Alert
 from ._amp import ScalerBridge
 from ._config import WatchConfig
-from ._detectors import Detector, DetectorContext, default_detectors
+from ._detectors import Detector, DetectorContext, default_detectors, detectors_for_step
 from ._detectors.nonfinite import nonfinite_alert
 from ._distributed import AlertRelay, GlobalNorms
 from ._errors import NonFiniteError
@@ -563,7 +563,7 @@ class Watcher:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""
         self.history.append(record)
         self._policies.observe(record)
-        for detector in self._detectors:
+        for detector in detectors_for_step(self._detectors, record):
             try:
                 alerts = detector(self.history, self._context)
             except Exception:

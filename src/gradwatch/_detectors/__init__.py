@@ -8,11 +8,11 @@ recorded step; it reads only the history and the context and never touches the m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .._alerts import Alert
 from .._config import WatchConfig
-from .._history import History
+from .._history import History, StepRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +59,18 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
         detect_grad_spike,
         detect_not_learning,
     ]
+
+
+def detectors_for_step(detectors: Sequence[Detector], record: StepRecord) -> list[Detector]:
+    """The detectors worth running on ``record``.
+
+    Once a weight holds NaN/inf the model is broken: every norm, activation and loss
+    measured after that is garbage, and a detector reading them (dead units, vanishing,
+    a loss that is "not learning") would only bury the one alert that matters. So on such
+    steps only the non-finite detector runs; its episode stays open and names the cause.
+    """
+    from .nonfinite import detect_nonfinite
+
+    if bool(record.weight_finite.all()):
+        return list(detectors)
+    return [detector for detector in detectors if detector is detect_nonfinite]

@@ -13,8 +13,9 @@ still. Two signs are read from the history:
   ``trend_window`` steps, rising at most steps, while the loss does not fall and some
   layer's ‖g‖/‖w‖ has reached 1. This is visible before the run reaches NaN.
 
-The alert names the input-most layer that crosses the threshold (or, for the trend, the
-layer whose gradient grew most).
+The magnitude alert names the input-most layer that crosses the threshold; the trend
+alert is about the whole model (``layer=None``, one episode) and its message names the
+layer whose gradient grew most.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def _growth(history: History, context: DetectorContext) -> Alert | None:
         kind="exploding",
         severity="error" if growth >= config.exploding_growth**2 else "warning",
         step=last.step,
-        layer=context.layer_names[layer],
+        # The whole model's norm grew: one episode for the run, not one per layer that
+        # happens to grow most at each step (the message names that layer).
+        layer=None,
         message=f"The total gradient norm grew {fmt(growth)}x in {steps} steps "
         f"({fmt(first.total_grad_norm)} -> {fmt(last.total_grad_norm)}) while the loss did "
         f"not fall; layer {layer_label(context, layer)} grew most "
