@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+import pytest
+
 import gradwatch
 
 from .unstable_models import (
@@ -68,3 +73,18 @@ def test_dead_relus_from_a_large_negative_bias_cut_the_gradient_to_zero() -> Non
 def test_he_initialised_mlp_does_not_vanish() -> None:
     report = gradwatch.check(he_mlp(depth=8), regression(4), mse, steps=10)
     assert vanishing(report) == []
+
+
+@pytest.mark.parametrize("shape", [(10, 4), (1, 7), (5, 1), (3, 6)])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_fast_nanmedian_equals_numpys(shape: tuple[int, int], axis: int) -> None:
+    from gradwatch._detectors._common import nanmedian
+
+    rng = np.random.default_rng(sum(shape))
+    values = rng.random(shape)
+    values[rng.random(shape) < 0.3] = np.nan
+    values[0, :] = np.nan  # an all-NaN row (and, for one column, an all-NaN column)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on all-NaN slices
+        expected = np.nanmedian(values, axis=axis)
+    np.testing.assert_allclose(nanmedian(values, axis=axis), expected, equal_nan=True)

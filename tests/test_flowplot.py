@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import numpy as np
@@ -11,8 +10,16 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._flowplot import FlowData, chosen_steps, flow_from_history, flow_rgb
+from gradwatch._flowplot import (
+    NO_GRADIENT_RGB,
+    FlowData,
+    chosen_steps,
+    flow_from_history,
+    flow_heatmap_rgb,
+    flow_rgb,
+)
 from gradwatch._logreader import read_run
+from gradwatch._png import encode_png
 
 from .helpers import make_mlp, regression_batches
 
@@ -95,14 +102,50 @@ def test_chosen_steps(n: int, expected: list[int]) -> None:
     assert chosen_steps(n) == expected
 
 
-def test_without_matplotlib_the_image_is_off_with_one_log_message(
-    tmp_path, monkeypatch, caplog
-) -> None:
+def test_the_tensorboard_image_needs_no_matplotlib(tmp_path, monkeypatch) -> None:
+    """Training never imports matplotlib (or Pillow): the heat map is numpy + zlib."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with caplog.at_level(logging.INFO, logger="gradwatch"):
-        gw = _train(tmp_path, 3)
-    messages = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
-    assert len(messages) == 1 and "gradient-flow image" in messages[0]
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    gw = _train(tmp_path, 3, flow_image_every=2)
     assert not gw.alerts
     run = read_run(tmp_path)
-    assert run.images == () and "grad_norm/0" in run.scalars
+    assert run.images == ("gradient_flow",) and "grad_norm/0" in run.scalars
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    [image] = accumulator.Images("gradient_flow")
+    assert image.step == 2 and image.encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_heatmap_colours_follow_log_norm_with_input_side_at_the_top() -> None:
+    layers = ("first", "middle", "last", "frozen")
+    grads = np.array([[1e-8] * 4, [1e-3] * 4, [1.0] * 4, [np.nan] * 4])
+    image, (low, high) = flow_heatmap_rgb(FlowData(layers, np.arange(4), grads))
+    assert (low, high) == pytest.approx((-8.0, 0.0))
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    rows = image.shape[0] // 4
+    column = image[:, 10, :].astype(int)
+    first, middle, last, frozen = (column[i * rows + rows // 2] for i in range(4))
+    assert tuple(first) == (68, 1, 84)  # smallest: viridis' dark purple
+    assert tuple(last) == (253, 231, 37)  # largest: yellow
+    assert first.sum() < middle.sum() < last.sum()
+    assert tuple(frozen) == NO_GRADIENT_RGB
+    # the colour scale on the right edge: largest at the top
+    assert tuple(image[0, -1]) == (253, 231, 37) and tuple(image[-1, -1]) == (68, 1, 84)
+
+
+def test_png_encoder_round_trips_through_a_real_decoder() -> None:
+    from tensorboard.compat.proto.summary_pb2 import Summary  # noqa: F401  (TB present)
+
+    image = (np.arange(7 * 5 * 3).reshape(7, 5, 3) * 3 % 256).astype(np.uint8)
+    png = encode_png(image)
+    PIL = pytest.importorskip("PIL.Image")
+    import io
+
+    decoded = np.asarray(PIL.open(io.BytesIO(png)).convert("RGB"))
+    np.testing.assert_array_equal(decoded, image)
+    with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
+        encode_png(image.astype(np.float32))

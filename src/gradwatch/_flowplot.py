@@ -3,12 +3,17 @@ norms across depth at a few chosen steps.
 
 One picture answers "where along the depth, and when, did the gradient vanish or
 explode?": a vanishing stack shows as a dark band at the input side, an exploding one
-as a bright band that grows with time. It is drawn for ``gradwatch report --plot`` (from
-a log directory) and for the TensorBoard image (from the watcher's host History).
+as a bright band that grows with time. Two renderings:
 
-matplotlib is optional (the ``cli`` extra): it is imported here, lazily, and only its
-object-oriented API is used (``Figure`` + the Agg canvas), never ``pyplot``, so drawing
-in a training process neither changes the user's backend nor opens a window.
+* :func:`flow_figure` / :func:`save_flow_png`: the full picture with axes, layer names,
+  a colour bar and the norms-across-depth panel, for ``gradwatch report --plot``.
+  matplotlib is optional (the ``cli`` extra): it is imported here, lazily, and only its
+  object-oriented API is used (``Figure`` + the Agg canvas), never ``pyplot``.
+* :func:`flow_heatmap_rgb`: the heat map alone, drawn with numpy in about a millisecond,
+  for the TensorBoard image a training process writes every ``flow_image_every`` steps.
+  A matplotlib figure costs about a second of the training thread's time (and holds the
+  GIL, so a background thread would stall training just the same); this costs nothing
+  measurable and imports nothing.
 """
 
 from __future__ import annotations
@@ -150,6 +155,69 @@ def flow_rgb(data: FlowData, *, title: str = "gradient flow") -> np.ndarray:
     canvas = figure.canvas
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+#: Ten evenly spaced colours of matplotlib's "viridis" map, low to high; the heat map
+#: interpolates between them (dark purple = smallest gradient, yellow = largest).
+VIRIDIS_ANCHORS = np.array(
+    [
+        (68, 1, 84),
+        (72, 36, 117),
+        (65, 68, 135),
+        (53, 95, 141),
+        (42, 120, 142),
+        (33, 145, 140),
+        (34, 168, 132),
+        (68, 191, 112),
+        (122, 209, 81),
+        (253, 231, 37),
+    ],
+    dtype=np.float64,
+)
+#: Cells with no gradient (frozen, unused this step) or a non-finite norm.
+NO_GRADIENT_RGB = (211, 211, 211)
+#: Width in pixels of the colour scale drawn at the right edge (smallest at the bottom).
+SCALE_WIDTH = 12
+
+
+def colour_map(fraction: np.ndarray) -> np.ndarray:
+    """Viridis colours (uint8 RGB, shape ``fraction.shape + (3,)``) for values in [0, 1].
+
+    NaN takes the lowest colour; callers paint such cells themselves."""
+    positions = np.linspace(0.0, 1.0, len(VIRIDIS_ANCHORS))
+    clipped = np.clip(np.nan_to_num(fraction, nan=0.0), 0.0, 1.0)
+    channels = [np.interp(clipped, positions, VIRIDIS_ANCHORS[:, c]) for c in range(3)]
+    return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+def flow_heatmap_rgb(
+    data: FlowData, *, width: int = 512, height: int = 256
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The heat map as ``[H, W, 3]`` uint8 with numpy alone, and its log10 norm range.
+
+    Rows are layers (input side at the top), columns optimizer steps (oldest at the
+    left); colour is log10 of the gradient norm scaled between the smallest and largest
+    finite value shown (returned, so the caller can print it), an exact zero takes the
+    lowest colour, grey marks no gradient. Each cell is an integer number of pixels, about
+    ``width`` x ``height`` in all (at least one pixel per layer and step); a colour scale
+    runs up the right edge.
+    """
+    logs = _log10(data.grad_norm)
+    finite = logs[np.isfinite(logs)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    span = high - low if high - low > 1e-9 else 1.0
+    shown = np.where(np.isneginf(logs), low, logs)
+    cells = colour_map((shown - low) / span)
+    cells[~np.isfinite(shown)] = NO_GRADIENT_RGB
+    num_layers, num_steps = logs.shape
+    cell_h = max(1, height // max(num_layers, 1))
+    cell_w = max(1, (width - SCALE_WIDTH) // max(num_steps, 1))
+    heat = np.repeat(np.repeat(cells, cell_h, axis=0), cell_w, axis=1)
+    rows = heat.shape[0]
+    scale = colour_map(np.linspace(1.0, 0.0, rows))[:, None, :]  # largest at the top
+    gap = np.full((rows, 2, 3), 255, dtype=np.uint8)
+    image = np.concatenate([heat, gap, np.repeat(scale, SCALE_WIDTH - 2, axis=1)], axis=1)
+    return np.ascontiguousarray(image), (low, low + span)
 
 
 def flow_from_history(records: Sequence[Any], layers: Sequence[str]) -> FlowData:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -86,7 +87,10 @@ class History:
         """The last ``n`` records, oldest first."""
         if n <= 0:
             return []
-        return list(self._records)[-n:]
+        # From the right end: O(n), not O(history), since detectors ask every step.
+        newest_first = list(itertools.islice(reversed(self._records), n))
+        newest_first.reverse()
+        return newest_first
 
     def series(self, field: str, n: int | None = None) -> np.ndarray:
         """A scalar field (``"loss"``, ``"total_grad_norm"``) over the last ``n`` steps.

@@ -38,15 +38,33 @@ def weight_floor(context: DetectorContext, weight_norm: np.ndarray) -> np.ndarra
     matrix, a classifier head) has ‖w‖ ≈ 0 for its first steps; dividing or multiplying
     by that would make it look exploding or vanishing. Substituting the median weight
     RMS of the model's layers gives such a layer an ordinary weight scale instead.
+    ``weight_norm`` may also be ``[steps, layers]``: then each row gets its own floor.
     """
     numel = np.asarray(context.layer_numel, dtype=np.float64)
-    if numel.shape != weight_norm.shape or not numel.size:
+    if numel.shape != weight_norm.shape[-1:] or not numel.size:
         return np.zeros_like(weight_norm)
+    root = np.sqrt(np.maximum(numel, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        rms = weight_norm / np.sqrt(np.maximum(numel, 1.0))
-    finite = rms[np.isfinite(rms) & (rms > 0)]
-    typical = float(np.median(finite)) if finite.size else 0.0
-    return 0.1 * typical * np.sqrt(numel)
+        rms = weight_norm / root
+    rms = np.where(np.isfinite(rms) & (rms > 0), rms, np.nan)
+    typical = nanmedian(rms, axis=-1)[..., None]  # NaN for a row with no usable layer
+    return 0.1 * np.nan_to_num(typical, nan=0.0) * root
+
+
+def nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmedian(values, axis)`` (NaN where a slice has no finite value), silently.
+
+    numpy's own goes through masked arrays for an ``axis`` and costs ~0.2 ms on the
+    small arrays detectors use every step; sorting (NaN sorts last) and picking the
+    middle of the non-NaN part costs a tenth of that.
+    """
+    ordered = np.sort(np.moveaxis(values, axis, -1), axis=-1)
+    count = np.sum(~np.isnan(ordered), axis=-1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0), axis=-1)
+    high = np.take_along_axis(ordered, np.maximum(count // 2, 0), axis=-1)
+    middle = (low + high) / 2.0
+    middle[count == 0] = np.nan
+    return middle[..., 0]
 
 
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:

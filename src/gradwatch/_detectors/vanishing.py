@@ -32,7 +32,7 @@ import numpy as np
 from .._alerts import Alert, Severity
 from .._history import History
 from . import DetectorContext
-from ._common import depth_layers, fmt, layer_label, weight_floor
+from ._common import depth_layers, fmt, layer_label, nanmedian, weight_floor
 
 REMEDY = (
     "use ReLU/GELU instead of sigmoid/tanh; initialise with He (ReLU) or Xavier (tanh) "
@@ -61,11 +61,11 @@ def detect_vanishing(history: History, context: DetectorContext) -> list[Alert]:
     weights = np.stack([r.weight_norm for r in records])
     if not np.isfinite(grads[np.stack([r.has_grad for r in records])]).all():
         return []  # NaN/inf around: the nonfinite and exploding detectors speak
-    floors = np.stack([weight_floor(context, w) for w in weights])
+    floors = weight_floor(context, weights)  # one floor per step, in one pass
     sensitivity = grads * np.maximum(weights, floors)
     mask = depth_layers(context) & latest.has_grad
     with np.errstate(all="ignore"):
-        smoothed = np.nanmedian(sensitivity, axis=0)
+        smoothed = nanmedian(sensitivity, axis=0)
         zero_fraction = np.nanmean(np.where(np.isnan(grads), np.nan, grads == 0), axis=0)
     candidates = np.flatnonzero(mask & np.isfinite(smoothed))
     if candidates.size == 0:
