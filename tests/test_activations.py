@@ -221,6 +221,47 @@ def test_nonfinite_outputs_are_counted() -> None:
     assert np.isfinite(record.activations["mean"][1])  # over the finite values only
 
 
+@pytest.mark.parametrize("poison", [False, True], ids=["finite", "nan-and-inf"])
+@pytest.mark.parametrize("kind", ["tanh", "relu"])
+def test_output_stats_equal_the_definitions_over_finite_values(poison: bool, kind: str) -> None:
+    from gradwatch._activations import (
+        MIN_DEAD_SAMPLES,
+        ROLE_ACTIVATION,
+        ROLE_RECTIFIER,
+        SATURATION_EPS,
+        STATS,
+        _layout,
+        _Target,
+        output_stats,
+    )
+
+    torch.manual_seed(1)
+    raw = torch.randn(16, 40) * 2.0 + 0.3
+    y = torch.tanh(raw) if kind == "tanh" else torch.relu(raw - 1.5)
+    if poison:
+        y[0, 0], y[3, 5], y[7, 9] = float("nan"), float("inf"), float("-inf")
+    if kind == "tanh":
+        target = _Target("t", ROLE_ACTIVATION, (-1.0, 1.0))
+    else:
+        target = _Target("r", ROLE_RECTIFIER)
+    got = dict(zip((STATS[i] for i in _layout(target, 16)), output_stats(y, target).tolist()))
+    finite = torch.isfinite(y)
+    values = y[finite].double()
+    assert got["mean"] == pytest.approx(values.mean().item(), rel=1e-5, abs=1e-6)
+    assert got["std"] == pytest.approx(values.std(unbiased=False).item(), rel=1e-4)
+    assert got["nonfinite"] == pytest.approx(1.0 - finite.double().mean().item())
+    safe = torch.where(finite, y, 0.0)
+    assert got["batch_std"] == pytest.approx(safe.var(0, unbiased=False).mean().sqrt().item())
+    if kind == "tanh":
+        margin = 2.0 * SATURATION_EPS
+        saturated = ((y <= -1.0 + margin) | (y >= 1.0 - margin)).double().mean().item()
+        assert got["saturated"] == pytest.approx(saturated) and saturated > 0
+    else:
+        assert MIN_DEAD_SAMPLES <= 16
+        dead = 1.0 - (safe > 0).any(dim=0).double().mean().item()
+        assert got["dead"] == pytest.approx(dead)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "names"),
     [

@@ -157,27 +157,39 @@ def _first_tensor(output: Any) -> Tensor | None:
 def output_stats(output: Tensor, target: _Target) -> Tensor:
     """The statistics of one output that apply to ``target``, as one float32 vector.
 
-    Every value stays on the output's device; nothing here reads a value back.
+    Every value stays on the output's device; nothing here reads a value back. Mean and
+    standard deviations are of the finite values only. The output is read in about six
+    passes (an activation can be megabytes; each pass is a full read): non-finite values
+    are zeroed once, then one-pass reductions (``var_mean``, ``amax``) do the rest, and
+    the zeros stand-ins are corrected for with scalar arithmetic.
     """
     y = output.detach()
     samples = y.shape[0] if y.dim() >= 2 else 1
-    flat = y.reshape(samples, -1).float()
-    finite = torch.isfinite(flat)
-    count = finite.sum().clamp_min(1)
-    safe = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
-    mean = safe.sum() / count
-    centred = torch.where(finite, flat - mean, torch.zeros((), device=flat.device))
-    std = (centred.square().sum() / count).sqrt()
+    flat = y.reshape(samples, -1).float()  # float32 already: a view, no copy
+    total = flat.numel()
+    nonfinite = (~torch.isfinite(flat)).sum().float()
+    safe = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+    finite = (total - nonfinite).clamp_min(1.0)
+    # Over all N entries (non-finite ones as zeros), then rescaled to the F finite ones:
+    # the sum m·N and the sum of squares (v + m²)·N are unchanged by the zeros, so with
+    # r = N/F the finite values' mean is m·r and their variance v·r + m²·r·(1 - r),
+    # which is exactly v when all are finite (no cancellation for |mean| >> std).
+    var_all, mean_all = torch.var_mean(safe, unbiased=False)
+    ratio = total / finite
+    mean = mean_all * ratio
+    std = (var_all * ratio + mean_all.square() * ratio * (1.0 - ratio)).clamp_min(0.0).sqrt()
     parts = [mean, std]
     if samples >= 2:
         parts.append(safe.var(dim=0, unbiased=False).mean().sqrt())
     if target.bounds is not None:
         low, high = target.bounds
-        margin = (high - low) * SATURATION_EPS
-        parts.append(((flat <= low + margin) | (flat >= high - margin)).float().mean())
+        middle, half = (high + low) / 2.0, (high - low) / 2.0
+        edge = half - (high - low) * SATURATION_EPS
+        parts.append(((flat - middle).abs_() >= edge).sum() / total)
     if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
-        parts.append(1.0 - (flat > 0).any(dim=0).float().mean())
-    parts.append(1.0 - finite.float().mean())
+        # A unit is alive when some sample's output is > 0: its maximum over the batch.
+        parts.append(1.0 - (safe.amax(dim=0) > 0).float().mean())
+    parts.append(nonfinite / total)
     return torch.stack(parts)
 
 
