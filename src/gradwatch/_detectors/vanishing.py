@@ -66,7 +66,10 @@ def detect_vanishing(history: History, context: DetectorContext) -> list[Alert]:
     mask = depth_layers(context) & latest.has_grad
     with np.errstate(all="ignore"):
         smoothed = nanmedian(sensitivity, axis=0)
-        zero_fraction = np.nanmean(np.where(np.isnan(grads), np.nan, grads == 0), axis=0)
+        # Fraction of steps with an exactly zero gradient, among steps that had one
+        # (NaN for a layer that never had a gradient in the window; no warning for it).
+        had = ~np.isnan(grads)
+        zero_fraction = ((grads == 0) & had).sum(axis=0) / had.sum(axis=0)
     candidates = np.flatnonzero(mask & np.isfinite(smoothed))
     if candidates.size == 0:
         return []
