@@ -160,6 +160,40 @@ def test_module_target_with_python_m_and_logdir_then_report(project: Path, tmp_p
 
 
 @pytest.mark.slow
+def test_only_the_target_is_imported_and_log_dirs_are_never_executed(tmp_path: Path) -> None:
+    """Security: ``check`` imports the TARGET (and what it imports), nothing else next to
+    it; ``report`` parses event files and never imports, executes or unpickles anything
+    found in the log directory."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "healthy_model.py").write_text(HEALTHY)
+    trap = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
+    planted = {
+        project / "evil.py": tmp_path / "evil-ran",
+        project / "conftest.py": tmp_path / "conftest-ran",
+        project / "__init__.py": tmp_path / "package-init-ran",
+    }
+    for path, marker in planted.items():
+        path.write_text(trap.format(marker=str(marker)))
+    logdir = tmp_path / "logs"
+    result = run_cli(
+        "check", "healthy_model.py:build", "--steps", "3", "--logdir", str(logdir), cwd=project
+    )
+    assert result.returncode == 0, result.stderr
+    in_logs = {
+        logdir / "evil.py": tmp_path / "log-py-ran",
+        logdir / "__init__.py": tmp_path / "log-init-ran",
+    }
+    for path, marker in in_logs.items():
+        path.write_text(trap.format(marker=str(marker)))
+    report = run_cli("report", str(logdir), "--json", cwd=logdir)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["steps"]["count"] == 3
+    ran = [marker.name for marker in [*planted.values(), *in_logs.values()] if marker.exists()]
+    assert ran == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "words"),
     [
