@@ -8,12 +8,14 @@ What it measures, all in one process on the CPU:
 1. **Step time overhead.** Each configuration (an unwatched step, gradwatch in several
    modes, ``torch.autograd.detect_anomaly`` and home-made stand-ins for Lightning's
    ``grad_norm`` logging, ``wandb.watch`` histograms and Composer's activation hooks)
-   trains its own identical copy of the model on the same batches. Configurations take
-   turns step by step, in a shuffled order each round, so machine drift hits them all
-   alike; warm-up rounds are dropped. A configuration's ratio is the median over rounds
-   of (its step time / the unwatched step time *of the same round*), with a 95%
-   confidence interval of that median. A second unwatched copy ("A/A") shows the noise
-   floor and any effect of having several model copies.
+   trains the *same* model and optimizer (separate copies of a model differ by a few
+   percent on their own, from memory placement), attached for a block of steps and
+   detached again. Configurations take turns block by block, in a shuffled order each
+   round, so machine drift hits them all alike; a warm-up round is dropped. A
+   configuration's ratio is the median over rounds of (its step time / the unwatched
+   step time *of the same round*), with a 95% confidence interval of that median, for
+   wall time and for process CPU time. A second unwatched block ("A/A") shows the noise
+   floor.
 2. **Ops per measurement.** The aten ops one gradwatch measurement dispatches, counted
    with ``torch.profiler``, for models of 10 and 100 layers: the count is O(device x dtype
    groups), not O(parameters).
