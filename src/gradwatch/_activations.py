@@ -343,6 +343,10 @@ class _Hook(CopyInertHook):
         self.target = target
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            # Not traced into a torch.compile graph: its bookkeeping would cost graph
+            # breaks and recompiles (see _compile). Compiled code is not sampled.
+            return
         probe = self.probe()
         if probe is None:
             return

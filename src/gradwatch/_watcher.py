@@ -29,6 +29,7 @@ from ._activations import ActivationProbe, ActivationSample, split_activations
 from ._alertbook import AlertBook
 from ._alerts import Alert
 from ._amp import ScalerBridge
+from ._compile import compiled_modules
 from ._config import WatchConfig
 from ._detectors import Detector, DetectorContext, default_detectors, detectors_for_step
 from ._detectors.nonfinite import nonfinite_alert
@@ -374,9 +375,14 @@ class Watcher:
     ) -> tuple[ActivationProbe | None, NonfiniteLocator | None]:
         """Activation sampling and NaN localisation, both owned by ``self._stack``."""
         probe = locator = None
-        if self.config.activation_every and hasattr(model, "_orig_mod"):
+        compiled = compiled_modules(model) if self.config.activation_every else []
+        if compiled:
             # Hooks added and removed every few steps would make torch.compile recompile.
-            logger.info("gradwatch: activation statistics are off for a torch.compile'd model")
+            logger.info(
+                "gradwatch: activation statistics are off for a torch.compile'd model "
+                "(compiled: %s)",
+                ", ".join(repr(name or type(model).__name__) for name in compiled),
+            )
         elif self.config.activation_every:
             probe = ActivationProbe(model, include_eval=self.config.activation_eval)
             self._stack.callback(probe.disarm)
@@ -602,8 +608,9 @@ def watch(
     call ``watcher.step()`` once per iteration after ``backward()``.
 
     Args:
-        model: the module to watch (a DDP- or ``torch.compile``-wrapped model is fine;
-            layer names are those of the unwrapped model).
+        model: the module to watch (a DDP- or ``torch.compile``-wrapped model, or one
+            compiled with ``model.compile()``, is fine; layer names are those of the
+            unwrapped model; see ``gradwatch._compile`` for what compiled modules measure).
         optimizer: the optimizer updating ``model``, or None.
         logdir: a directory for TensorBoard event files (created if missing), or None.
         **options: fields of :class:`gradwatch.WatchConfig` (e.g. ``log_every=10``,
