@@ -17,7 +17,8 @@ if [ ! -x "$PY" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
   # The CPU build of PyTorch, pinned: an unpinned torch may pull a multi-GB CUDA build.
   "$PY" -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  "$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  # torch named again, pinned, so that no dependency (lightning, accelerate) upgrades it.
+  "$PY" -m pip install -q -e ".[dev]" "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' >&2 || true
   "$PY" -c "import torch, gradwatch, pytest" || { echo "[dev.sh] set-up failed" >&2; exit 1; }
   echo "$want" > "$STAMP"
 fi
