@@ -206,3 +206,30 @@ def test_compiled_modules_are_found_and_names_unwrapped(
         assert watcher.index.names == ("inp", "norm", "block.0", "out")
         assert watcher._probe is None
     assert "activation statistics are off for a torch.compile'd model" in caplog.text
+
+
+# torch's own Adam, traced by Dynamo, touches a deprecated torch.jit API.
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+def test_compiled_optimizer_step_runs_the_step_hooks_eagerly() -> None:
+    """``torch.compile(optimizer.step)``: the watcher's step hooks are never traced, so the
+    step compiles the graphs it compiles unwatched, and the statistics are eager ones."""
+    norms = {}
+    for watched in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        model = Net()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        step = torch.compile(optimizer.step, backend=BACKEND)
+        watcher = gradwatch.watch(model, optimizer) if watched else None
+        eager_norms = []
+        for x, y in regression_batches(4, batch=8):
+            nn.functional.mse_loss(model(x), y).backward()
+            eager_norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+            step()
+            optimizer.zero_grad()
+        norms[watched] = dict(counters["stats"])
+        if watcher is not None:
+            watcher.close()
+            logged = [record.total_grad_norm for record in watcher.history]
+            np.testing.assert_allclose(logged, torch.stack(eager_norms).numpy(), rtol=1e-5)
+    assert norms[True] == norms[False]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 class InertHook:
     """What a copied or unpickled :class:`WatcherHook` becomes: a hook that does nothing."""
@@ -41,6 +43,10 @@ class WatcherHook(CopyInertHook):
         self.owner = owner
         self.method = method
 
+    # Never traced by torch.compile: when the user compiles optimizer.step, Dynamo calls
+    # the step hooks eagerly (at most a graph break around them) instead of tracing the
+    # watcher's host-side bookkeeping into dozens of graphs.
+    @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.owner, self.method)(*args, **kwargs)
 
