@@ -88,3 +88,43 @@ def test_fast_nanmedian_equals_numpys(shape: tuple[int, int], axis: int) -> None
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on all-NaN slices
         expected = np.nanmedian(values, axis=axis)
     np.testing.assert_allclose(nanmedian(values, axis=axis), expected, equal_nan=True)
+
+
+def test_loose_root_parameters_are_not_layers_of_the_chain() -> None:
+    """A learned positional embedding owned by the root model is added to the signal, not
+    multiplied into it: its small gradient is no vanishing input side (the false alarm
+    this guards against fired on a healthy 6-block transformer)."""
+    import torch
+    from torch import nn
+
+    class GPT(nn.Module):
+        def __init__(self, vocab: int = 64, d: int = 128, blocks: int = 6) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, d)
+            self.pos = nn.Parameter(torch.randn(1, 32, d) * 0.02)
+            block = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True,
+                                               norm_first=True)  # fmt: skip
+            self.blocks = nn.TransformerEncoder(block, blocks, enable_nested_tensor=False)
+            self.head = nn.Linear(d, vocab)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.blocks(self.embed(tokens) + self.pos[:, : tokens.shape[1]]))
+
+    torch.manual_seed(1234)
+    generator = torch.Generator().manual_seed(0)
+    data = [
+        (x, x.roll(1, dims=1))
+        for x in (torch.randint(0, 64, (8, 32), generator=generator) for _ in range(4))
+    ]
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    model = GPT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    report = gradwatch.check(
+        model, data, loss_fn, optimizer=optimizer, steps=10, activation_every=0
+    )
+    assert [a for a in report.alerts if a.kind == "vanishing"] == [], report.summary()
+    # the root still is a watched layer: its norms are measured and logged
+    assert any(layer.name == "" for layer in report.layers)

@@ -154,41 +154,85 @@ def _first_tensor(output: Any) -> Tensor | None:
     return None
 
 
-def output_stats(output: Tensor, target: _Target) -> Tensor:
+class ScratchBuffers:
+    """Float32 work buffers shaped like the outputs being measured, reused for one step.
+
+    Every fresh output-sized buffer on CPU costs page faults (the kernel zeroes new pages),
+    often more than the arithmetic done in it; modules of one step mostly share a few
+    output shapes. The probe drops the buffers when the step is collected, so nothing
+    output-sized outlives a sampled step.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[Any, ...], Tensor] = {}
+
+    def get(self, like: Tensor, slot: int) -> Tensor:
+        key = (tuple(like.shape), like.device, slot)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty(
+                like.shape, dtype=torch.float32, device=like.device
+            )
+        return buffer
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None = None) -> Tensor:
     """The statistics of one output that apply to ``target``, as one float32 vector.
 
     Every value stays on the output's device; nothing here reads a value back. Mean and
-    standard deviations are of the finite values only. The output is read in about six
-    passes (an activation can be megabytes; each pass is a full read): non-finite values
-    are zeroed once, then one-pass reductions (``var_mean``, ``amax``) do the rest, and
-    the zeros stand-ins are corrected for with scalar arithmetic.
+    standard deviations are of the finite values only.
+
+    Written for speed, since an output can be megabytes: only float reductions and
+    element-wise float ops, each about one memory pass (boolean masks and their counts,
+    ``var(dim=0)`` and ``var_mean`` are 10-100x slower on CPU). Non-finite values are
+    zeroed once, the zero stand-ins are corrected for with scalar arithmetic, counts are
+    sums of 0/1 floats, and variances are dot products of centred values (about the mean,
+    or about each unit's mean for the spread across the batch). Non-finite values count
+    as neither saturated nor alive.
     """
     y = output.detach()
     samples = y.shape[0] if y.dim() >= 2 else 1
     flat = y.reshape(samples, -1).float()  # float32 already: a view, no copy
     total = flat.numel()
-    nonfinite = (~torch.isfinite(flat)).sum().float()
-    safe = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
-    finite = (total - nonfinite).clamp_min(1.0)
+    # Two work buffers of the output's size, reused across the step's modules.
+    pool = scratch if scratch is not None else ScratchBuffers()
+    safe = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0, out=pool.get(flat, 0))
+    work = torch.mul(flat, 0.0, out=pool.get(flat, 1))  # 0 for a finite x, NaN for NaN/±inf
+    nonfinite = work.nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0).sum()  # ... counted
     # Over all N entries (non-finite ones as zeros), then rescaled to the F finite ones:
     # the sum m·N and the sum of squares (v + m²)·N are unchanged by the zeros, so with
     # r = N/F the finite values' mean is m·r and their variance v·r + m²·r·(1 - r),
-    # which is exactly v when all are finite (no cancellation for |mean| >> std).
-    var_all, mean_all = torch.var_mean(safe, unbiased=False)
-    ratio = total / finite
+    # which is exactly v when all are finite.
+    values = safe.reshape(-1)
+    mean_all = values.sum() / total
+    # Two-pass (about the mean): E[x²] - E[x]² cancels catastrophically for a bias-
+    # dominated output of a deep layer, whose spread is tiny next to its mean.
+    centred = torch.sub(values, mean_all, out=work.reshape(-1))
+    var_all = torch.dot(centred, centred) / total
+    ratio = total / (total - nonfinite).clamp_min(1.0)
     mean = mean_all * ratio
     std = (var_all * ratio + mean_all.square() * ratio * (1.0 - ratio)).clamp_min(0.0).sqrt()
     parts = [mean, std]
     if samples >= 2:
-        parts.append(safe.var(dim=0, unbiased=False).mean().sqrt())
+        # Mean over units of each unit's variance across the batch: centred per unit,
+        # directly (not total minus between-unit variance, which cancels when a constant
+        # bias dominates the output, as in a deep badly initialised stack).
+        within = torch.sub(safe, safe.mean(dim=0), out=work).reshape(-1)
+        parts.append((torch.dot(within, within) / total).sqrt())
     if target.bounds is not None:
         low, high = target.bounds
         middle, half = (high + low) / 2.0, (high - low) / 2.0
         edge = half - (high - low) * SATURATION_EPS
-        parts.append(((flat - middle).abs_() >= edge).sum() / total)
+        # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0
+        beyond = torch.sub(safe, middle, out=work).abs_().sub_(edge).clamp_(min=0.0)
+        parts.append(beyond.sign_().sum() / total)
     if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
         # A unit is alive when some sample's output is > 0: its maximum over the batch.
-        parts.append(1.0 - (safe.amax(dim=0) > 0).float().mean())
+        alive = safe.amax(dim=0).clamp_(min=0.0).sign_()
+        parts.append(1.0 - alive.mean())
     parts.append(nonfinite / total)
     return torch.stack(parts)
 
@@ -265,6 +309,7 @@ class ActivationProbe:
             self._modules.append((weakref.ref(module), target))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seen: dict[str, _Accumulator] = {}
+        self._scratch = ScratchBuffers()
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -296,6 +341,7 @@ class ActivationProbe:
     def collect(self) -> ActivationSample | None:
         """Remove the hooks and return what they measured (None if nothing ran)."""
         self.disarm()
+        self._scratch.clear()  # nothing output-sized outlives the sampled step
         seen, self._seen = self._seen, {}
         if not seen:
             return None
@@ -321,7 +367,7 @@ class ActivationProbe:
         tensor = _first_tensor(output)
         if tensor is None or not (tensor.is_floating_point() and tensor.numel()):
             return
-        stats = output_stats(tensor, target)
+        stats = output_stats(tensor, target, self._scratch)
         samples = tensor.shape[0] if tensor.dim() >= 2 else 1
         layout = _layout(target, samples)
         acc = self._seen.get(target.name)

@@ -57,6 +57,9 @@ class LayerIndex:
         param_names: qualified parameter names, aligned with ``params``.
         param_layer: for each parameter, the index of its layer in ``names``.
         module_types: class name of each layer's module, aligned with ``names``.
+        holds_sublayers: per layer, whether its module also has submodules with
+            parameters: a container owning loose parameters (a learned positional
+            embedding or class token on the root model), not a layer of the chain.
     """
 
     names: tuple[str, ...]
@@ -64,6 +67,7 @@ class LayerIndex:
     param_names: tuple[str, ...]
     param_layer: tuple[int, ...]
     module_types: tuple[str, ...]
+    holds_sublayers: tuple[bool, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -92,6 +96,7 @@ class LayerIndex:
         params: list[nn.Parameter] = []
         param_names: list[str] = []
         param_layer: list[int] = []
+        holds_sublayers: list[bool] = []
         seen: set[int] = set()
         for module_name, module in unwrap_model(model).named_modules():
             owned = [
@@ -102,13 +107,21 @@ class LayerIndex:
             layer = len(names)
             names.append(strip_wrapper_prefix(module_name))
             types.append(type(module).__name__)
+            holds_sublayers.append(
+                any(True for child in module.children() for _ in child.parameters())
+            )
             for name, p in owned:
                 seen.add(id(p))
                 params.append(p)
                 param_names.append(f"{names[-1]}.{name}" if names[-1] else name)
                 param_layer.append(layer)
         return cls(
-            tuple(names), tuple(params), tuple(param_names), tuple(param_layer), tuple(types)
+            tuple(names),
+            tuple(params),
+            tuple(param_names),
+            tuple(param_layer),
+            tuple(types),
+            tuple(holds_sublayers),
         )
 
     def device(self) -> torch.device:

@@ -190,6 +190,7 @@ class Watcher:
             self.index.module_types,
             self.config,
             layer_numel=self.index.layer_numel(),
+            holds_sublayers=self.index.holds_sublayers,
         )
         self._detectors: list[Detector] = default_detectors(self.config)
         self._policies = StepPolicies(self.config, self.index, self.config.scaler is not None)

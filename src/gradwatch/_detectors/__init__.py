@@ -21,7 +21,8 @@ class DetectorContext:
 
     ``loss_baseline`` is the learning-rate-zero baseline of :func:`gradwatch.check`
     (``baseline=True``): the loss of step ``i``'s batch with the weights frozen at their
-    initial values, indexed by step; None when not measured.
+    initial values, indexed by step; None when not measured. ``holds_sublayers`` marks
+    layers whose module also has parameterised submodules (see ``LayerIndex``).
     """
 
     layer_names: tuple[str, ...]
@@ -29,6 +30,7 @@ class DetectorContext:
     config: WatchConfig
     layer_numel: tuple[int, ...] = ()
     loss_baseline: tuple[float, ...] | None = None
+    holds_sublayers: tuple[bool, ...] = ()
 
 
 Detector = Callable[[History, DetectorContext], list[Alert]]
