@@ -284,3 +284,17 @@ def test_bad_activation_options_are_refused(options: dict, error: type, names: l
         gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), **options)
     for name in names:
         assert name in str(info.value)
+
+
+def test_no_output_sized_buffer_outlives_a_sampled_step() -> None:
+    model = make_mlp(depth=3, width=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, activation_every=1) as gw:
+        for x, y in regression_batches(2):
+            nn.functional.mse_loss(model(x), y).backward()
+            probe = gw._probe
+            assert probe is not None and probe._scratch._buffers  # in use during the step
+            optimizer.step()
+            optimizer.zero_grad()
+            assert probe._scratch._buffers == {}  # dropped when the step was collected
+    assert gw.history.latest.activations is not None

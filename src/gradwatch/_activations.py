@@ -159,14 +159,17 @@ class ScratchBuffers:
 
     Every fresh output-sized buffer on CPU costs page faults (the kernel zeroes new pages),
     often more than the arithmetic done in it; modules of one step mostly share a few
-    output shapes. The probe drops the buffers when the step is collected, so nothing
-    output-sized outlives a sampled step.
+    output shapes, so CPU buffers are kept per shape until the probe drops them when the
+    step is collected. On an accelerator the caching allocator already reuses freed
+    blocks, so a fresh buffer is cheap and none is kept (no extra peak device memory).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[Any, ...], Tensor] = {}
 
     def get(self, like: Tensor, slot: int) -> Tensor:
+        if like.device.type != "cpu":
+            return torch.empty(like.shape, dtype=torch.float32, device=like.device)
         key = (tuple(like.shape), like.device, slot)
         buffer = self._buffers.get(key)
         if buffer is None:
