@@ -298,3 +298,41 @@ def test_no_output_sized_buffer_outlives_a_sampled_step() -> None:
             optimizer.zero_grad()
             assert probe._scratch._buffers == {}  # dropped when the step was collected
     assert gw.history.latest.activations is not None
+
+
+def test_nan_outputs_of_a_sigmoid_are_not_saturated() -> None:
+    """0 is a bound of the sigmoid: a NaN must not pass for a saturated unit."""
+    from gradwatch._activations import ROLE_ACTIVATION, STATS, _layout, _Target, output_stats
+
+    y = torch.full((8, 4), 0.5)
+    y[0] = float("nan")
+    target = _Target("s", ROLE_ACTIVATION, (0.0, 1.0))
+    got = dict(zip((STATS[i] for i in _layout(target, 8)), output_stats(y, target).tolist()))
+    assert got["saturated"] == 0.0
+    assert got["nonfinite"] == pytest.approx(1 / 8)
+    assert got["mean"] == pytest.approx(0.5) and got["std"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inference_forward_then_training_forward_in_one_sampled_step() -> None:
+    """A work buffer made under inference_mode cannot be written in a training forward:
+    the two are kept apart, and the training forward's statistics are recorded."""
+    model = make_mlp(depth=2, width=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, activation_every=1, activation_eval=True) as gw:
+        x, y = regression_batches(1)[0]
+        with torch.inference_mode():
+            model(x)
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    record = gw.history.latest
+    assert record.activation_layers and np.isfinite(record.activations["std"]).all()
+    assert record.activation_layers == ("0", "1", "2", "3", "4")
+
+
+def test_importing_gradwatch_does_not_import_dynamo() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, gradwatch; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -170,7 +170,9 @@ class ScratchBuffers:
     def get(self, like: Tensor, slot: int) -> Tensor:
         if like.device.type != "cpu":
             return torch.empty(like.shape, dtype=torch.float32, device=like.device)
-        key = (tuple(like.shape), like.device, slot)
+        # A buffer made under inference_mode is an inference tensor: it cannot be written
+        # in a later training forward, so those are kept apart.
+        key = (tuple(like.shape), like.device, slot, torch.is_inference_mode_enabled())
         buffer = self._buffers.get(key)
         if buffer is None:
             buffer = self._buffers[key] = torch.empty(
@@ -186,7 +188,8 @@ def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None
     """The statistics of one output that apply to ``target``, as one float32 vector.
 
     Every value stays on the output's device; nothing here reads a value back. Mean and
-    standard deviations are of the finite values only.
+    standard deviation are of the finite values only; the spread across the batch
+    (``batch_std``) counts non-finite values as zeros.
 
     Written for speed, since an output can be megabytes: only float reductions and
     element-wise float ops, each about one memory pass (boolean masks and their counts,
@@ -229,8 +232,10 @@ def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None
         low, high = target.bounds
         middle, half = (high + low) / 2.0, (high - low) / 2.0
         edge = half - (high - low) * SATURATION_EPS
-        # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0
-        beyond = torch.sub(safe, middle, out=work).abs_().sub_(edge).clamp_(min=0.0)
+        # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0; a
+        # non-finite value is put at the middle, so it never counts as saturated.
+        centred_out = torch.nan_to_num(flat, nan=middle, posinf=middle, neginf=middle, out=work)
+        beyond = centred_out.sub_(middle).abs_().sub_(edge).clamp_(min=0.0)
         parts.append(beyond.sign_().sum() / total)
     if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
         # A unit is alive when some sample's output is > 0: its maximum over the batch.
@@ -340,11 +345,11 @@ class ActivationProbe:
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
+        self._scratch.clear()  # nothing output-sized outlives the hooks
 
     def collect(self) -> ActivationSample | None:
         """Remove the hooks and return what they measured (None if nothing ran)."""
-        self.disarm()
-        self._scratch.clear()  # nothing output-sized outlives the sampled step
+        self.disarm()  # also drops the work buffers: nothing output-sized outlives the step
         seen, self._seen = self._seen, {}
         if not seen:
             return None

@@ -204,6 +204,12 @@ def full_value(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if is_dtensor(tensor) else tensor  # type: ignore[attr-defined]
 
 
+#: Alert kinds a rank can raise from what only it sees: activation statistics of its own
+#: micro-batch, and a non-finite value whose producing module its localisation hooks
+#: found. Every other kind comes from the global statistics, identical on every rank.
+RANK_LOCAL_KINDS = frozenset({"saturation", "dead_units", "poor_init", "nonfinite"})
+
+
 class AlertRelay:
     """Carries alerts raised on ranks other than 0 to rank 0, through the c10d store.
 
@@ -244,6 +250,8 @@ class AlertRelay:
         """Steps are logged by rank 0 from the same global statistics: nothing to send."""
 
     def write_alert(self, alert: Alert) -> None:
+        if alert.kind not in RANK_LOCAL_KINDS:
+            return  # from the global statistics: rank 0 raises the same alert itself
         payload = json.dumps({"rank": self.rank, **alert.to_dict()})
         slot = int(self._store.add(self._prefix + "count", 1))
         self._store.set(f"{self._prefix}alert/{slot}", payload)

@@ -43,12 +43,26 @@ class WatcherHook(CopyInertHook):
         self.owner = owner
         self.method = method
 
-    # Never traced by torch.compile: when the user compiles optimizer.step, Dynamo calls
-    # the step hooks eagerly (at most a graph break around them) instead of tracing the
-    # watcher's host-side bookkeeping into dozens of graphs.
-    @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.owner, self.method)(*args, **kwargs)
+        return _call_untraced(getattr(self.owner, self.method), *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<gradwatch hook {type(self.owner).__name__}.{self.method}>"
+
+
+_untraced: Any = None
+
+
+def _call_untraced(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``method`` outside any torch.compile trace.
+
+    When the user compiles ``optimizer.step``, Dynamo then calls the step hooks eagerly (at
+    most a graph break around them) instead of tracing the watcher's host-side
+    bookkeeping into dozens of graphs. ``torch.compiler.disable`` is applied on first use,
+    not at import: it imports ``torch._dynamo``, which costs seconds that
+    ``import gradwatch`` (and the CLI) should not pay.
+    """
+    global _untraced
+    if _untraced is None:
+        _untraced = torch.compiler.disable(lambda function, *a, **k: function(*a, **k))
+    return _untraced(method, *args, **kwargs)

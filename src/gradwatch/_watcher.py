@@ -179,6 +179,8 @@ class Watcher:
         # Distributed: global statistics through one all-reduce per step (_distributed).
         self._global = GlobalNorms.create(self.index, self.device, self.config.distributed)
         self.is_writer = self._global is None or self._global.rank == 0
+        #: How many ranks' statistics are combined (1 when watched alone).
+        self.world_size = 1 if self._global is None else self._global.world_size
         self.logdir = _validate_logdir(logdir, create=self.is_writer)
         self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None

@@ -126,7 +126,10 @@ class GradWatchCallback(TrainerCallback):
         config = self.config
         max_norm = args.max_grad_norm
         deepspeed = getattr(args, "deepspeed", None)  # its engine clips on its own
-        if self.take_over_clipping and max_norm and max_norm > 0 and not deepspeed:
+        # FSDP (v1, through accelerate) shards parameters as plain flat tensors, whose
+        # global norm gradwatch cannot tell from a replica's: leave clipping to it.
+        fsdp = bool(getattr(args, "fsdp", None))
+        if self.take_over_clipping and max_norm and max_norm > 0 and not (deepspeed or fsdp):
             if config.clip is not None:
                 raise ValueError(
                     f"GradWatchCallback got clip={config.clip!r} while the Trainer clips to "
@@ -151,6 +154,11 @@ class GradWatchCallback(TrainerCallback):
         if not self._loss_presummed:
             # A device division: the loss is read back with the step's statistics, no sync.
             loss = loss / max(self._loss_count, 1)
+        elif watcher.world_size > 1:
+            # Each rank's loss is its share of the global token count; the Trainer
+            # multiplies by the number of processes, and gradwatch's global loss is the
+            # mean over ranks: scale the same way so both log the same loss.
+            loss = loss * watcher.world_size
         watcher.record_loss(loss)
         self._loss_sum, self._loss_count, self._loss_presummed = None, 0, False
 
@@ -199,7 +207,7 @@ class _LossHook(CopyInertHook):
         try:
             self.callback._observe_loss(module, kwargs, output)
         except Exception:  # the loss record must never break the user's forward
-            self.callback._loss_sum = None
+            self.callback._loss_sum, self.callback._loss_count = None, 0
 
 
 def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
