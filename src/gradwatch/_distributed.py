@@ -32,6 +32,7 @@ activation statistics) is sent to rank 0 through the process group's key-value s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -62,13 +63,20 @@ def process_group_size() -> int:
     return 1
 
 
-def is_dtensor(tensor: object) -> bool:
-    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2 / tensor-parallel)."""
+@functools.lru_cache(maxsize=1)
+def _dtensor_class() -> type | None:
+    """``DTensor``, imported once (it is asked about for every parameter, every step)."""
     if not dist.is_available():
-        return False
+        return None
     from torch.distributed.tensor import DTensor
 
-    return isinstance(tensor, DTensor)
+    return DTensor
+
+
+def is_dtensor(tensor: object) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2 / tensor-parallel)."""
+    cls = _dtensor_class()
+    return cls is not None and isinstance(tensor, cls)
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
