@@ -206,3 +206,25 @@ def test_bad_arguments_fail_at_construction(
 ) -> None:
     with pytest.raises(error, match=match):
         GradWatchCallback(**kwargs)
+
+
+def test_16_mixed_scaler_skips_are_amp_skip_infos_not_nan_errors(tmp_path: Path) -> None:
+    """Lightning's GradScaler unscales before the callback measures; a step it skips for
+    inf gradients (here: the first steps, from a huge initial scale) is an ``amp_skip``
+    info, and ``on_nonfinite="raise"`` does not stop training for it."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**18)
+    precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    callback = GradWatchCallback(logdir=tmp_path / "gw", on_nonfinite="raise")
+    _fit(tmp_path, callback, steps=8, plugins=[precision])
+    watcher = callback.watcher
+    assert watcher is not None and watcher.closed
+    assert watcher.step_count == 8
+    assert watcher.amp_skipped_steps >= 1  # the scale came down from 2**18
+    kinds = {a.kind for a in watcher.alerts}
+    assert "nonfinite" not in kinds and "amp_skip" in kinds, watcher.alerts
+    skipped = [r for r in watcher.history if r.amp_skipped]
+    assert skipped and skipped[0].step == 0
+    finite = [r for r in watcher.history if not r.amp_skipped]
+    assert finite and all(np.isfinite(r.grad_norm).all() for r in finite)

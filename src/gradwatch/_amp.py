@@ -55,6 +55,31 @@ def validate_scaler(scaler: object) -> None:
     )
 
 
+def scaler_state(scaler: GradScaler, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The scaler's per-optimizer state for this step, or None when there is none."""
+    if not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+        return None  # disabled, or scale() never called: nothing to unscale
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if states is None:
+        return None
+    return states[id(optimizer)]  # a defaultdict, exactly as GradScaler.unscale_ reads it
+
+
+def scaler_found_inf(
+    scaler: GradScaler, optimizer: torch.optim.Optimizer, device: torch.device
+) -> Tensor | None:
+    """Device scalar: > 0 when ``scaler.unscale_(optimizer)`` found inf/NaN this step;
+    None when the scaler has not unscaled this optimizer's gradients (or is off)."""
+    state = scaler_state(scaler, optimizer)
+    if state is None or state["stage"] is OptState.READY:
+        return None
+    flags = list(state["found_inf_per_device"].values())
+    if not flags:
+        return None
+    # non_blocking: flags may live on other devices; never wait for them here.
+    return torch.stack([f.to(device, torch.float32, non_blocking=True) for f in flags]).sum()
+
+
 class ScalerBridge:
     """Makes a watcher see every step of ``scaler.step(optimizer)``, unscaled."""
 
@@ -76,12 +101,7 @@ class ScalerBridge:
         return bool(self.scaler.is_enabled())
 
     def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        if not self.enabled or getattr(self.scaler, "_scale", None) is None:
-            return None  # disabled, or scale() never called: nothing to unscale
-        states = getattr(self.scaler, "_per_optimizer_states", None)
-        if states is None:
-            return None
-        return states[id(optimizer)]  # a defaultdict, exactly as GradScaler.unscale_ reads it
+        return scaler_state(self.scaler, optimizer)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """``scaler.unscale_(optimizer)`` unless it already ran for this step (never twice)."""
@@ -91,14 +111,7 @@ class ScalerBridge:
 
     def found_inf(self, optimizer: torch.optim.Optimizer, device: torch.device) -> Tensor | None:
         """Device scalar: > 0 when ``unscale_`` found inf/NaN this step (None without AMP)."""
-        state = self._state(optimizer)
-        if state is None or state["stage"] is OptState.READY:
-            return None
-        flags = list(state["found_inf_per_device"].values())
-        if not flags:
-            return None
-        # non_blocking: flags may live on other devices; never wait for them here.
-        return torch.stack([f.to(device, torch.float32, non_blocking=True) for f in flags]).sum()
+        return scaler_found_inf(self.scaler, optimizer, device)
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:

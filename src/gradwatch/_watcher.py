@@ -159,7 +159,12 @@ class Watcher:
         *,
         logdir: str | os.PathLike[str] | None = None,
         config: WatchConfig | None = None,
+        reports_amp: bool = False,
     ) -> None:
+        """See :func:`watch`. ``reports_amp`` is for integrations whose framework runs a
+        GradScaler itself and calls :meth:`step`: they hand each step's scaler verdict
+        to ``_step_found_inf`` so a step the scaler skips is an ``amp_skip``, not a NaN.
+        """
         _validate_model_and_optimizer(model, optimizer)
         self.config = config if config is not None else WatchConfig()
         existing = _WATCHED.get(model)
@@ -195,7 +200,11 @@ class Watcher:
             holds_sublayers=self.index.holds_sublayers,
         )
         self._detectors: list[Detector] = default_detectors(self.config)
-        self._policies = StepPolicies(self.config, self.index, self.config.scaler is not None)
+        self._policies = StepPolicies(
+            self.config, self.index, self.config.scaler is not None or reports_amp
+        )
+        #: The caller's GradScaler verdict for the next step() (``reports_amp`` only).
+        self._step_found_inf: Tensor | None = None
         self._amp: ScalerBridge | None = None
         self._step = 0
         self._loss: Tensor | float | None = None
@@ -457,7 +466,7 @@ class Watcher:
         total = grad_sq.sum().sqrt()
         # Clipping comes after the statistics above, so they are of the unclipped gradient.
         coef = self._policies.clip(params, total)
-        found_inf = None
+        found_inf, self._step_found_inf = self._step_found_inf, None
         if self._amp is not None and optimizer is not None:
             found_inf = self._amp.found_inf(optimizer, self.device)
         values = torch.cat(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .._alerts import Alert
+from .._amp import scaler_found_inf
 from .._config import WatchConfig
 from .._watcher import Watcher
 from ._common import check_logdir, missing_framework
@@ -91,7 +92,13 @@ class GradWatchCallback(pl.Callback):
         # No optimizer: Lightning's closure runs inside optimizer.step(), so steps are
         # taken from on_before_optimizer_step below, with Watcher.step().
         self.watcher = Watcher(
-            pl_module, None, logdir=self.resolve_logdir(trainer), config=self.config
+            pl_module,
+            None,
+            logdir=self.resolve_logdir(trainer),
+            config=self.config,
+            # 16-mixed: Lightning's GradScaler unscales before on_before_optimizer_step;
+            # its verdict comes with each step (a skipped step is amp_skip, not a NaN).
+            reports_amp=_scaler(trainer) is not None,
         )
 
     def on_before_backward(
@@ -100,7 +107,7 @@ class GradWatchCallback(pl.Callback):
         if self.watcher is None or self.watcher.closed:
             return
         loss = loss.detach()
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scaler = _scaler(trainer)
         scale = getattr(scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):
             # 16-mixed: the loss arrives multiplied by the GradScaler's scale. Dividing by
@@ -118,7 +125,11 @@ class GradWatchCallback(pl.Callback):
         if self._loss is not None and self._loss.numel() == 1:
             watcher.record_loss(self._loss)
         self._loss = None
-        watcher.step()  # gradients complete, not yet clipped by Lightning
+        scaler = _scaler(trainer)
+        if scaler is not None:
+            torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # LightningOptimizer
+            watcher._step_found_inf = scaler_found_inf(scaler, torch_optimizer, watcher.device)
+        watcher.step()  # gradients complete (unscaled), not yet clipped by Lightning
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
@@ -135,3 +146,9 @@ class GradWatchCallback(pl.Callback):
     def _close(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
+
+
+def _scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
+    """The GradScaler of Lightning's 16-mixed precision plugin, or None."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler if isinstance(scaler, torch.amp.GradScaler) else None
