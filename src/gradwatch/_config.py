@@ -134,8 +134,8 @@ class WatchConfig:
         flow_image_every: with a ``logdir``, draw the gradient-flow picture (layers x
             steps heat map of log10 gradient norm, input side at the top) into
             TensorBoard's Images tab every this many steps, and once at ``close()``;
-            ``0`` switches it off. Drawn with numpy alone (no matplotlib) in about a
-            millisecond on the host.
+            ``0`` switches it off. Drawn with numpy alone (no matplotlib) in a few
+            milliseconds on the host.
 
     Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
 

@@ -9,7 +9,7 @@ as a bright band that grows with time. Two renderings:
   a colour bar and the norms-across-depth panel, for ``gradwatch report --plot``.
   matplotlib is optional (the ``cli`` extra): it is imported here, lazily, and only its
   object-oriented API is used (``Figure`` + the Agg canvas), never ``pyplot``.
-* :func:`flow_heatmap_rgb`: the heat map alone, drawn with numpy in about a millisecond,
+* :func:`flow_heatmap_rgb`: the heat map alone, drawn with numpy in a few milliseconds,
   for the TensorBoard image a training process writes every ``flow_image_every`` steps.
   A matplotlib figure costs about a second of the training thread's time (and holds the
   GIL, so a background thread would stall training just the same); this costs nothing

@@ -207,7 +207,7 @@ class TensorBoardSink:
     ``gradient_flow``: at every step that is a multiple of ``flow_image_every`` and
     once more at ``close()`` if steps came since, so a short run still gets one. Drawing
     happens on the host, from numbers already there (no device sync), with numpy alone
-    (no matplotlib, no Pillow) in about a millisecond; the newest ``history`` steps are
+    (no matplotlib, no Pillow) in a few milliseconds; the newest ``history`` steps are
     drawn.
     """
 
