@@ -14,9 +14,9 @@ from gradwatch._flowplot import (
     NO_GRADIENT_RGB,
     FlowData,
     chosen_steps,
+    flow_figure,
     flow_from_history,
     flow_heatmap_rgb,
-    flow_rgb,
 )
 from gradwatch._logreader import read_run
 from gradwatch._png import encode_png
@@ -77,7 +77,9 @@ def test_flow_image_shows_vanishing_as_dark_input_side() -> None:
     colour map's low end (viridis: dark purple), the large one its high end (yellow)."""
     layers = ("first", "middle", "last")
     grads = np.array([[1e-8] * 4, [1e-3] * 4, [1.0] * 4])
-    image = flow_rgb(FlowData(layers, np.arange(4), grads))
+    figure = flow_figure(FlowData(layers, np.arange(4), grads), dpi=80)
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     height = image.shape[0]
     # Sample the heat map along its centre column band: find the darkest and brightest rows.

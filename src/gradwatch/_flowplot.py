@@ -149,14 +149,6 @@ def save_flow_png(
     figure.savefig(os.fspath(path), format="png")
 
 
-def flow_rgb(data: FlowData, *, title: str = "gradient flow") -> np.ndarray:
-    """The picture as an ``[H, W, 3]`` uint8 array (for TensorBoard's image plugin)."""
-    figure = flow_figure(data, title=title, dpi=80)
-    canvas = figure.canvas
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 #: Ten evenly spaced colours of matplotlib's "viridis" map, low to high; the heat map
 #: interpolates between them (dark purple = smallest gradient, yellow = largest).
 VIRIDIS_ANCHORS = np.array(

@@ -76,6 +76,10 @@ class History:
     def __iter__(self) -> Iterator[StepRecord]:
         return iter(self._records)
 
+    def __reversed__(self) -> Iterator[StepRecord]:
+        """Newest first, without copying the buffer."""
+        return reversed(self._records)
+
     def __getitem__(self, index: int) -> StepRecord:
         return self._records[index]
 
@@ -88,7 +92,7 @@ class History:
         if n <= 0:
             return []
         # From the right end: O(n), not O(history), since detectors ask every step.
-        newest_first = list(itertools.islice(reversed(self._records), n))
+        newest_first = list(itertools.islice(reversed(self), n))
         newest_first.reverse()
         return newest_first
 

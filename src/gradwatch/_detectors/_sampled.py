@@ -17,7 +17,7 @@ def sampled_records(history: History, n: int) -> list[StepRecord]:
     if latest is None or not latest.activations:
         return []
     out: list[StepRecord] = []
-    for record in reversed(list(history)):
+    for record in reversed(history):  # newest first, no copy of the history
         if record.activations:
             out.append(record)
             if len(out) == n:

@@ -99,17 +99,6 @@ def alert_markdown(alert: Alert) -> str:
     )
 
 
-def _figure_to_chw(figure: Any) -> Any:
-    """Render a matplotlib figure to a CHW uint8 array, then close it."""
-    import numpy as np
-    from matplotlib import pyplot as plt
-
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
-    plt.close(figure)
-    return image.transpose(2, 0, 1)
-
-
 _ALERT_MARKDOWN = re.compile(
     r"^\*\*(?P<severity>[A-Z]+)\*\* `(?P<kind>[^`]+)` at step (?P<step>\d+) in "
     r"`(?P<where>[^`]*)`:(?: value `(?P<value>[^`]+)`)?(?:, threshold `(?P<threshold>[^`]+)`)?"
@@ -226,7 +215,6 @@ class TensorBoardSink:
 
         self._summary_cls = Summary
         self._templates = SummaryTemplates(Summary)
-        self._summaries = summaries
         self.logdir = os.fspath(logdir)
         self._file_writer: Any = EventFileWriter(self.logdir, flush_secs=flush_secs)
         self._file_writer.add_summary(summaries.custom_scalars(custom_scalars_layout()), 0)
@@ -302,10 +290,6 @@ class TensorBoardSink:
         self._file_writer.add_summary(text_summary("alerts", alert_markdown(alert)), alert.step)
         # An alert is on disk as soon as it is raised, so a killed process keeps it.
         self._file_writer.flush()
-
-    def write_figure(self, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure as an image summary (the figure is closed)."""
-        self._file_writer.add_summary(self._summaries.image(tag, _figure_to_chw(figure)), step)
 
     def flush(self) -> None:
         self._check_logdir()
