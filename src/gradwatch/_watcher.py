@@ -85,17 +85,22 @@ class PendingStep:
         return self.values[2 * len(self.has_grad)]
 
 
-def _validate_logdir(logdir: object, *, create: bool = True) -> str | None:
+def logdir_path(logdir: object, *, hint: str = "Pass e.g. logdir='runs/exp1'.") -> str | None:
+    """``logdir`` as a path string, or None; any other type is refused, with ``hint``."""
     if logdir is None:
         return None
     if not isinstance(logdir, (str, os.PathLike)):
         raise TypeError(
             f"logdir must be a path (str or os.PathLike) or None, got "
-            f"{type(logdir).__name__} {logdir!r}. Pass e.g. logdir='runs/exp1'."
+            f"{type(logdir).__name__} {logdir!r}. {hint}"
         )
-    path = os.fspath(logdir)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    return os.fsdecode(os.fspath(logdir))
+
+
+def _validate_logdir(logdir: object, *, create: bool = True) -> str | None:
+    path = logdir_path(logdir)
+    if path is None:
+        return None
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(
             f"logdir {path!r} is a file, not a directory. Pass a directory path "

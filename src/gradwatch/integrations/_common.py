@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from .._watcher import logdir_path
 
 
 def missing_framework(framework: str, extra: str, error: ImportError) -> ImportError:
@@ -15,12 +15,8 @@ def missing_framework(framework: str, extra: str, error: ImportError) -> ImportE
 
 def check_logdir(logdir: object) -> str | None:
     """``logdir`` as a path string, or None; refuses other types at construction."""
-    if logdir is None:
-        return None
-    if not isinstance(logdir, (str, os.PathLike)):
-        raise TypeError(
-            f"logdir must be a path (str or os.PathLike) or None, got "
-            f"{type(logdir).__name__} {logdir!r}. Pass e.g. logdir='runs/exp1', or leave it "
-            "out to log next to the trainer's own TensorBoard logs."
-        )
-    return os.fsdecode(os.fspath(logdir))
+    return logdir_path(
+        logdir,
+        hint="Pass e.g. logdir='runs/exp1', or leave it out to log next to the trainer's "
+        "own TensorBoard logs.",
+    )
