@@ -128,3 +128,39 @@ def test_loose_root_parameters_are_not_layers_of_the_chain() -> None:
     assert [a for a in report.alerts if a.kind == "vanishing"] == [], report.summary()
     # the root still is a watched layer: its norms are measured and logged
     assert any(layer.name == "" for layer in report.layers)
+
+
+def test_trend_detectors_judge_every_half_window_and_once_more_at_close() -> None:
+    """``vanishing`` judges every ``trend_window // 2`` steps (not every step: it is the
+    costliest detector), and ``close()`` judges the last step when that was not a
+    judging step, so a run shorter than the cadence is still judged."""
+    calls: list[int] = []
+    model = linear_chain(0.5)
+    with gradwatch.watch(model, trend_window=8) as gw:
+        original = gw._detectors
+        from gradwatch._detectors.vanishing import detect_vanishing
+
+        def counting(history, context):  # type: ignore[no-untyped-def]
+            calls.append(history.latest.step)
+            return detect_vanishing(history, context)
+
+        counting.judges_trend = True  # type: ignore[attr-defined]
+        gw._detectors = [counting if d is detect_vanishing else d for d in original]
+        for x, y in chain_batches(1) * 10:
+            loss = mse(model(x), y)
+            loss.backward()
+            gw.record_loss(loss)
+            gw.step()
+            model.zero_grad()
+    assert calls == [3, 7, 9]  # every 4 steps, then the last step at close()
+    alerts = [alert for alert in gw.alerts if alert.kind == "vanishing"]
+    # step 3 has 4 steps of history, fewer than the 5 vanishing needs: first at step 7
+    assert alerts and alerts[0].step == 7 and alerts[0].severity == "error"
+
+
+def test_a_run_shorter_than_the_cadence_is_judged_at_close() -> None:
+    # trend_window=6: judging steps 2, 5, ...; vanishing needs 5 steps of history, so
+    # in a 5-step run only the judgement at close(), of step 4, can see it.
+    report = gradwatch.check(linear_chain(0.5), chain_batches(2), mse, steps=5, trend_window=6)
+    alerts = vanishing(report)
+    assert alerts and alerts[0].step == 4, report.summary()

@@ -27,6 +27,33 @@ def test_history_is_a_bounded_ring_buffer() -> None:
     assert history.matrix("grad_norm").shape == (5, 3)
 
 
+def test_column_series_match_the_records_across_the_wrap() -> None:
+    """The column-wise series (one slice) equal a walk over the records, at every fill
+    level and across the ring's wrap-around, with missing losses as NaN."""
+    history = History(maxlen=5)
+    for step in range(13):
+        loss = None if step == 11 else 0.5 * step
+        record = StepRecord(
+            step, np.ones(2), np.ones(2), np.ones(2, dtype=bool), float(step), loss=loss,
+            skipped=step == 12,
+        )
+        history.append(record)
+        for n in (0, 1, 3, 5, 9, None):
+            records = history.last(n if n is not None else 99)
+            expected_norm = [r.total_grad_norm for r in records]
+            expected_loss = [np.nan if r.loss is None else r.loss for r in records]
+            np.testing.assert_array_equal(history.series("total_grad_norm", n), expected_norm)
+            np.testing.assert_array_equal(history.series("loss", n), expected_loss)
+            np.testing.assert_array_equal(
+                history.series("taken", n), [0.0 if r.skipped else 1.0 for r in records]
+            )
+    # other numeric fields still work (walk over the records)
+    assert history.series("step", 3).tolist() == [10.0, 11.0, 12.0]
+    # a copy: detectors may modify what they get
+    history.series("loss", 2)[:] = 0.0
+    assert np.isnan(history.series("loss", 2)[0])
+
+
 def test_watcher_host_memory_is_flat_over_10000_steps(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))

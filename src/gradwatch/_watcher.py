@@ -31,7 +31,14 @@ from ._alerts import Alert
 from ._amp import ScalerBridge
 from ._compile import compiled_modules
 from ._config import WatchConfig
-from ._detectors import Detector, DetectorContext, default_detectors, detectors_for_step
+from ._detectors import (
+    Detector,
+    DetectorContext,
+    default_detectors,
+    detectors_for_step,
+    is_trend_step,
+    judges_trend,
+)
 from ._detectors.nonfinite import nonfinite_alert
 from ._distributed import AlertRelay, GlobalNorms
 from ._errors import NonFiniteError
@@ -195,6 +202,7 @@ class Watcher:
         self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self.history = History(self.config.history)
+        self._trend_due = False  # the trend detectors have yet to judge the latest step
         self._norms = LayerNorms(self.index, self.device)
         self._book = AlertBook()
         self._context = DetectorContext(
@@ -350,6 +358,8 @@ class Watcher:
                 self._seal_pending()
             with contextlib.suppress(Exception):
                 self._drain(block=True)
+            with contextlib.suppress(Exception):
+                self._judge_trends_at_end()
             if self._relay is not None and self.is_writer:
                 with contextlib.suppress(Exception):
                     for alert in self._relay.finish():
@@ -586,14 +596,9 @@ class Watcher:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""
         self.history.append(record)
         self._policies.observe(record)
-        for detector in detectors_for_step(self._detectors, record):
-            try:
-                alerts = detector(self.history, self._context)
-            except Exception:
-                logger.exception("gradwatch detector %r failed; skipping it this step", detector)
-                continue
-            for alert in alerts:
-                self._publish(alert)
+        trend = is_trend_step(record.step, self.config)
+        self._trend_due = not trend  # the trend detectors have not seen this step yet
+        self._run_detectors(detectors_for_step(self._detectors, record, trend=trend))
         if self._relay is not None and self.is_writer:
             try:  # alerts other ranks raised for steps this rank has now consumed
                 for alert in self._relay.receive(record.step):
@@ -603,6 +608,25 @@ class Watcher:
         if record.step % self.config.log_every == 0:
             for sink in self._sinks:
                 sink.write_step(record, self.index)
+
+    def _run_detectors(self, detectors: list[Detector]) -> None:
+        for detector in detectors:
+            try:
+                alerts = detector(self.history, self._context)
+            except Exception:
+                logger.exception("gradwatch detector %r failed; skipping it this step", detector)
+                continue
+            for alert in alerts:
+                self._publish(alert)
+
+    def _judge_trends_at_end(self) -> None:
+        """The trend detectors judge every few steps (``is_trend_step``); at the end of
+        the run they judge the last step too, so a short run's trend is never missed."""
+        record = self.history.latest
+        if self._trend_due and record is not None:
+            self._trend_due = False
+            chosen = detectors_for_step(self._detectors, record)
+            self._run_detectors([detector for detector in chosen if judges_trend(detector)])
 
     def _publish(self, alert: Alert) -> None:
         if not self._book.offer(alert):

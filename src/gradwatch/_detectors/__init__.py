@@ -8,7 +8,10 @@ recorded step; it reads only the history and the context and never touches the m
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from .._alerts import Alert
 from .._config import WatchConfig
@@ -31,6 +34,22 @@ class DetectorContext:
     layer_numel: tuple[int, ...] = ()
     loss_baseline: tuple[float, ...] | None = None
     holds_sublayers: tuple[bool, ...] = ()
+
+    # Derived arrays detectors read every step, computed once per watcher (the fields
+    # above never change; cached_property writes the instance dict, frozen or not).
+    @functools.cached_property
+    def numel_root(self) -> np.ndarray:
+        """Per layer sqrt(numel) (at least 1): turns a norm into an RMS."""
+        return np.sqrt(np.maximum(np.asarray(self.layer_numel, dtype=np.float64), 1.0))
+
+    @functools.cached_property
+    def depth_mask(self) -> np.ndarray:
+        """Per layer: does it carry the signal across depth? (see ``depth_layers``)."""
+        from ._common import depth_layers
+
+        mask = depth_layers(self)
+        mask.flags.writeable = False
+        return mask
 
 
 Detector = Callable[[History, DetectorContext], list[Alert]]
@@ -63,8 +82,33 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
     ]
 
 
-def detectors_for_step(detectors: Sequence[Detector], record: StepRecord) -> list[Detector]:
-    """The detectors worth running on ``record``.
+def trend_detector(detector: Detector) -> Detector:
+    """Mark ``detector`` as judging a trend over many steps (see :func:`is_trend_step`)."""
+    detector.judges_trend = True  # type: ignore[attr-defined]
+    return detector
+
+
+def judges_trend(detector: Detector) -> bool:
+    return bool(getattr(detector, "judges_trend", False))
+
+
+def is_trend_step(step: int, config: WatchConfig) -> bool:
+    """Do the trend detectors judge at ``step``?
+
+    ``vanishing`` (medians over ``trend_window`` steps) and ``not_learning`` (the loss
+    since step 0) look at windows that consecutive steps almost entirely share, so they
+    judge every ``trend_window // 2`` steps (every step is seen by at least two of their
+    windows) and once more at ``close()``, instead of every step: their host-side cost
+    is the largest of all detectors.
+    """
+    return (step + 1) % max(1, config.trend_window // 2) == 0
+
+
+def detectors_for_step(
+    detectors: Sequence[Detector], record: StepRecord, *, trend: bool = True
+) -> list[Detector]:
+    """The detectors worth running on ``record``; with ``trend=False``, leave out those
+    marked with :func:`trend_detector`.
 
     Once a weight holds NaN/inf the model is broken: every norm, activation and loss
     measured after that is garbage, and a detector reading them (dead units, vanishing,
@@ -73,6 +117,8 @@ def detectors_for_step(detectors: Sequence[Detector], record: StepRecord) -> lis
     """
     from .nonfinite import detect_nonfinite
 
-    if bool(record.weight_finite.all()):
+    if not bool(record.weight_finite.all()):
+        return [detector for detector in detectors if detector is detect_nonfinite]
+    if trend:
         return list(detectors)
-    return [detector for detector in detectors if detector is detect_nonfinite]
+    return [detector for detector in detectors if not judges_trend(detector)]

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._history import History
+from .._history import History, StepRecord
 from . import DetectorContext
 
 #: MAD x this = a standard deviation for normally distributed data.
@@ -56,15 +56,27 @@ def weight_floor(context: DetectorContext, weight_norm: np.ndarray) -> np.ndarra
     RMS of the model's layers gives such a layer an ordinary weight scale instead.
     ``weight_norm`` may also be ``[steps, layers]``: then each row gets its own floor.
     """
-    numel = np.asarray(context.layer_numel, dtype=np.float64)
-    if numel.shape != weight_norm.shape[-1:] or not numel.size:
+    root = context.numel_root
+    if root.shape != weight_norm.shape[-1:] or not root.size:
         return np.zeros_like(weight_norm)
-    root = np.sqrt(np.maximum(numel, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = weight_norm / root
-    rms = np.where(np.isfinite(rms) & (rms > 0), rms, np.nan)
+    usable = (rms > 0) & np.isfinite(rms)
+    if rms.ndim == 1:  # one step (the common case): a plain median of the usable values
+        typical: np.ndarray | float = median(rms[usable]) if usable.any() else 0.0
+        return 0.1 * typical * root
+    rms[~usable] = np.nan
     typical = nanmedian(rms, axis=-1)[..., None]  # NaN for a row with no usable layer
     return 0.1 * np.nan_to_num(typical, nan=0.0) * root
+
+
+def record_weight_floor(context: DetectorContext, record: StepRecord) -> np.ndarray:
+    """``weight_floor`` of one record's weight norms, computed once per record (the
+    exploding and vanishing detectors both need it every step)."""
+    floor = record.derived.get("weight_floor")
+    if floor is None:
+        floor = record.derived["weight_floor"] = weight_floor(context, record.weight_norm)
+    return floor
 
 
 def nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
@@ -83,13 +95,26 @@ def nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
     return middle[..., 0]
 
 
+def median(values: np.ndarray) -> float:
+    """``float(np.median(values))`` of a 1-D array without NaN, ten times faster.
+
+    ``np.median`` spends ~30 µs on argument handling and partitioning before it looks
+    at a few hundred values; sorting them costs ~2 µs. NaN for an empty array.
+    """
+    count = values.size
+    if not count:
+        return math.nan
+    ordered = np.sort(values, axis=None)
+    return float(ordered[(count - 1) // 2] + ordered[count // 2]) / 2.0
+
+
 def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
     """Median and MAD-based standard deviation of the finite ``values``."""
     finite = values[np.isfinite(values)]
     if not finite.size:
         return math.nan, math.nan
-    median = float(np.median(finite))
-    return median, MAD_TO_SD * float(np.median(np.abs(finite - median)))
+    center = median(finite)
+    return center, MAD_TO_SD * median(np.abs(finite - center))
 
 
 def step_noise(values: np.ndarray) -> float:
@@ -102,7 +127,7 @@ def step_noise(values: np.ndarray) -> float:
     if finite.size < 3:
         return math.nan
     diffs = np.diff(finite)
-    return MAD_TO_SD * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2.0)
+    return MAD_TO_SD * median(np.abs(diffs - median(diffs))) / math.sqrt(2.0)
 
 
 def finite_tail(history: History, field: str, n: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from .._alerts import Alert
 from .._history import History, StepRecord
 from . import DetectorContext
-from ._common import fmt, layer_label, weight_floor
+from ._common import fmt, layer_label, record_weight_floor
 
 #: The growth rule needs some layer's ‖g‖/‖w‖ to have reached this: one SGD step with
 #: lr = 1 would then change the layer by its own size. Below it, fast relative growth is
@@ -44,7 +44,7 @@ REMEDY = (
 
 def relative_gradient(record: StepRecord, context: DetectorContext) -> np.ndarray:
     """Per layer ‖g‖/‖w‖ (NaN where the layer has no gradient)."""
-    denominator = np.maximum(record.weight_norm, weight_floor(context, record.weight_norm))
+    denominator = np.maximum(record.weight_norm, record_weight_floor(context, record))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = record.grad_norm / denominator
     rel[~record.has_grad | ~(denominator > 0)] = np.nan
@@ -59,8 +59,7 @@ def _magnitude(record: StepRecord, context: DetectorContext) -> Alert | None:
         return None  # NaN everywhere: the nonfinite detector speaks for this step
     overflow = record.has_grad & np.isposinf(record.grad_norm)
     rel = relative_gradient(record, context)
-    with np.errstate(invalid="ignore"):
-        flagged = overflow | (np.nan_to_num(rel, nan=0.0) >= threshold)
+    flagged = overflow | (rel >= threshold)  # NaN (no gradient) compares False
     if not flagged.any():
         return None
     layers = np.flatnonzero(flagged)

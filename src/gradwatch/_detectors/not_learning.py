@@ -32,7 +32,7 @@ import numpy as np
 
 from .._alerts import Alert, Severity
 from .._history import History
-from . import DetectorContext
+from . import DetectorContext, trend_detector
 from ._common import MAD_TO_SD, fmt, step_noise
 
 REMEDY = (
@@ -55,20 +55,20 @@ def _quarter(n: int) -> int:
     return max(3, n // 4)
 
 
+@trend_detector
 def detect_not_learning(history: History, context: DetectorContext) -> list[Alert]:
     config = context.config
     if not len(history) or history[0].step != 0:
         return []
-    records = list(history)
-    losses = np.array([np.nan if r.loss is None else r.loss for r in records], dtype=np.float64)
+    losses = history.series("loss")  # one slice of the history's loss column
     finite = np.isfinite(losses)
     # Only steps that updated the weights count: a step skipped by a policy or by a
     # GradScaler gave the model no chance to learn.
-    taken = finite & ~np.array([r.skipped or r.amp_skipped for r in records], dtype=bool)
+    taken = finite & (history.series("taken") > 0)
     if int(taken.sum()) < config.not_learning_steps or not finite[-1]:
         return []
     if context.loss_baseline is not None:
-        alert = _against_baseline(records[-1].step, losses, context)
+        alert = _against_baseline(history[-1].step, losses, context)
     else:
         alert = _against_own_noise(history, losses, context)
     return [alert] if alert is not None else []

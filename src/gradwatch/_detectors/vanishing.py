@@ -31,8 +31,8 @@ import numpy as np
 
 from .._alerts import Alert, Severity
 from .._history import History
-from . import DetectorContext
-from ._common import depth_layers, fmt, layer_label, nanmedian, weight_floor
+from . import DetectorContext, trend_detector
+from ._common import fmt, layer_label, nanmedian, record_weight_floor
 
 REMEDY = (
     "use ReLU/GELU instead of sigmoid/tanh; initialise with He (ReLU) or Xavier (tanh) "
@@ -51,6 +51,7 @@ def _names(context: DetectorContext, layers: np.ndarray, limit: int = 3) -> str:
     return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
+@trend_detector
 def detect_vanishing(history: History, context: DetectorContext) -> list[Alert]:
     config = context.config
     records = [r for r in history.last(config.trend_window) if not r.amp_skipped]
@@ -61,9 +62,9 @@ def detect_vanishing(history: History, context: DetectorContext) -> list[Alert]:
     weights = np.stack([r.weight_norm for r in records])
     if not np.isfinite(grads[np.stack([r.has_grad for r in records])]).all():
         return []  # NaN/inf around: the nonfinite and exploding detectors speak
-    floors = weight_floor(context, weights)  # one floor per step, in one pass
+    floors = np.stack([record_weight_floor(context, r) for r in records])
     sensitivity = grads * np.maximum(weights, floors)
-    mask = depth_layers(context) & latest.has_grad
+    mask = context.depth_mask & latest.has_grad
     with np.errstate(all="ignore"):
         smoothed = nanmedian(sensitivity, axis=0)
         # Fraction of steps with an exactly zero gradient, among steps that had one
