@@ -144,3 +144,27 @@ def test_finite_steps_have_no_origin_and_validation_is_ignored() -> None:
             optimizer.zero_grad()
     assert not gw.alerts
     assert all(record.nonfinite_origin is None for record in gw.history)
+
+
+class HalfBig(nn.Module):
+    """Large but finite float16 outputs: their sum overflows float16 (above 65504)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 0 + 60000.0).half()
+
+
+class ShiftedLog(nn.Module):
+    """Back to float32, then NaN: log of a negative number."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.float() - 70000.0)
+
+
+def test_large_finite_half_precision_values_are_not_mistaken_for_the_producer() -> None:
+    """Each check sums in float32: 512 float16 values of 60000 are finite (a float16
+    sum would overflow and wrongly name ``HalfBig``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), HalfBig(), ShiftedLog(), nn.Linear(16, 1))
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1))
+    assert alerts and alerts[0].layer == "2", gw.alerts  # ShiftedLog, not HalfBig ("1")
+    assert "'2' (ShiftedLog)" in alerts[0].message
