@@ -344,9 +344,9 @@ def _leaves(tree: Any) -> list[Any]:
         return [tree]
     if type(tree) is tuple and len(tree) == 2 and type(tree[1]) is dict:  # (args, kwargs)
         args, kwargs = tree
-        if type(args) is tuple and all(isinstance(a, _FLAT) for a in args):
-            if all(isinstance(v, _FLAT) for v in kwargs.values()):
-                return [*args, *kwargs.values()]
+        flat_args = type(args) is tuple and all(isinstance(a, _FLAT) for a in args)
+        if flat_args and all(isinstance(v, _FLAT) for v in kwargs.values()):
+            return [*args, *kwargs.values()]
     if type(tree) in (tuple, list) and all(isinstance(a, _FLAT) for a in tree):
         return list(tree)
     return tree_leaves(tree)
