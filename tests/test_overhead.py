@@ -150,3 +150,38 @@ def test_logged_scalars_equal_step_scalars_when_layers_lose_gradients(tmp_path) 
             torch.tensor([v for _, v in logged]), torch.tensor([v for _, v in series])
         )
     assert [s for s, _ in run.scalars["grad_norm/1"]] == [0, 2, 3, 5]
+
+
+def test_the_benchmarks_own_time_clock_wraps_live_entry_points_and_restores_them() -> None:
+    """``benchmarks/bench_overhead.py`` times gradwatch's own work through its entry
+    points; a renamed hook would silently drop out of that column, so check they exist,
+    are timed while the clock runs, and are put back afterwards."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_overhead.py"
+    spec = importlib.util.spec_from_file_location("bench_overhead", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules[spec.name]
+    entry_points = bench._entry_points()
+    originals = [owner.__dict__[name] for owner, name in entry_points]
+    model = _stack(3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with bench.own_time_clock() as clock:
+        wrapped = [owner.__dict__[name] for owner, name in entry_points]
+        assert all(now is not then for now, then in zip(wrapped, originals))
+        with gradwatch.watch(model, optimizer, activation_every=1, locate_nonfinite=True) as gw:
+            loss = model(torch.randn(2, 8)).square().mean()
+            assert clock[0] > 0  # activation and localisation hooks ran in the forward
+            before = clock[0]
+            loss.backward()
+            gw.record_loss(loss)
+            optimizer.step()
+        assert clock[0] > before
+    assert [owner.__dict__[name] for owner, name in entry_points] == originals
