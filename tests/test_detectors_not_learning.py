@@ -81,3 +81,17 @@ def test_baseline_recognises_slow_but_real_learning() -> None:
     with_baseline = run(baseline=True)
     assert not_learning(with_baseline) == [], with_baseline.summary()
     assert with_baseline.ok
+
+
+def test_judged_at_the_last_step_before_the_history_forgets_step_0() -> None:
+    """not_learning judges only while the history holds step 0. With history=22 and
+    not_learning_steps=21, the regular judging steps (every 5: 19, then 24) are too
+    early or too late; the step before the history wraps (21) is judged too."""
+    model = he_mlp(depth=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    report = gradwatch.check(
+        model, regression(6), mse, optimizer=optimizer, steps=30, history=22,
+        not_learning_steps=21,
+    )
+    alerts = not_learning(report)
+    assert alerts and alerts[0].step == 21, report.summary()

@@ -161,10 +161,44 @@ class ShiftedLog(nn.Module):
 
 
 def test_large_finite_half_precision_values_are_not_mistaken_for_the_producer() -> None:
-    """Each check sums in float32: 512 float16 values of 60000 are finite (a float16
-    sum would overflow and wrongly name ``HalfBig``)."""
+    """512 float16 values of 60000 are finite (their float16 sum would overflow and
+    wrongly name ``HalfBig``)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), HalfBig(), ShiftedLog(), nn.Linear(16, 1))
     alerts, gw = _nonfinite_alerts(model, regression_batches(1))
     assert alerts and alerts[0].layer == "2", gw.alerts  # ShiftedLog, not HalfBig ("1")
     assert "'2' (ShiftedLog)" in alerts[0].message
+
+
+class MaskedMix(nn.Module):
+    """Takes an additive attention mask as a keyword, as Hugging Face layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor) -> torch.Tensor:
+        scores = (x @ x.T + mask).softmax(dim=-1)
+        return self.proj(scores @ x)
+
+
+class MaskedModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.mix = MaskedMix()
+        self.log = Log()
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        # finfo.min above the diagonal: finite, but their float32 sum overflows to -inf
+        mask = torch.full((n, n), torch.finfo(torch.float32).min).triu(1)
+        return self.head(self.log(self.mix(self.embed(x), mask=mask)))
+
+
+def test_a_finite_mask_of_finfo_min_is_not_blamed() -> None:
+    """A mask filled with ``finfo(dtype).min`` is finite: the producer is ``log``."""
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(MaskedModel(), regression_batches(1))
+    assert alerts and alerts[0].layer == "log", gw.alerts

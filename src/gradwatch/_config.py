@@ -149,7 +149,8 @@ class WatchConfig:
         trend_window: how many recent steps the trend detectors (``exploding`` growth,
             ``vanishing``) look at; per-layer values are smoothed over it by a median.
             ``vanishing`` and ``not_learning`` judge every ``trend_window // 2`` steps
-            (each step is in at least two of their windows) and at ``close()``.
+            (at most 10; each step is in at least two of their windows) and at
+            ``close()``, so their alerts may come a few steps after the trend began.
         vanishing_ratio: a weight layer whose loss sensitivity ‖g‖·‖w‖ is below this
             fraction of the largest among the layers after it (closer to the output) is
             ``vanishing``: warning below it, error below its square, info between it and

@@ -2,12 +2,9 @@
 
 With ``watch(..., locate_nonfinite=True)`` every module gets a forward pre-hook (its
 inputs), a forward hook (its outputs) and, on those tensors, gradient hooks (the gradient
-w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its sum, in
-float32, with one ``torch.sum`` kernel (a NaN or inf element makes the sum NaN or inf; a
-sum is the cheapest reduction there is, half the cost of ``aminmax``) and appends the
-device scalar to a list, with a host-side event naming the module. Finite values whose
-float32 sum overflows (above ~3e38 in total) would also count as non-finite; by then the
-next layer overflows anyway.
+w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its min and
+max with one ``torch.aminmax`` kernel (NaN propagates through both; an inf shows in one)
+and appends the two device scalars to a list, with a host-side event naming the module.
 Nothing is read back: the list is stacked into one device vector when the step is
 measured, and only read (one small copy) when that step's statistics show a non-finite
 loss, gradient or weight.
@@ -68,7 +65,7 @@ class _Kind(enum.IntEnum):
 class _Event:
     kind: _Kind
     call: int  # index of the forward call the event belongs to
-    slots: tuple[int, ...]  # slots of the checked values (one sum per tensor)
+    slots: tuple[int, ...]  # slots of the checked values (2 per tensor: min and max)
 
 
 @dataclasses.dataclass
@@ -106,7 +103,7 @@ class NonfiniteOrigin:
 
 @dataclasses.dataclass
 class StepTrace:
-    """One step's checks: host-side events and the device vector of checked sums."""
+    """One step's checks: host-side events and the device vector of min/max values."""
 
     calls: list[_Call]
     events: list[_Event]
@@ -147,15 +144,19 @@ class NonfiniteLocator:
             handle.remove()
 
     # ----------------------------------------------------------------- recording
-    def _slots(self, tensor: Tensor) -> tuple[int]:
-        """Queue the float32 sum of ``tensor`` on its device; returns its slot."""
+    def _slots(self, tensor: Tensor) -> tuple[int, int]:
+        """Queue the min/max of ``tensor`` on its device; returns its two slots."""
         if tensor.is_complex():
             tensor = torch.view_as_real(tensor)
-        # One reduction kernel, no host read: a NaN or inf element makes the sum NaN or
-        # inf. float32 accumulation, so fp16/bf16 values cannot overflow the sum.
+        # One reduction kernel, no host read: NaN propagates into min and max, an inf
+        # shows in one. Not a sum, although a sum costs half as much: finite values can
+        # overflow it (a Hugging Face attention mask is filled with finfo(dtype).min),
+        # and a mask passed to every layer would then be blamed for the step's NaN.
+        low, high = torch.aminmax(tensor.detach())
         first = len(self._values)
-        self._values.append(torch.sum(tensor.detach(), dtype=torch.float32))
-        return (first,)
+        self._values.append(low)
+        self._values.append(high)
+        return first, first + 1
 
     def _forward(self, kind: _Kind, call: int, tensors: list[Tensor]) -> None:
         """Check forward tensors once each (a module's input is usually the previous

@@ -516,6 +516,7 @@ class Watcher:
             alert = nonfinite_alert(record, self._context)
             if alert is not None:
                 if self.config.on_nonfinite == "raise":
+                    self._drain(block=True)  # earlier steps first: the history stays in order
                     self._consume(record)
                     raise NonFiniteError(alert)
                 self._skip(pending)

@@ -2,7 +2,8 @@
 
 Each detector lives in its own module so "where is vanishing decided?" has a one-file
 answer. A detector is any callable ``(history, context) -> list[Alert]`` called once per
-recorded step; it reads only the history and the context and never touches the model.
+recorded step (trend detectors every few steps, see ``is_trend_step``); it reads only the
+history and the context and never touches the model.
 """
 
 from __future__ import annotations
@@ -92,16 +93,29 @@ def judges_trend(detector: Detector) -> bool:
     return bool(getattr(detector, "judges_trend", False))
 
 
+#: The trend detectors judge at least this often: an alert episode stays open while the
+#: same alert comes back within ``AlertBook``'s gap (20 steps), so a lasting condition
+#: must be re-judged well within it to stay one episode.
+MAX_TREND_EVERY = 10
+
+
+def trend_every(config: WatchConfig) -> int:
+    """How many steps apart the trend detectors judge (see :func:`is_trend_step`)."""
+    return max(1, min(config.trend_window // 2, MAX_TREND_EVERY))
+
+
 def is_trend_step(step: int, config: WatchConfig) -> bool:
     """Do the trend detectors judge at ``step``?
 
     ``vanishing`` (medians over ``trend_window`` steps) and ``not_learning`` (the loss
     since step 0) look at windows that consecutive steps almost entirely share, so they
-    judge every ``trend_window // 2`` steps (every step is seen by at least two of their
-    windows) and once more at ``close()``, instead of every step: their host-side cost
-    is the largest of all detectors.
+    judge every ``trend_window // 2`` steps (at most 10; every step is seen by at least
+    two of their windows), at the last step before the history forgets step 0 (the last
+    chance for ``not_learning``), and once more at ``close()``, instead of every step:
+    their host-side cost is the largest of all detectors. An alert may so come a few
+    steps later than the step that first showed the trend.
     """
-    return (step + 1) % max(1, config.trend_window // 2) == 0
+    return (step + 1) % trend_every(config) == 0 or step == config.history - 1
 
 
 def detectors_for_step(
