@@ -53,21 +53,17 @@ def weight_floor(context: DetectorContext, weight_norm: np.ndarray) -> np.ndarra
     A zero-initialised layer (a residual branch's output projection, a LoRA ``B``
     matrix, a classifier head) has ‖w‖ ≈ 0 for its first steps; dividing or multiplying
     by that would make it look exploding or vanishing. Substituting the median weight
-    RMS of the model's layers gives such a layer an ordinary weight scale instead.
-    ``weight_norm`` may also be ``[steps, layers]``: then each row gets its own floor.
+    RMS of the model's layers (one step's ``weight_norm``) gives such a layer an
+    ordinary weight scale instead.
     """
     root = context.numel_root
-    if root.shape != weight_norm.shape[-1:] or not root.size:
+    if root.shape != weight_norm.shape or not root.size:
         return np.zeros_like(weight_norm)
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = weight_norm / root
-    usable = (rms > 0) & np.isfinite(rms)
-    if rms.ndim == 1:  # one step (the common case): a plain median of the usable values
-        typical: np.ndarray | float = median(rms[usable]) if usable.any() else 0.0
-        return 0.1 * typical * root
-    rms[~usable] = np.nan
-    typical = nanmedian(rms, axis=-1)[..., None]  # NaN for a row with no usable layer
-    return 0.1 * np.nan_to_num(typical, nan=0.0) * root
+    usable = rms[(rms > 0) & np.isfinite(rms)]
+    typical = median(usable) if usable.size else 0.0
+    return 0.1 * typical * root
 
 
 def record_weight_floor(context: DetectorContext, record: StepRecord) -> np.ndarray:
