@@ -72,19 +72,28 @@ def _loader(batches: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
 
 
-def _fit(
-    tmp_path: Path, callback: GradWatchCallback, steps: int, **trainer_options: Any
-) -> tuple[Regressor, pl.Trainer]:
-    module = Regressor()
-    trainer = pl.Trainer(
+def _trainer(callback: GradWatchCallback, steps: int, **options: Any) -> pl.Trainer:
+    """A quiet CPU Trainer (no progress bar, summary or checkpoints) with ``callback``."""
+    return pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
-        devices=1,
-        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="lightning"),
         callbacks=[callback],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
+        **options,
+    )
+
+
+def _fit(
+    tmp_path: Path, callback: GradWatchCallback, steps: int, **trainer_options: Any
+) -> tuple[Regressor, pl.Trainer]:
+    module = Regressor()
+    trainer = _trainer(
+        callback,
+        steps,
+        devices=1,
+        logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="lightning"),
         log_every_n_steps=1,
         **trainer_options,
     )
@@ -159,15 +168,7 @@ def test_closes_when_fit_fails(tmp_path: Path) -> None:
             return super().training_step(batch, batch_idx)
 
     callback = GradWatchCallback(logdir=tmp_path)
-    trainer = pl.Trainer(
-        max_steps=5,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = _trainer(callback, 5, logger=False)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(Failing(), _loader(5))
     assert callback.watcher is not None and callback.watcher.closed
@@ -177,16 +178,7 @@ def test_closes_when_fit_fails(tmp_path: Path) -> None:
 
 def test_no_logger_and_no_logdir_writes_nothing(tmp_path: Path) -> None:
     callback = GradWatchCallback()
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = _trainer(callback, 2, logger=False, default_root_dir=str(tmp_path))
     trainer.fit(Regressor(), _loader(2))
     assert callback.watcher is not None and callback.watcher.logdir is None
     assert callback.watcher.step_count == 2
