@@ -262,6 +262,57 @@ def test_output_stats_equal_the_definitions_over_finite_values(poison: bool, kin
         assert got["dead"] == pytest.approx(dead)
 
 
+@pytest.mark.parametrize("poison", [False, True], ids=["finite", "one-nan"])
+@pytest.mark.parametrize("samples", [1, 32])
+def test_spread_of_a_bias_dominated_output_survives_float32(poison: bool, samples: int) -> None:
+    """A deep badly initialised layer outputs a large constant plus a tiny signal:
+    E[x²] - E[x]² would cancel to noise in float32; both the all-finite path and the
+    path that zeroes non-finite values must keep the spread."""
+    from gradwatch._activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+
+    torch.manual_seed(2)
+    bias = torch.full((64,), 1000.0) + torch.linspace(0.0, 1.0, 64)  # units differ a bit
+    y = bias + 0.01 * torch.randn(samples, 64)
+    reference = y.double()
+    if poison:
+        y[0, 3] = float("nan")
+    target = _Target("l", ROLE_MIXING)
+    got = dict(zip((STATS[i] for i in _layout(target, samples)), output_stats(y, target).tolist()))
+    finite = torch.isfinite(y)
+    values = reference[finite]
+    assert got["mean"] == pytest.approx(values.mean().item(), rel=1e-6)
+    assert got["std"] == pytest.approx(values.std(unbiased=False).item(), rel=1e-3)
+    if samples > 1 and not poison:
+        spread = reference.var(0, unbiased=False).mean().sqrt().item()
+        assert got["batch_std"] == pytest.approx(spread, rel=1e-3)
+        assert 0.005 < got["batch_std"] < 0.02
+
+
+@pytest.mark.parametrize("samples", [1, 16])
+@pytest.mark.parametrize("kind", ["linear", "tanh", "relu"])
+def test_the_accelerator_path_agrees_with_the_cpu_shortcut_on_finite_outputs(
+    monkeypatch: pytest.MonkeyPatch, kind: str, samples: int
+) -> None:
+    """On the CPU an all-finite output skips the passes that set non-finite values
+    aside; an accelerator always runs them. Both must give the same statistics."""
+    from gradwatch import _activations
+    from gradwatch._activations import ROLE_MIXING, ROLE_RECTIFIER, _Target, output_stats
+
+    torch.manual_seed(3)
+    raw = torch.randn(samples, 8, 5) * 1.5 + 0.2
+    targets = {
+        "linear": (_Target("l", ROLE_MIXING), raw),
+        "tanh": (_Target("t", ROLE_MIXING, (-1.0, 1.0)), torch.tanh(raw)),
+        "relu": (_Target("r", ROLE_RECTIFIER), torch.relu(raw - 1.0)),
+    }
+    target, y = targets[kind]
+    shortcut = output_stats(y, target)
+    monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
+    careful = output_stats(y, target)
+    assert shortcut.shape == careful.shape
+    torch.testing.assert_close(shortcut, careful, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "names"),
     [
