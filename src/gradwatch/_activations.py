@@ -241,7 +241,9 @@ def _reading_back_is_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _within_unit_variance(values: Tensor, unit_means: Tensor, pool: ScratchBuffers) -> Tensor | None:
+def _within_unit_variance(
+    values: Tensor, unit_means: Tensor, pool: ScratchBuffers
+) -> Tensor | None:
     """Mean over units of each unit's variance across the batch (None without a batch).
 
     Centred on each unit's mean directly, not the total minus the variance between units,

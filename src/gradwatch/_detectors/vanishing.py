@@ -32,7 +32,7 @@ import numpy as np
 from .._alerts import Alert, Severity
 from .._history import History
 from . import DetectorContext, trend_detector
-from ._common import fmt, layer_label, nanmedian, record_weight_floor
+from ._common import fmt, layer_label, median, nanmedian, record_weight_floor
 
 REMEDY = (
     "use ReLU/GELU instead of sigmoid/tanh; initialise with He (ReLU) or Xavier (tanh) "
@@ -92,7 +92,7 @@ def _absolute(
     losses = np.abs(losses[np.isfinite(losses)])
     if losses.size < min(MIN_STEPS, context.config.trend_window):
         return None
-    loss = float(np.median(losses))
+    loss = median(losses)
     if not loss > 0:
         return None
     best = float(smoothed[candidates].max()) / loss
