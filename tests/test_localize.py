@@ -202,3 +202,71 @@ def test_a_finite_mask_of_finfo_min_is_not_blamed() -> None:
     torch.manual_seed(0)
     alerts, gw = _nonfinite_alerts(MaskedModel(), regression_batches(1))
     assert alerts and alerts[0].layer == "log", gw.alerts
+
+
+class CausalAttention(nn.Module):
+    """Self-attention with the additive ``-inf`` causal mask that ``nn.Transformer``
+    builds; ``mask_builder`` optionally builds the mask in a submodule instead."""
+
+    def __init__(self, *, fully_mask_row: int | None = None, in_submodule: bool = False):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.mask_builder = MaskBuilder() if in_submodule else None
+        self.log = Log()
+        self.head = nn.Linear(16, 1)
+        self.fully_mask_row = fully_mask_row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.mask_builder is not None:
+            mask = self.mask_builder(n)
+        else:
+            mask = nn.Transformer.generate_square_subsequent_mask(n)
+        if self.fully_mask_row is not None:
+            mask[self.fully_mask_row] = float("-inf")  # this query may attend to nothing
+        h = self.embed(x).unsqueeze(0)
+        mixed, _ = self.attn(h, h, h, attn_mask=mask, need_weights=False)
+        return self.head(self.log(mixed.squeeze(0)))
+
+
+class MaskBuilder(nn.Module):
+    def forward(self, n: int) -> torch.Tensor:
+        return torch.full((n, n), float("-inf")).triu(1)
+
+
+@pytest.mark.parametrize("in_submodule", [False, True], ids=["inline", "submodule"])
+def test_an_absorbed_minus_inf_attention_mask_is_not_blamed(in_submodule: bool) -> None:
+    """The softmax turns the mask's -inf into zeros: the NaN comes from ``log``."""
+    torch.manual_seed(0)
+    model = CausalAttention(in_submodule=in_submodule)
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1))
+    assert alerts and alerts[0].layer == "log", gw.alerts
+    assert "'log' (Log)" in alerts[0].message
+
+
+class FullyMaskedRow(nn.Module):
+    """A causal ``-inf`` mask with one query row masked entirely: softmax gives NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.mix = MaskedMix()
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[0])
+        mask[3] = float("-inf")  # this query may attend to nothing
+        return self.head(self.mix(self.embed(x), mask=mask))
+
+
+def test_a_fully_masked_row_is_traced_to_the_mask_and_its_consumer() -> None:
+    """The mask holds only -inf there (no NaN), and the consumer turned it into NaN: the
+    message names where the mask was made and the call that did not absorb it."""
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(FullyMaskedRow(), regression_batches(1))
+    assert alerts, gw.alerts
+    message = alerts[0].message
+    assert alerts[0].layer == ""  # the mask was built in the root module's own forward
+    assert "before it called 'mix'" in message
+    assert "-inf mask, 'mix' turned it into a non-finite output" in message

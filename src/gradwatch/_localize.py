@@ -16,6 +16,9 @@ into non-finite ones:
   a module's *inputs* are the first non-finite values seen, they came from outside any
   submodule: the batch itself (at the root module) or functional code (``torch.log``,
   a division) in the enclosing module's ``forward``;
+* a non-finite value that the model absorbs is a mask, not a fault, and is passed over:
+  inputs of a call whose outputs are all finite (an additive ``-inf`` attention mask
+  that a softmax turns into zeros), and outputs that every call taking them absorbs;
 * backward (only when the whole forward was finite): the first module whose gradient
   w.r.t. its inputs is non-finite although the gradient w.r.t. its outputs was finite;
   if the first non-finite gradient arrives at the model's output, the loss produced it.
@@ -236,15 +239,17 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
     """
     if trace.values is None:
         return None
-    bad_slot = ~np.isfinite(trace.values.detach().cpu().numpy())
+    host = trace.values.detach().cpu().numpy()
+    bad_slot = ~np.isfinite(host)
 
     def bad(event: _Event) -> bool:
         return bool(bad_slot[list(event.slots)].any())
 
     calls = trace.calls
+    absorbed = _absorbed_events(trace.events, bad_slot)
     # Forward: the first non-finite inputs or outputs, in execution order.
-    for event in trace.events:
-        if event.kind in (_Kind.IN, _Kind.OUT) and bad(event):
+    for index, event in enumerate(trace.events):
+        if event.kind in (_Kind.IN, _Kind.OUT) and bad(event) and index not in absorbed:
             call = calls[event.call]
             if event.kind == _Kind.OUT:
                 return NonfiniteOrigin(
@@ -263,14 +268,20 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
                     "data did; check the batch (and its preprocessing) for NaN/inf.",
                 )
             parent = calls[call.parent]
-            return NonfiniteOrigin(
-                parent.name,
-                "forward",
+            sentence = (
                 f"The first non-finite value was produced inside the forward of "
                 f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
                 f"submodule (a functional op such as torch.log or a division, or a "
-                f"non-finite buffer), before it called {_quote(call.name)}.",
+                f"non-finite buffer), before it called {_quote(call.name)}."
             )
+            if not np.isnan(host[list(event.slots)]).any():
+                # Only infinities went in: maybe a mask, which this call did not absorb.
+                sentence += (
+                    f" That value held ±inf but no NaN: if it is an intentional -inf "
+                    f"mask, {_quote(call.name)} turned it into a non-finite output (a "
+                    "softmax over a fully masked row gives NaN)."
+                )
+            return NonfiniteOrigin(parent.name, "forward", sentence)
     # Backward (the forward was finite): the first call whose gradient w.r.t. its inputs
     # is non-finite while the gradient w.r.t. its outputs was finite.
     output_grad_bad: set[int] = set()
@@ -310,6 +321,39 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
             f"(a functional op consuming the output of {_quote(call.name)}).",
         )
     return None
+
+
+def _absorbed_events(events: list[_Event], bad_slot: np.ndarray) -> set[int]:
+    """Indices of forward events whose non-finite values the model absorbed: masks.
+
+    An additive attention mask holds ``-inf`` on purpose (``nn.Transformer``'s
+    ``generate_square_subsequent_mask``), and the softmax that consumes it turns it into
+    finite zeros. Such a value is not where a step's NaN came from, so it is passed over:
+
+    * non-finite *inputs* of a call whose outputs are all finite (it absorbed them);
+    * non-finite *outputs* (a module that builds a mask) that at least one later call
+      takes as input, when every such call absorbed them.
+    """
+    output_finite: dict[int, bool] = {}
+    takers: dict[int, list[int]] = {}  # slot -> calls that took it as an input
+    for event in events:
+        if event.kind == _Kind.OUT:
+            output_finite[event.call] = not bad_slot[list(event.slots)].any()
+        elif event.kind == _Kind.IN:
+            for slot in event.slots:
+                takers.setdefault(slot, []).append(event.call)
+    absorbed: set[int] = set()
+    for index, event in enumerate(events):
+        if event.kind == _Kind.IN:
+            if output_finite.get(event.call, False):
+                absorbed.add(index)
+        elif event.kind == _Kind.OUT:
+            bad_slots = [slot for slot in event.slots if bad_slot[slot]]
+            calls = {call for slot in bad_slots for call in takers.get(slot, ())}
+            calls.discard(event.call)
+            if calls and all(output_finite.get(call, False) for call in calls):
+                absorbed.add(index)
+    return absorbed
 
 
 def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
