@@ -313,6 +313,29 @@ def test_the_accelerator_path_agrees_with_the_cpu_shortcut_on_finite_outputs(
     torch.testing.assert_close(shortcut, careful, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("planted", [0, 1, 3])
+def test_nonfinite_fraction_is_exact_past_float32_integer_range(
+    monkeypatch: pytest.MonkeyPatch, planted: int
+) -> None:
+    """An output of more than 2**24 values (LLM logits): float32 cannot hold its size
+    exactly, so the fraction must come from counting the non-finite values themselves,
+    never from the size minus a count of the finite ones. Checked on the accelerator
+    path (always taken there) and on the CPU path."""
+    from gradwatch import _activations
+    from gradwatch._activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+
+    y = torch.rand(5, 2**23 // 5 * 2 + 3)  # 2**24 + a few values
+    for index in range(planted):
+        y[index, 7 * index] = float("nan")
+    target = _Target("logits", ROLE_MIXING)
+    names = [STATS[i] for i in _layout(target, 5)]
+    for careful in (False, True):
+        if careful:
+            monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
+        got = dict(zip(names, output_stats(y, target).tolist()))
+        assert got["nonfinite"] == pytest.approx(planted / y.numel(), rel=1e-6, abs=0.0)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "names"),
     [

@@ -204,49 +204,79 @@ def test_a_finite_mask_of_finfo_min_is_not_blamed() -> None:
     assert alerts and alerts[0].layer == "log", gw.alerts
 
 
-class CausalAttention(nn.Module):
-    """Self-attention with the additive ``-inf`` causal mask that ``nn.Transformer``
-    builds; ``mask_builder`` optionally builds the mask in a submodule instead."""
-
-    def __init__(self, *, fully_mask_row: int | None = None, in_submodule: bool = False):
-        super().__init__()
-        self.embed = nn.Linear(8, 16)
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-        self.mask_builder = MaskBuilder() if in_submodule else None
-        self.log = Log()
-        self.head = nn.Linear(16, 1)
-        self.fully_mask_row = fully_mask_row
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if self.mask_builder is not None:
-            mask = self.mask_builder(n)
-        else:
-            mask = nn.Transformer.generate_square_subsequent_mask(n)
-        if self.fully_mask_row is not None:
-            mask[self.fully_mask_row] = float("-inf")  # this query may attend to nothing
-        h = self.embed(x).unsqueeze(0)
-        mixed, _ = self.attn(h, h, h, attn_mask=mask, need_weights=False)
-        return self.head(self.log(mixed.squeeze(0)))
-
-
 class MaskBuilder(nn.Module):
     def forward(self, n: int) -> torch.Tensor:
         return torch.full((n, n), float("-inf")).triu(1)
 
 
-@pytest.mark.parametrize("in_submodule", [False, True], ids=["inline", "submodule"])
-def test_an_absorbed_minus_inf_attention_mask_is_not_blamed(in_submodule: bool) -> None:
-    """The softmax turns the mask's -inf into zeros: the NaN comes from ``log``."""
+class CausalAttention(nn.Module):
+    """Self-attention with the additive ``-inf`` causal mask that ``nn.Transformer``
+    builds (inline, in a submodule, or in a submodule under ``no_grad``), then a NaN
+    from ``log``; ``fully_mask_row`` leaves one query nothing to attend to instead."""
+
+    def __init__(self, *, builder: str = "inline", fully_mask_row: int | None = None):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.mask_builder = MaskBuilder() if builder != "inline" else None
+        self.builder = builder
+        self.log = Log() if fully_mask_row is None else nn.Identity()
+        self.head = nn.Linear(16, 1)
+        self.fully_mask_row = fully_mask_row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.mask_builder is None:
+            mask = nn.Transformer.generate_square_subsequent_mask(n)
+        elif self.builder == "no_grad":
+            with torch.no_grad():
+                mask = self.mask_builder(n)
+        else:
+            mask = self.mask_builder(n)
+        if self.fully_mask_row is not None:
+            mask[self.fully_mask_row] = float("-inf")  # this query may attend to nothing
+        h = self.embed(x).unsqueeze(0)
+        # need_weights=True takes the plain softmax path, which gives NaN for a fully
+        # masked row (the fused kernel gives zeros)
+        mixed, _ = self.attn(h, h, h, attn_mask=mask, need_weights=True)
+        return self.head(self.log(mixed.squeeze(0)))
+
+
+@pytest.mark.parametrize("builder", ["inline", "no_grad"])
+def test_an_absorbed_minus_inf_attention_mask_is_not_blamed(builder: str) -> None:
+    """The softmax turns the mask's -inf into zeros: the NaN comes from ``log``. A mask
+    built by a submodule under ``no_grad`` is not part of the step's record at all."""
     torch.manual_seed(0)
-    model = CausalAttention(in_submodule=in_submodule)
-    alerts, gw = _nonfinite_alerts(model, regression_batches(1))
+    alerts, gw = _nonfinite_alerts(CausalAttention(builder=builder), regression_batches(1))
     assert alerts and alerts[0].layer == "log", gw.alerts
     assert "'log' (Log)" in alerts[0].message
+    assert "mask" not in alerts[0].message
+
+
+def test_a_mask_built_by_a_submodule_is_named_with_the_next_producer() -> None:
+    """-inf made by a module may be a mask or log(0): the module is named (never hidden),
+    and the alert gives the producer that comes next for the case that it is a mask."""
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(CausalAttention(builder="module"), regression_batches(1))
+    assert alerts and alerts[0].layer == "mask_builder", gw.alerts
+    message = alerts[0].message
+    assert "which an intentional additive mask also holds" in message
+    assert "look at what came next" in message and "'log' (Log)" in message
+
+
+def test_a_fully_masked_row_names_the_attention_that_made_the_nan() -> None:
+    """One query row masked entirely: the attention's softmax makes NaN out of a mask
+    that holds only -inf. The attention is named, the mask reading is stated."""
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(CausalAttention(fully_mask_row=3), regression_batches(1))
+    assert alerts and alerts[0].layer == "attn", gw.alerts
+    message = alerts[0].message
+    assert "'attn' (MultiheadAttention)" in message
+    assert "reached 'attn' earlier and was taken for an intentional mask" in message
 
 
 class FullyMaskedRow(nn.Module):
-    """A causal ``-inf`` mask with one query row masked entirely: softmax gives NaN."""
+    """The same with the softmax in a custom attention's own code."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -256,17 +286,123 @@ class FullyMaskedRow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = nn.Transformer.generate_square_subsequent_mask(x.shape[0])
-        mask[3] = float("-inf")  # this query may attend to nothing
+        mask[3] = float("-inf")
         return self.head(self.mix(self.embed(x), mask=mask))
 
 
-def test_a_fully_masked_row_is_traced_to_the_mask_and_its_consumer() -> None:
-    """The mask holds only -inf there (no NaN), and the consumer turned it into NaN: the
-    message names where the mask was made and the call that did not absorb it."""
+def test_a_fully_masked_row_in_custom_attention_names_its_forward() -> None:
     torch.manual_seed(0)
     alerts, gw = _nonfinite_alerts(FullyMaskedRow(), regression_batches(1))
-    assert alerts, gw.alerts
+    assert alerts and alerts[0].layer == "mix", gw.alerts
     message = alerts[0].message
-    assert alerts[0].layer == ""  # the mask was built in the root module's own forward
-    assert "before it called 'mix'" in message
-    assert "-inf mask, 'mix' turned it into a non-finite output" in message
+    assert "inside the forward of 'mix' (MaskedMix)" in message
+    assert "before it called 'mix.proj'" in message
+    assert "if it is not one: The first non-finite value was produced inside the forward" in (
+        message
+    )  # the other reading: the root's own code made the -inf
+
+
+class LogOfRelu(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.relu(x))
+
+
+class Gated(nn.Module):
+    """log(0) = -inf goes both into a Sigmoid module (which absorbs it) and into the
+    forward's own code (-inf * 0 = NaN): the module that made the -inf is the producer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.log = LogOfRelu()
+        self.gate = nn.Sigmoid()
+        self.fc2 = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.log(self.fc1(x))
+        return self.fc2(h * self.gate(h))
+
+
+def test_log_of_zero_is_named_even_when_a_module_absorbs_its_minus_inf() -> None:
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(Gated(), regression_batches(1))
+    assert alerts and alerts[0].layer == "log", gw.alerts
+
+
+class MaskedBlock(nn.Module):
+    """Returns ``(x, mask)`` so that blocks chain in a Sequential: the mask passes through."""
+
+    def __init__(self, log: bool) -> None:
+        super().__init__()
+        self.mix = MaskedMix()
+        self.log = Log() if log else nn.Identity()
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        x, mask = inputs
+        return self.log(self.mix(x, mask=mask)), mask
+
+
+class PassThroughMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.blocks = nn.Sequential(MaskedBlock(log=False), MaskedBlock(log=True))
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[0])
+        h, _ = self.blocks((self.embed(x), mask))
+        return self.head(h)
+
+
+def test_a_mask_passed_through_blocks_is_not_blamed() -> None:
+    """A block that returns the mask it was given made nothing non-finite."""
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(PassThroughMask(), regression_batches(1))
+    assert alerts and alerts[0].layer == "blocks.1.log", gw.alerts
+
+
+def test_an_identity_module_is_not_blamed_for_a_nan_gradient_passing_through() -> None:
+    """nn.Identity returns its input: one tensor, the gradient of both its output and
+    its input. The gradient reached its output first, so it produced nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Identity(), nn.Linear(16, 1))
+
+    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
+
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=log_loss)
+    assert alerts and alerts[0].layer is None and "the loss" in alerts[0].message, gw.alerts
+
+
+def test_a_mask_passed_through_blocks_is_not_blamed_for_a_loss_nan() -> None:
+    """With nothing else non-finite in the forward pass, the mask that the blocks pass
+    along is still nobody's fault: the NaN is the loss's."""
+    torch.manual_seed(0)
+
+    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
+
+    model = PassThroughMask()
+    model.blocks[1].log = nn.Identity()
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=log_loss)
+    assert alerts and alerts[0].layer is None, gw.alerts
+    assert "the loss" in alerts[0].message and "mask" not in alerts[0].message
+
+
+class ExpOverflow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.exp(self.a(x) * 100))
+
+
+def test_plus_inf_from_an_overflow_is_not_read_as_a_mask() -> None:
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(ExpOverflow(), regression_batches(1))
+    assert alerts and alerts[0].layer == "", gw.alerts
+    assert "before it called 'b'" in alerts[0].message
+    assert "mask" not in alerts[0].message

@@ -222,18 +222,19 @@ def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None
                 variance = variance + within_var
             zero = torch.zeros((), dtype=flat.dtype)
             return _assemble(flat, flat, centre, variance.sqrt(), within_var, zero, target, pool)
-    # Non-finite values become zeros in `safe`; `keep` is 1 for a finite value, else 0.
+    # Non-finite values become zeros in `safe`; `work` marks them with 1, the others 0.
     safe = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0, out=pool.get(flat, 0))
-    keep = torch.mul(flat, 0.0, out=pool.get(flat, 1)).add_(1.0)  # NaN for NaN/±inf
-    keep.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    finite = keep.sum()
-    count = finite.clamp_min(1.0)
+    work = torch.mul(flat, 0.0, out=pool.get(flat, 1))  # 0 for a finite x, NaN for NaN/±inf
+    nonfinite = work.nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0).sum()  # 0 exactly if none
+    count = (flat.numel() - nonfinite).clamp_min(1.0)
     mean = safe.sum() / count
-    centred = torch.sub(safe, mean, out=pool.get(flat, 2)).mul_(keep).reshape(-1)
+    # The finite values centred on their mean, and exactly 0 where a value was not
+    # (mark·mean + 0 - mean), in place of the marks: at most two output-sized buffers.
+    centred = work.mul_(mean).add_(safe).sub_(mean).reshape(-1)
     std = (torch.dot(centred, centred) / count).sqrt()
+    del work, centred  # on an accelerator its block can serve the next buffer
     within_var = _within_unit_variance(safe, safe.mean(dim=0), pool) if samples >= 2 else None
-    nonfinite = (flat.numel() - finite) / flat.numel()
-    return _assemble(flat, safe, mean, std, within_var, nonfinite, target, pool)
+    return _assemble(flat, safe, mean, std, within_var, nonfinite / flat.numel(), target, pool)
 
 
 def _reading_back_is_free(device: torch.device) -> bool:
@@ -251,7 +252,7 @@ def _within_unit_variance(
     stack)."""
     if values.shape[0] < 2:
         return None
-    within = torch.sub(values, unit_means, out=pool.get(values, 2)).reshape(-1)
+    within = torch.sub(values, unit_means, out=pool.get(values, 1)).reshape(-1)
     return torch.dot(within, within) / within.numel()
 
 
@@ -277,7 +278,7 @@ def _assemble(
         edge = half - (high - low) * SATURATION_EPS
         # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0; a
         # non-finite value is put at the middle, so it never counts as saturated.
-        work = pool.get(flat, 2)
+        work = pool.get(flat, 1)
         if safe is flat:
             centred = torch.sub(flat, middle, out=work)
         else:

@@ -16,9 +16,12 @@ into non-finite ones:
   a module's *inputs* are the first non-finite values seen, they came from outside any
   submodule: the batch itself (at the root module) or functional code (``torch.log``,
   a division) in the enclosing module's ``forward``;
-* a non-finite value that the model absorbs is a mask, not a fault, and is passed over:
-  inputs of a call whose outputs are all finite (an additive ``-inf`` attention mask
-  that a softmax turns into zeros), and outputs that every call taking them absorbs;
+* masks: a call that made nothing non-finite itself (it absorbed what it took, as a
+  softmax turns an additive ``-inf`` attention mask into zeros, or passed it along
+  unchanged) is passed over. A value holding only ``-inf`` is a mask or log(0): one
+  that reaches a module from outside any module (the parent's own code, the batch) is
+  read as a mask when something after it is non-finite; one that a module made keeps
+  that module named (log(0) must never hide). The alert gives the other reading too;
 * backward (only when the whole forward was finite): the first module whose gradient
   w.r.t. its inputs is non-finite although the gradient w.r.t. its outputs was finite;
   if the first non-finite gradient arrives at the model's output, the loss produced it.
@@ -34,6 +37,7 @@ import dataclasses
 import enum
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -125,7 +129,7 @@ class NonfiniteLocator:
         self._calls: list[_Call] = []
         self._events: list[_Event] = []
         self._values: list[Tensor] = []
-        self._stack: list[int] = []
+        self._stack: list[int | None] = []  # open calls (None: not recorded)
         self._seen: dict[int, _Seen] = {}  # tensors checked this step, by id
         self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
         self._ref = ref = weakref.ref(self)
@@ -187,12 +191,19 @@ class NonfiniteLocator:
         if len(self._values) >= MAX_CHECKS_PER_STEP:
             return
         slots = self._slots(grad)
-        for kind, call in hook.roles:
+        # A tensor that a call returns as it was given (nn.Identity, a block passing its
+        # mask along) is both that call's output and its input: the gradient reaches the
+        # call's output before the call passes it on, so its GOUT roles come first.
+        for kind, call in sorted(hook.roles, key=lambda role: role[0] != _Kind.GOUT):
             self._events.append(_Event(kind, call, slots))
 
     def _before(self, name: str, type_name: str, args: Any, kwargs: Any) -> None:
         if not torch.is_grad_enabled():
-            return  # evaluation forwards are not part of the training step
+            # Evaluation forwards, and a submodule called under no_grad inside a training
+            # forward, are not part of the step; the marker keeps _after from popping
+            # (and recording the output of) the enclosing call instead.
+            self._stack.append(None)
+            return
         call = len(self._calls)
         parent = self._stack[-1] if self._stack else None
         self._calls.append(_Call(name, type_name, parent))
@@ -203,7 +214,8 @@ class NonfiniteLocator:
         if not self._stack:
             return
         call = self._stack.pop()
-        self._forward(_Kind.OUT, call, _float_tensors(output))
+        if call is not None:
+            self._forward(_Kind.OUT, call, _float_tensors(output))
 
     # ----------------------------------------------------------------- per step
     def take(self) -> StepTrace | None:
@@ -246,42 +258,9 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
         return bool(bad_slot[list(event.slots)].any())
 
     calls = trace.calls
-    absorbed = _absorbed_events(trace.events, bad_slot)
-    # Forward: the first non-finite inputs or outputs, in execution order.
-    for index, event in enumerate(trace.events):
-        if event.kind in (_Kind.IN, _Kind.OUT) and bad(event) and index not in absorbed:
-            call = calls[event.call]
-            if event.kind == _Kind.OUT:
-                return NonfiniteOrigin(
-                    call.name,
-                    "forward",
-                    f"The first non-finite value was produced in the forward pass by "
-                    f"{_quote(call.name)} ({call.type_name}): its inputs were finite, its "
-                    "output was not; the layers after it only propagated it.",
-                )
-            if call.parent is None:
-                return NonfiniteOrigin(
-                    None,
-                    "input",
-                    f"The model's input was already non-finite when it reached "
-                    f"{_quote(call.name)} ({call.type_name}): no module produced it, the "
-                    "data did; check the batch (and its preprocessing) for NaN/inf.",
-                )
-            parent = calls[call.parent]
-            sentence = (
-                f"The first non-finite value was produced inside the forward of "
-                f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
-                f"submodule (a functional op such as torch.log or a division, or a "
-                f"non-finite buffer), before it called {_quote(call.name)}."
-            )
-            if not np.isnan(host[list(event.slots)]).any():
-                # Only infinities went in: maybe a mask, which this call did not absorb.
-                sentence += (
-                    f" That value held ±inf but no NaN: if it is an intentional -inf "
-                    f"mask, {_quote(call.name)} turned it into a non-finite output (a "
-                    "softmax over a fully masked row gives NaN)."
-                )
-            return NonfiniteOrigin(parent.name, "forward", sentence)
+    forward = _forward_origin(_ForwardSearch(trace, host))
+    if forward is not None:
+        return forward
     # Backward (the forward was finite): the first call whose gradient w.r.t. its inputs
     # is non-finite while the gradient w.r.t. its outputs was finite.
     output_grad_bad: set[int] = set()
@@ -323,37 +302,140 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
     return None
 
 
-def _absorbed_events(events: list[_Event], bad_slot: np.ndarray) -> set[int]:
-    """Indices of forward events whose non-finite values the model absorbed: masks.
+class _ForwardSearch:
+    """The forward events of a step, with which values (slots) were non-finite.
 
-    An additive attention mask holds ``-inf`` on purpose (``nn.Transformer``'s
-    ``generate_square_subsequent_mask``), and the softmax that consumes it turns it into
-    finite zeros. Such a value is not where a step's NaN came from, so it is passed over:
-
-    * non-finite *inputs* of a call whose outputs are all finite (it absorbed them);
-    * non-finite *outputs* (a module that builds a mask) that at least one later call
-      takes as input, when every such call absorbed them.
+    ``as_mask`` holds slots taken for an intentional ``-inf`` mask: they count as finite.
     """
-    output_finite: dict[int, bool] = {}
-    takers: dict[int, list[int]] = {}  # slot -> calls that took it as an input
-    for event in events:
+
+    def __init__(self, trace: StepTrace, host: np.ndarray) -> None:
+        self.calls = trace.calls
+        self.events = trace.events
+        self.host = host
+        self.nonfinite = ~np.isfinite(host)
+        self.as_mask: set[int] = set()
+        self.inputs: dict[int, set[int]] = {}  # call -> slots of its inputs
+        self.outputs: dict[int, set[int]] = {}  # call -> slots of its outputs
+        self.takers: dict[int, list[int]] = {}  # slot -> calls that took it, in order
+        for event in self.events:
+            if event.kind == _Kind.IN:
+                self.inputs.setdefault(event.call, set()).update(event.slots)
+                for slot in event.slots:
+                    self.takers.setdefault(slot, []).append(event.call)
+            elif event.kind == _Kind.OUT:
+                self.outputs.setdefault(event.call, set()).update(event.slots)
+
+    def bad(self, slots: Iterable[int]) -> set[int]:
+        return {s for s in slots if self.nonfinite[s] and s not in self.as_mask}
+
+    def made_nothing(self, call: int) -> bool:
+        """The call's outputs hold no non-finite value it was not given: it absorbed
+        (a softmax over an additive -inf mask) or passed through what it took."""
+        outputs = self.outputs.get(call)
+        if outputs is None:
+            return False  # no float output to judge by
+        return self.bad(outputs) <= self.bad(self.inputs.get(call, ()))
+
+    def mask_like(self, slots: set[int]) -> bool:
+        """Every tensor among ``slots`` holds -inf but neither NaN nor +inf (its min is
+        -inf, its max finite): what an additive attention mask holds, and log(0)."""
+        lows = {slot - slot % 2 for slot in slots}  # a tensor's slots are (min, max)
+        return all(
+            np.isneginf(self.host[low]) and np.isfinite(self.host[low + 1]) for low in lows
+        )
+
+    def first(self, start: int = 0) -> tuple[int, _Event, set[int]] | None:
+        """The first forward event from ``start`` with non-finite values that its call
+        did not absorb; for outputs, only the values the call made itself."""
+        for index in range(start, len(self.events)):
+            event = self.events[index]
+            if event.kind not in (_Kind.IN, _Kind.OUT):
+                continue
+            bad = self.bad(event.slots)
+            if not bad or self.made_nothing(event.call):
+                continue
+            if event.kind == _Kind.OUT:
+                bad -= self.bad(self.inputs.get(event.call, ()))
+            if bad:
+                return index, event, bad
+        return None
+
+    def describe(self, event: _Event) -> NonfiniteOrigin:
+        call = self.calls[event.call]
         if event.kind == _Kind.OUT:
-            output_finite[event.call] = not bad_slot[list(event.slots)].any()
-        elif event.kind == _Kind.IN:
-            for slot in event.slots:
-                takers.setdefault(slot, []).append(event.call)
-    absorbed: set[int] = set()
-    for index, event in enumerate(events):
-        if event.kind == _Kind.IN:
-            if output_finite.get(event.call, False):
-                absorbed.add(index)
-        elif event.kind == _Kind.OUT:
-            bad_slots = [slot for slot in event.slots if bad_slot[slot]]
-            calls = {call for slot in bad_slots for call in takers.get(slot, ())}
-            calls.discard(event.call)
-            if calls and all(output_finite.get(call, False) for call in calls):
-                absorbed.add(index)
-    return absorbed
+            return NonfiniteOrigin(
+                call.name,
+                "forward",
+                f"The first non-finite value was produced in the forward pass by "
+                f"{_quote(call.name)} ({call.type_name}): its inputs were finite, its "
+                "output was not; the layers after it only propagated it.",
+            )
+        if call.parent is None:
+            return NonfiniteOrigin(
+                None,
+                "input",
+                f"The model's input was already non-finite when it reached "
+                f"{_quote(call.name)} ({call.type_name}): no module produced it, the "
+                "data did; check the batch (and its preprocessing) for NaN/inf.",
+            )
+        parent = self.calls[call.parent]
+        return NonfiniteOrigin(
+            parent.name,
+            "forward",
+            f"The first non-finite value was produced inside the forward of "
+            f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
+            f"submodule (a functional op such as torch.log or a division, or a "
+            f"non-finite buffer), before it called {_quote(call.name)}.",
+        )
+
+
+def _forward_origin(search: _ForwardSearch) -> NonfiniteOrigin | None:
+    """The producer of the first non-finite forward value, telling masks from faults.
+
+    A value holding only -inf is ambiguous: an additive attention mask (intentional) or
+    log(0) (a fault). The search never passes over a module that made one; it does pass
+    over a call that absorbed one, and reads a -inf value that came from outside any
+    module (the parent's own code, or the batch) as a mask when something after it is
+    non-finite, since masks are built that way; either way the alert gives the other
+    reading too.
+    """
+    found = search.first()
+    if found is None:
+        return None
+    index, event, bad = found
+    origin = search.describe(event)
+    if not search.mask_like(bad):
+        return origin
+    name = _quote(search.calls[event.call].name)
+    search.as_mask |= bad
+    later = search.first(index)
+    if event.kind == _Kind.IN:
+        if later is None:
+            return dataclasses.replace(
+                origin,
+                sentence=f"{origin.sentence} That value held -inf but no NaN: if it is an "
+                f"intentional mask, {name} turned it into a non-finite output (a softmax "
+                "over a fully masked row gives NaN).",
+            )
+        chosen = search.describe(later[1])
+        return dataclasses.replace(
+            chosen,
+            sentence=f"{chosen.sentence} (A value holding only -inf reached {name} "
+            f"earlier and was taken for an intentional mask; if it is not one: "
+            f"{origin.sentence})",
+        )
+    takers = [c for s in bad for c in search.takers.get(s, ()) if c != event.call]
+    if not takers:
+        return origin
+    if later is None:
+        other = "nothing after it in the forward pass was non-finite."
+    else:
+        other = f"then look at what came next: {search.describe(later[1]).sentence}"
+    return dataclasses.replace(
+        origin,
+        sentence=f"{origin.sentence} Its output held -inf but no NaN, which an "
+        f"intentional additive mask also holds; if it is one, {other}",
+    )
 
 
 def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
