@@ -406,3 +406,101 @@ def test_plus_inf_from_an_overflow_is_not_read_as_a_mask() -> None:
     assert alerts and alerts[0].layer == "", gw.alerts
     assert "before it called 'b'" in alerts[0].message
     assert "mask" not in alerts[0].message
+
+
+class Encoder(nn.Module):
+    """nn.TransformerEncoder with bool causal and key-padding masks, which the encoder
+    turns into two -inf masks in its own code; its feed-forward activation is a ``Log``
+    module (NaN for the negative half of its inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, activation=Log())
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).view(8, 4, 16)  # (sequence, batch, features)
+        causal = torch.ones(8, 8, dtype=torch.bool).triu(1)
+        padding = torch.zeros(4, 8, dtype=torch.bool)
+        padding[1, -2:] = True
+        out = self.enc(h, mask=causal, src_key_padding_mask=padding)
+        return self.head(out.reshape(32, 16))
+
+
+def test_two_masks_in_a_transformer_encoder_do_not_hide_the_producer() -> None:
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(Encoder(), regression_batches(1))
+    assert alerts and alerts[0].layer == "enc.layers.0.activation", gw.alerts
+    assert "taken for an intentional mask" in alerts[0].message
+
+
+class Scores(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return q @ k.T + mask
+
+
+class ExpandMask(nn.Module):
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask[None].expand(2, -1, -1).reshape(-1, mask.shape[-1])[: mask.shape[0]]
+
+
+class MaskCarriers(nn.Module):
+    """Submodules that carry a mask on: one adds it to the scores, one reshapes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.prepare = ExpandMask()
+        self.scores = Scores()
+        self.softmax = nn.Softmax(dim=-1)
+        self.log = Log()
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        mask = self.prepare(nn.Transformer.generate_square_subsequent_mask(x.shape[0]))
+        return self.head(self.log(self.softmax(self.scores(h, h, mask)) @ h))
+
+
+def test_modules_that_carry_a_mask_on_are_not_blamed() -> None:
+    torch.manual_seed(0)
+    alerts, gw = _nonfinite_alerts(MaskCarriers(), regression_batches(1))
+    assert alerts and alerts[0].layer == "log", gw.alerts
+
+
+class Checkpointed(nn.Module):
+    """Blocks under non-reentrant activation checkpointing: their forward runs again
+    during the backward pass, which must not be taken for new calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8)) for _ in range(2)
+        )
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return self.head(x)
+
+
+def test_recomputation_under_activation_checkpointing_is_not_a_new_call() -> None:
+    torch.manual_seed(0)
+
+    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
+
+    alerts, gw = _nonfinite_alerts(Checkpointed(), regression_batches(1), loss_fn=log_loss)
+    assert alerts and alerts[0].layer is None and "the loss" in alerts[0].message, gw.alerts
+
+
+def test_minus_inf_in_the_batch_is_blamed_on_the_data() -> None:
+    """-inf as the data itself (not riding along with it, as a mask does) is a fault."""
+    batches = regression_batches(1)
+    batches[0][0][3, 2] = float("-inf")
+    alerts, gw = _nonfinite_alerts(_model(nn.Identity()), batches)
+    assert alerts and alerts[0].layer is None, gw.alerts
+    assert "the data did" in alerts[0].message

@@ -18,10 +18,11 @@ into non-finite ones:
   a division) in the enclosing module's ``forward``;
 * masks: a call that made nothing non-finite itself (it absorbed what it took, as a
   softmax turns an additive ``-inf`` attention mask into zeros, or passed it along
-  unchanged) is passed over. A value holding only ``-inf`` is a mask or log(0): one
-  that reaches a module from outside any module (the parent's own code, the batch) is
-  read as a mask when something after it is non-finite; one that a module made keeps
-  that module named (log(0) must never hide). The alert gives the other reading too;
+  unchanged) is passed over. A value holding only ``-inf`` is a mask or log(0): riding
+  along with the data (not a call's first input) or carried on by a module, it reads as
+  a mask and counts as finite; made by a module from finite inputs, that module stays
+  named (log(0) must never hide); as a call's first input, it is a fault. The alert
+  gives the other reading too (see :func:`_forward_origin`);
 * backward (only when the whole forward was finite): the first module whose gradient
   w.r.t. its inputs is non-finite although the gradient w.r.t. its outputs was finite;
   if the first non-finite gradient arrives at the model's output, the loss produced it.
@@ -132,6 +133,9 @@ class NonfiniteLocator:
         self._stack: list[int | None] = []  # open calls (None: not recorded)
         self._seen: dict[int, _Seen] = {}  # tensors checked this step, by id
         self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
+        # True from the first gradient of a backward pass to its end: forward calls then
+        # are activation-checkpoint recomputations of calls already recorded.
+        self._in_backward = False
         self._ref = ref = weakref.ref(self)
         for name, module in unwrap_model(model).named_modules():
             if type(module) in _CONTAINERS:
@@ -188,6 +192,10 @@ class NonfiniteLocator:
     def _grad(self, hook: _GradHook, grad: Tensor) -> None:
         if hook.generation != self._generation or not grad.numel():
             return  # a gradient of an older step, or nothing to check
+        if not self._in_backward:
+            self._in_backward = True
+            # Runs when this backward pass (or autograd.grad call) is over.
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
         if len(self._values) >= MAX_CHECKS_PER_STEP:
             return
         slots = self._slots(grad)
@@ -197,11 +205,15 @@ class NonfiniteLocator:
         for kind, call in sorted(hook.roles, key=lambda role: role[0] != _Kind.GOUT):
             self._events.append(_Event(kind, call, slots))
 
+    def _backward_done(self) -> None:
+        self._in_backward = False
+
     def _before(self, name: str, type_name: str, args: Any, kwargs: Any) -> None:
-        if not torch.is_grad_enabled():
-            # Evaluation forwards, and a submodule called under no_grad inside a training
-            # forward, are not part of the step; the marker keeps _after from popping
-            # (and recording the output of) the enclosing call instead.
+        if not torch.is_grad_enabled() or self._in_backward:
+            # Evaluation forwards, a submodule called under no_grad inside a training
+            # forward, and activation-checkpoint recomputations during backward are not
+            # new calls of the step; the marker keeps _after from popping (and recording
+            # the output of) the enclosing call instead.
             self._stack.append(None)
             return
         call = len(self._calls)
@@ -222,6 +234,7 @@ class NonfiniteLocator:
         """Hand over this step's checks (stacked into one device vector) and start afresh."""
         calls, events, values = self._calls, self._events, self._values
         self._calls, self._events, self._values, self._stack = [], [], [], []
+        self._in_backward = False
         self._seen = {}
         self._generation += 1
         if not events:
@@ -317,8 +330,10 @@ class _ForwardSearch:
         self.inputs: dict[int, set[int]] = {}  # call -> slots of its inputs
         self.outputs: dict[int, set[int]] = {}  # call -> slots of its outputs
         self.takers: dict[int, list[int]] = {}  # slot -> calls that took it, in order
+        self.main_input: dict[int, int] = {}  # call -> min slot of its first input tensor
         for event in self.events:
             if event.kind == _Kind.IN:
+                self.main_input.setdefault(event.call, event.slots[0])
                 self.inputs.setdefault(event.call, set()).update(event.slots)
                 for slot in event.slots:
                     self.takers.setdefault(slot, []).append(event.call)
@@ -343,6 +358,27 @@ class _ForwardSearch:
         return all(
             np.isneginf(self.host[low]) and np.isfinite(self.host[low + 1]) for low in lows
         )
+
+    def reads_as_mask(self, event: _Event, bad: set[int]) -> bool:
+        """Whether ``bad`` values of ``event`` are read as an intentional -inf mask.
+
+        Inputs: only -inf, and either not the call's first input (a mask rides along
+        with the data, as ``attn_mask=`` or ``(x, mask)``; -inf *as* the data, as in
+        ``fc(torch.log(h))``, is a fault) or carried on by the call, whose own new
+        non-finite outputs hold only -inf too (a module that prepares a mask).
+        Outputs: only -inf, made by a call that was given a mask (``scores + mask``,
+        ``mask.expand(...)``): the mask, carried on.
+        """
+        if not self.mask_like(bad):
+            return False
+        call = event.call
+        if event.kind == _Kind.OUT:
+            return bool(self.inputs.get(call, set()) & self.as_mask)
+        main = self.main_input.get(call)
+        if all(slot - slot % 2 != main for slot in bad):
+            return True
+        made = self.bad(self.outputs.get(call, ())) - self.bad(self.inputs.get(call, ()))
+        return bool(made) and self.mask_like(made)
 
     def first(self, start: int = 0) -> tuple[int, _Event, set[int]] | None:
         """The first forward event from ``start`` with non-finite values that its call
@@ -393,49 +429,53 @@ def _forward_origin(search: _ForwardSearch) -> NonfiniteOrigin | None:
     """The producer of the first non-finite forward value, telling masks from faults.
 
     A value holding only -inf is ambiguous: an additive attention mask (intentional) or
-    log(0) (a fault). The search never passes over a module that made one; it does pass
-    over a call that absorbed one, and reads a -inf value that came from outside any
-    module (the parent's own code, or the batch) as a mask when something after it is
-    non-finite, since masks are built that way; either way the alert gives the other
-    reading too.
+    log(0) (a fault). Values that read as masks (:meth:`_ForwardSearch.reads_as_mask`)
+    count as finite, and the search goes on past them; the alert names the first such
+    reading and what it would mean otherwise. A module that made -inf from finite
+    inputs is never passed over (that is what log(0) does); as it may also be a mask
+    builder, the alert adds what the search finds next.
     """
-    found = search.first()
+    found, taken = _next_fault(search, 0)
     if found is None:
-        return None
+        return None  # finite but for masks: the NaN comes from the backward pass or loss
     index, event, bad = found
     origin = search.describe(event)
-    if not search.mask_like(bad):
-        return origin
-    name = _quote(search.calls[event.call].name)
-    search.as_mask |= bad
-    later = search.first(index)
-    if event.kind == _Kind.IN:
-        if later is None:
-            return dataclasses.replace(
-                origin,
-                sentence=f"{origin.sentence} That value held -inf but no NaN: if it is an "
-                f"intentional mask, {name} turned it into a non-finite output (a softmax "
-                "over a fully masked row gives NaN).",
-            )
-        chosen = search.describe(later[1])
+    if taken is not None:
         return dataclasses.replace(
-            chosen,
-            sentence=f"{chosen.sentence} (A value holding only -inf reached {name} "
-            f"earlier and was taken for an intentional mask; if it is not one: "
-            f"{origin.sentence})",
+            origin,
+            sentence=f"{origin.sentence} (A value holding only -inf reached "
+            f"{_quote(search.calls[taken.call].name)} earlier and was taken for an "
+            f"intentional mask; if it is not one: {search.describe(taken).sentence})",
         )
     takers = [c for s in bad for c in search.takers.get(s, ()) if c != event.call]
-    if not takers:
+    if event.kind != _Kind.OUT or not takers or not search.mask_like(bad):
         return origin
-    if later is None:
-        other = "nothing after it in the forward pass was non-finite."
-    else:
-        other = f"then look at what came next: {search.describe(later[1]).sentence}"
+    search.as_mask |= bad  # the other reading: this module built a mask
+    later, _ = _next_fault(search, index)
+    other = (
+        "nothing after it in the forward pass was non-finite."
+        if later is None
+        else f"then look at what came next: {search.describe(later[1]).sentence}"
+    )
     return dataclasses.replace(
         origin,
         sentence=f"{origin.sentence} Its output held -inf but no NaN, which an "
         f"intentional additive mask also holds; if it is one, {other}",
     )
+
+
+def _next_fault(
+    search: _ForwardSearch, start: int
+) -> tuple[tuple[int, _Event, set[int]] | None, _Event | None]:
+    """The first event from ``start`` whose non-finite values do not read as a mask,
+    taking those that do for masks on the way; and the first event read as one."""
+    taken: _Event | None = None
+    found = search.first(start)
+    while found is not None and search.reads_as_mask(found[1], found[2]):
+        taken = taken or found[1]
+        search.as_mask |= found[2]
+        found = search.first(found[0])
+    return found, taken
 
 
 def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
