@@ -504,3 +504,22 @@ def test_minus_inf_in_the_batch_is_blamed_on_the_data() -> None:
     alerts, gw = _nonfinite_alerts(_model(nn.Identity()), batches)
     assert alerts and alerts[0].layer is None, gw.alerts
     assert "the data did" in alerts[0].message
+
+
+def test_accumulated_micro_batches_are_all_recorded() -> None:
+    """Forward calls are ignored only while a backward pass runs (checkpoint
+    recomputation): the forward of the next micro-batch after a backward still counts."""
+    torch.manual_seed(0)
+    model = _model(Log())
+    finite, poisoned = regression_batches(2)
+    finite = (torch.full_like(finite[0], 5.0), finite[1])  # Log stays finite on this one
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torch.no_grad():
+        model[0].weight.abs_()
+        model[0].bias.fill_(1.0)
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True) as gw:
+        for x, y in (finite, (poisoned[0] * -100.0, poisoned[1])):
+            nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    alerts = [a for a in gw.alerts if a.kind == "nonfinite"]
+    assert alerts and alerts[0].layer == "1", gw.alerts

@@ -193,9 +193,10 @@ class NonfiniteLocator:
         if hook.generation != self._generation or not grad.numel():
             return  # a gradient of an older step, or nothing to check
         if not self._in_backward:
-            self._in_backward = True
-            # Runs when this backward pass (or autograd.grad call) is over.
+            # Runs when this backward pass (or autograd.grad call) is over; the flag is
+            # set only once that is certain, so a failure cannot leave it stuck.
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+            self._in_backward = True
         if len(self._values) >= MAX_CHECKS_PER_STEP:
             return
         slots = self._slots(grad)
