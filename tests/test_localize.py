@@ -42,6 +42,11 @@ def _model(middle: nn.Module) -> nn.Sequential:
     return nn.Sequential(nn.Linear(8, 16), middle, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
 
 
+def _log_of_negatives(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A loss that is NaN whatever the model does: the forward pass stays finite."""
+    return (torch.log(prediction - 1e6) - target).square().mean()
+
+
 def _nonfinite_alerts(model, batches, loss_fn=nn.functional.mse_loss, **options):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradwatch.watch(model, optimizer, locate_nonfinite=True, **options) as gw:
@@ -368,10 +373,7 @@ def test_an_identity_module_is_not_blamed_for_a_nan_gradient_passing_through() -
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Identity(), nn.Linear(16, 1))
 
-    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
-
-    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=log_loss)
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=_log_of_negatives)
     assert alerts and alerts[0].layer is None and "the loss" in alerts[0].message, gw.alerts
 
 
@@ -380,12 +382,9 @@ def test_a_mask_passed_through_blocks_is_not_blamed_for_a_loss_nan() -> None:
     along is still nobody's fault: the NaN is the loss's."""
     torch.manual_seed(0)
 
-    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
-
     model = PassThroughMask()
     model.blocks[1].log = nn.Identity()
-    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=log_loss)
+    alerts, gw = _nonfinite_alerts(model, regression_batches(1), loss_fn=_log_of_negatives)
     assert alerts and alerts[0].layer is None, gw.alerts
     assert "the loss" in alerts[0].message and "mask" not in alerts[0].message
 
@@ -490,10 +489,8 @@ class Checkpointed(nn.Module):
 def test_recomputation_under_activation_checkpointing_is_not_a_new_call() -> None:
     torch.manual_seed(0)
 
-    def log_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (torch.log(prediction - 1e6) - target).square().mean()  # log of negatives
-
-    alerts, gw = _nonfinite_alerts(Checkpointed(), regression_batches(1), loss_fn=log_loss)
+    batches = regression_batches(1)
+    alerts, gw = _nonfinite_alerts(Checkpointed(), batches, loss_fn=_log_of_negatives)
     assert alerts and alerts[0].layer is None and "the loss" in alerts[0].message, gw.alerts
 
 
