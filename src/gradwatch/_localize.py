@@ -265,16 +265,15 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
     """
     if trace.values is None:
         return None
-    host = trace.values.detach().cpu().numpy()
-    bad_slot = ~np.isfinite(host)
-
-    def bad(event: _Event) -> bool:
-        return bool(bad_slot[list(event.slots)].any())
-
-    calls = trace.calls
-    forward = _forward_origin(_ForwardSearch(trace, host))
+    search = _ForwardSearch(trace, trace.values.detach().cpu().numpy())
+    forward = _forward_origin(search)
     if forward is not None:
         return forward
+
+    def bad(event: _Event) -> bool:  # gradients are never masks: no as_mask here
+        return bool(search.nonfinite[list(event.slots)].any())
+
+    calls = trace.calls
     # Backward (the forward was finite): the first call whose gradient w.r.t. its inputs
     # is non-finite while the gradient w.r.t. its outputs was finite.
     output_grad_bad: set[int] = set()
