@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import gradwatch
+from gradwatch import _localize
 
 from .helpers import regression_batches
 
@@ -16,6 +20,17 @@ class Log(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(x)
+
+
+class Scale(nn.Module):
+    """Multiplies by a constant: huge but finite outputs for a float64 model."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 class Norm(nn.Module):
@@ -35,6 +50,16 @@ class FunctionalLog(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after(torch.log(self.inner(x)))
+
+
+@pytest.fixture(autouse=True, params=["cpu-shortcut", "accelerator-path"])
+def check_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: with the CPU's shortcut (a tensor whose sum reads back
+    finite is recorded as finite without its min and max) and with the path taken on an
+    accelerator, where nothing is read back and every tensor gets its min and max."""
+    if request.param == "accelerator-path":
+        monkeypatch.setattr(_localize, "reading_back_is_free", lambda device: False)
+    return str(request.param)
 
 
 def _model(middle: nn.Module) -> nn.Sequential:
@@ -520,3 +545,36 @@ def test_accumulated_micro_batches_are_all_recorded() -> None:
         optimizer.step()
     alerts = [a for a in gw.alerts if a.kind == "nonfinite"]
     assert alerts and alerts[0].layer == "1", gw.alerts
+
+
+def test_finite_tensors_read_finite_and_masks_keep_their_min_on_both_paths(check_path: str) -> None:
+    """On the CPU a finite sum proves a tensor finite (on an accelerator nothing is read
+    back); NaN, a -inf mask and finite values whose sum overflows (a finfo.min mask) are
+    left to aminmax on both paths, which tells them apart."""
+    finite = torch.randn(64, 64)
+    overflowing = torch.full((8, 8), torch.finfo(torch.float32).min)
+    half = torch.full((1000,), 100.0, dtype=torch.float16)  # sum 1e5 > fp16's 65504
+    shortcut = check_path == "cpu-shortcut"
+    assert _localize._all_finite(finite) is shortcut
+    assert _localize._all_finite(half) is shortcut  # summed in float32: no overflow
+    for doubtful in (torch.tensor([1.0, math.nan]), torch.tensor([0.0, -math.inf]), overflowing):
+        assert not _localize._all_finite(doubtful)
+    locator = _localize.NonfiniteLocator(nn.Identity())
+    tensors = (finite, overflowing, torch.tensor([0.0, -math.inf]), torch.tensor([math.nan]))
+    slots = [locator._slots(t) for t in tensors]
+    values = _localize._stack_float32(locator._values).numpy()
+    (f_low, f_high), (o_low, o_high), (m_low, m_high), (n_low, n_high) = slots
+    assert np.isfinite(values[[f_low, f_high, o_low, o_high]]).all()
+    assert values[o_low] == torch.finfo(torch.float32).min  # the true min, from aminmax
+    assert values[m_low] == -math.inf and values[m_high] == 0.0
+    assert np.isnan(values[[n_low, n_high]]).all()
+
+
+def test_float64_values_beyond_float32_range_are_not_mistaken_for_inf() -> None:
+    """A float64 model's finite 1e300 stays finite in the float32 record of the step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Scale(1e300), nn.Linear(8, 8), Log(), nn.Linear(8, 1)).double()
+    x, y = torch.rand(16, 8, dtype=torch.float64) + 0.5, torch.zeros(16, 1, dtype=torch.float64)
+    model[1].bias.data.fill_(-1e305)  # log of a negative: the NaN comes from "2"
+    alerts, _ = _nonfinite_alerts(model, [(x, y)])
+    assert alerts and alerts[0].layer == "2", alerts
