@@ -543,7 +543,7 @@ def _all_finite(tensor: Tensor) -> bool:
 #: Summed in float32: a float16 sum overflows at 65504 (which would only cost speed).
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: What a tensor known to be all finite is recorded as (in place of its min and max).
-_FINITE = torch.zeros((), dtype=torch.float32)
+_FINITE = torch.zeros((), dtype=torch.float32, device="cpu")  # whatever the default device
 
 
 def _float_tensors(tree: Any) -> list[Tensor]:
