@@ -8,6 +8,7 @@ the tests need no compiler toolchain and compile in about a second on a small CP
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,3 +234,28 @@ def test_compiled_optimizer_step_runs_the_step_hooks_eagerly() -> None:
             logged = [record.total_grad_norm for record in watcher.history]
             np.testing.assert_allclose(logged, torch.stack(eager_norms).numpy(), rtol=1e-5)
     assert norms[True] == norms[False]
+
+
+def test_jit_trace_of_a_watched_model_records_only_the_model() -> None:
+    """``torch.jit.trace`` right after a step (activation hooks armed, localisation on):
+    the trace passes its own two-trace check, holds none of gradwatch's checks, and the
+    watcher goes on measuring and locating afterwards."""
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    (x, y), *_ = regression_batches(1)
+    with gradwatch.watch(model, optimizer, activation_every=1, locate_nonfinite=True) as gw:
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in torch 2.13
+            traced = torch.jit.trace(model, x)  # raised TracingCheckError before
+        graph = str(traced.inlined_graph)
+        assert "aminmax" not in graph and "aten::sum" not in graph, graph
+        torch.testing.assert_close(traced(x), model(x))
+        with torch.no_grad():
+            model.inp.bias.fill_(float("nan"))  # the next step's NaN comes from `inp`
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    nonfinite = [a for a in gw.alerts if a.kind == "nonfinite"]
+    assert len(gw.history) == 2 and nonfinite and nonfinite[0].layer == "inp", gw.alerts

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._hooks import CopyInertHook
+from ._hooks import CopyInertHook, being_traced
 from ._layers import strip_wrapper_prefix, unwrap_model
 from ._transfer import reading_back_is_free
 
@@ -442,9 +442,10 @@ class _Hook(CopyInertHook):
         self.target = target
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if torch.compiler.is_compiling():
+        if being_traced():
             # Not traced into a torch.compile graph: its bookkeeping would cost graph
-            # breaks and recompiles (see _compile). Compiled code is not sampled.
+            # breaks and recompiles (see _compile). Compiled (or jit-traced) code is not
+            # sampled.
             return
         probe = self.probe()
         if probe is None:

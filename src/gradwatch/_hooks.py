@@ -50,6 +50,17 @@ class WatcherHook(CopyInertHook):
         return f"<gradwatch hook {type(self.owner).__name__}.{self.method}>"
 
 
+def being_traced() -> bool:
+    """Whether the current forward is being traced into a graph rather than run.
+
+    ``torch.compile``/``torch.export`` (Dynamo) and ``torch.jit.trace`` run module hooks
+    while tracing; gradwatch's forward hooks then do nothing, so that their checks never
+    become ops of the user's graph (and ``jit.trace``'s check that two traces agree is
+    not upset by a hook that records one and not the other).
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 _untraced: Any = None
 
 

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ._history import StepRecord
-from ._hooks import CopyInertHook
+from ._hooks import CopyInertHook, being_traced
 from ._layers import strip_wrapper_prefix, unwrap_model
 from ._transfer import reading_back_is_free
 
@@ -531,7 +531,7 @@ def _all_finite(tensor: Tensor) -> bool:
     apart. Elsewhere (an accelerator, a tensor that cannot be read, such as under
     ``torch.func`` transforms) nothing is read back and the answer is False.
     """
-    if not reading_back_is_free(tensor.device) or torch.compiler.is_compiling():
+    if not reading_back_is_free(tensor.device) or being_traced():
         return False
     try:
         total = tensor.sum(dtype=torch.float32 if tensor.dtype in _LOW_PRECISION else None)
@@ -586,8 +586,8 @@ class _PreHook(CopyInertHook):
         self.type_name = type_name
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if torch.compiler.is_compiling():
-            return  # not traced into a torch.compile graph (it cannot hold weak refs)
+        if being_traced():
+            return  # not traced into a graph (torch.compile, jit.trace): not a real call
         locator = self.locator()
         if locator is not None:
             try:
@@ -603,8 +603,8 @@ class _PostHook(CopyInertHook):
         self.locator = locator
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if torch.compiler.is_compiling():
-            return  # not traced into a torch.compile graph (it cannot hold weak refs)
+        if being_traced():
+            return  # not traced into a graph (torch.compile, jit.trace): not a real call
         locator = self.locator()
         if locator is not None:
             try:

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .._alerts import Alert
 from .._config import WatchConfig
-from .._hooks import CopyInertHook
+from .._hooks import CopyInertHook, being_traced
 from .._watcher import Watcher
 from ._common import check_logdir, missing_framework
 
@@ -202,8 +202,8 @@ class _LossHook(CopyInertHook):
         self.callback = callback
 
     def __call__(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        if torch.compiler.is_compiling():
-            return  # kept out of torch.compile graphs (Trainer(torch_compile=True))
+        if being_traced():
+            return  # kept out of traced graphs (Trainer(torch_compile=True), jit.trace)
         try:
             self.callback._observe_loss(module, kwargs, output)
         except Exception:  # the loss record must never break the user's forward
