@@ -236,8 +236,8 @@ def test_compiled_optimizer_step_runs_the_step_hooks_eagerly() -> None:
     assert norms[True] == norms[False]
 
 
-def test_jit_trace_of_a_watched_model_records_only_the_model() -> None:
-    """``torch.jit.trace`` right after a step (activation hooks armed, localisation on):
+def test_jit_trace_and_export_of_a_watched_model_record_only_the_model() -> None:
+    """``torch.jit.trace`` and ``torch.export`` right after a step (activation hooks armed, localisation on):
     the trace passes its own two-trace check, holds none of gradwatch's checks, and the
     watcher goes on measuring and locating afterwards."""
     model = Net()
@@ -253,6 +253,8 @@ def test_jit_trace_of_a_watched_model_records_only_the_model() -> None:
         graph = str(traced.inlined_graph)
         assert "aminmax" not in graph and "aten::sum" not in graph, graph
         torch.testing.assert_close(traced(x), model(x))
+        exported = str(torch.export.export(model, (x,)).graph)
+        assert "aminmax" not in exported and "aten.sum" not in exported, exported
         with torch.no_grad():
             model.inp.bias.fill_(float("nan"))  # the next step's NaN comes from `inp`
         nn.functional.mse_loss(model(x), y).backward()
