@@ -237,9 +237,9 @@ def test_compiled_optimizer_step_runs_the_step_hooks_eagerly() -> None:
 
 
 def test_jit_trace_and_export_of_a_watched_model_record_only_the_model() -> None:
-    """``torch.jit.trace`` and ``torch.export`` right after a step (activation hooks armed, localisation on):
-    the trace passes its own two-trace check, holds none of gradwatch's checks, and the
-    watcher goes on measuring and locating afterwards."""
+    """``torch.jit.trace`` and ``torch.export`` right after a step (activation hooks
+    armed, localisation on): the trace passes its own two-trace check, neither graph
+    holds gradwatch's checks, and the watcher goes on measuring and locating after."""
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     (x, y), *_ = regression_batches(1)
