@@ -307,7 +307,7 @@ def test_the_accelerator_path_agrees_with_the_cpu_shortcut_on_finite_outputs(
     }
     target, y = targets[kind]
     shortcut = output_stats(y, target)
-    monkeypatch.setattr(_activations, "reading_back_is_free", lambda device: False)
+    monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
     careful = output_stats(y, target)
     assert shortcut.shape == careful.shape
     torch.testing.assert_close(shortcut, careful, rtol=1e-5, atol=1e-6)
@@ -331,7 +331,7 @@ def test_nonfinite_fraction_is_exact_past_float32_integer_range(
     names = [STATS[i] for i in _layout(target, 5)]
     for careful in (False, True):
         if careful:
-            monkeypatch.setattr(_activations, "reading_back_is_free", lambda device: False)
+            monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
         got = dict(zip(names, output_stats(y, target).tolist()))
         assert got["nonfinite"] == pytest.approx(planted / y.numel(), rel=1e-6, abs=0.0)
 

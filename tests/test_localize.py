@@ -52,16 +52,6 @@ class FunctionalLog(nn.Module):
         return self.after(torch.log(self.inner(x)))
 
 
-@pytest.fixture(autouse=True, params=["cpu-shortcut", "accelerator-path"])
-def check_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs twice: with the CPU's shortcut (a tensor whose sum reads back
-    finite is recorded as finite without its min and max) and with the path taken on an
-    accelerator, where nothing is read back and every tensor gets its min and max."""
-    if request.param == "accelerator-path":
-        monkeypatch.setattr(_localize, "reading_back_is_free", lambda device: False)
-    return str(request.param)
-
-
 def _model(middle: nn.Module) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), middle, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -547,27 +537,37 @@ def test_accumulated_micro_batches_are_all_recorded() -> None:
     assert alerts and alerts[0].layer == "1", gw.alerts
 
 
-def test_finite_tensors_read_finite_and_masks_keep_their_min_on_both_paths(check_path: str) -> None:
-    """On the CPU a finite sum proves a tensor finite (on an accelerator nothing is read
-    back); NaN, a -inf mask and finite values whose sum overflows (a finfo.min mask) are
-    left to aminmax on both paths, which tells them apart."""
-    finite = torch.randn(64, 64)
-    overflowing = torch.full((8, 8), torch.finfo(torch.float32).min)
-    half = torch.full((1000,), 100.0, dtype=torch.float16)  # sum 1e5 > fp16's 65504
-    shortcut = check_path == "cpu-shortcut"
-    assert _localize._all_finite(finite) is shortcut
-    assert _localize._all_finite(half) is shortcut  # summed in float32: no overflow
-    for doubtful in (torch.tensor([1.0, math.nan]), torch.tensor([0.0, -math.inf]), overflowing):
-        assert not _localize._all_finite(doubtful)
+def test_each_checked_tensor_keeps_its_min_and_max() -> None:
+    """NaN shows in both slots, a -inf mask in the min only, and a finfo.min mask (whose
+    sum would overflow) stays finite; a conjugate view is checked without an error."""
     locator = _localize.NonfiniteLocator(nn.Identity())
-    tensors = (finite, overflowing, torch.tensor([0.0, -math.inf]), torch.tensor([math.nan]))
-    slots = [locator._slots(t) for t in tensors]
+    mask, nan = torch.zeros(64, 64), torch.zeros(64, 64)
+    nan[3, 5], mask[3:, :] = math.nan, -math.inf
+    finfo_min = torch.full((64, 64), torch.finfo(torch.float32).min)
+    conj = torch.randn(8, dtype=torch.complex64).conj()
+    slots = [locator._slots(t) for t in (finfo_min, mask, nan, conj)]
     values = _localize._stack_float32(locator._values).numpy()
-    (f_low, f_high), (o_low, o_high), (m_low, m_high), (n_low, n_high) = slots
-    assert np.isfinite(values[[f_low, f_high, o_low, o_high]]).all()
-    assert values[o_low] == torch.finfo(torch.float32).min  # the true min, from aminmax
+    (o_low, o_high), (m_low, m_high), (n_low, n_high), (c_low, c_high) = slots
+    assert values[o_low] == values[o_high] == torch.finfo(torch.float32).min
     assert values[m_low] == -math.inf and values[m_high] == 0.0
     assert np.isnan(values[[n_low, n_high]]).all()
+    assert np.isfinite(values[[c_low, c_high]]).all()
+
+
+def test_checks_on_several_devices_and_dtypes_are_gathered_on_the_accelerator() -> None:
+    """The step's vector lives on the non-CPU device (``meta`` stands in for one here),
+    with every dtype group in its slots."""
+    values = [
+        torch.tensor(0.0),
+        torch.tensor(1e300, dtype=torch.float64),
+        torch.tensor(-math.inf, dtype=torch.float16),
+        torch.tensor(2.0, device="meta"),
+    ]
+    stacked = _localize._stack_float32(values)
+    assert stacked.device.type == "meta" and stacked.dtype == torch.float32
+    assert stacked.shape == (4,)
+    on_cpu = _localize._stack_float32(values[:3]).numpy()
+    assert on_cpu[0] == 0.0 and np.isfinite(on_cpu[1]) and on_cpu[2] == -math.inf
 
 
 def test_float64_values_beyond_float32_range_are_not_mistaken_for_inf() -> None:

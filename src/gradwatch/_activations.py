@@ -39,7 +39,6 @@ from torch import Tensor, nn
 
 from ._hooks import CopyInertHook, being_traced
 from ._layers import strip_wrapper_prefix, unwrap_model
-from ._transfer import reading_back_is_free
 
 #: The statistics each hooked module reports, in the order of the device vector.
 STATS: tuple[str, ...] = ("mean", "std", "batch_std", "saturated", "dead", "nonfinite")
@@ -208,7 +207,7 @@ def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None
     samples = y.shape[0] if y.dim() >= 2 else 1
     flat = y.reshape(samples, -1).float()  # float32 already: a view, no copy
     pool = scratch if scratch is not None else ScratchBuffers()
-    if reading_back_is_free(flat.device):
+    if _reading_back_is_free(flat.device):
         unit_means = flat.mean(dim=0)
         centre = unit_means.mean()
         # A NaN or inf anywhere makes its unit's mean, and so this, non-finite (finite
@@ -236,6 +235,11 @@ def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None
     del work, centred  # on an accelerator its block can serve the next buffer
     within_var = _within_unit_variance(safe, safe.mean(dim=0), pool) if samples >= 2 else None
     return _assemble(flat, safe, mean, std, within_var, nonfinite / flat.numel(), target, pool)
+
+
+def _reading_back_is_free(device: torch.device) -> bool:
+    """On the CPU a kernel has finished when it returns: a value can be read at once."""
+    return device.type == "cpu"
 
 
 def _within_unit_variance(

@@ -5,12 +5,9 @@ inputs), a forward hook (its outputs) and, on those tensors, gradient hooks (the
 w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its min and
 max with one ``torch.aminmax`` kernel (NaN propagates through both; an inf shows in one)
 and appends the two device scalars to a list, with a host-side event naming the module.
-On an accelerator nothing is read back: the list is stacked into one device vector when
-the step is measured, and only read (one small copy) when that step's statistics show a
-non-finite loss, gradient or weight. On the CPU, where reading a value back costs
-nothing, a tensor is first summed (half the work of ``aminmax``): a finite sum proves it
-all finite, and only the others (a fault, a -inf mask, a sum that overflowed) get their
-min and max.
+Nothing is read back: the list is stacked into one device vector when the step is
+measured, and only read (one small copy) when that step's statistics show a non-finite
+loss, gradient or weight.
 
 The producer is then the first module, in execution order, that turned finite values
 into non-finite ones:
@@ -40,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -53,7 +49,6 @@ from torch.utils._pytree import tree_leaves
 from ._history import StepRecord
 from ._hooks import CopyInertHook, being_traced
 from ._layers import strip_wrapper_prefix, unwrap_model
-from ._transfer import reading_back_is_free
 
 logger = logging.getLogger(__name__)
 
@@ -164,19 +159,15 @@ class NonfiniteLocator:
         """Queue the min/max of ``tensor`` on its device; returns its two slots."""
         tensor = tensor.detach()
         if tensor.is_complex():
-            tensor = torch.view_as_real(tensor)
-        first = len(self._values)
-        if _all_finite(tensor):
-            # All finite: min and max themselves are never read, only whether they are
-            # finite (and a -inf min), so one finite zero stands in for both.
-            self._values.append(_FINITE)
-            self._values.append(_FINITE)
-            return first, first + 1
+            tensor = torch.view_as_real(tensor.resolve_conj())  # a conj view cannot be
         # One reduction kernel, no host read: NaN propagates into min and max, an inf
-        # shows in one. The min and max, not a sum, are what is kept: finite values can
-        # overflow a sum (a Hugging Face attention mask is filled with finfo(dtype).min),
-        # and a mask passed to every layer would then be blamed for the step's NaN.
+        # shows in one. Not a sum: finite values can overflow it (a Hugging Face
+        # attention mask is filled with finfo(dtype).min), and a mask passed to every
+        # layer would then be blamed for the step's NaN. (Tried on the CPU: a sum read
+        # back at once, with aminmax only where it is not finite. Twice as fast on a hot
+        # tensor alone, it was no faster within a training step.)
         low, high = torch.aminmax(tensor)
+        first = len(self._values)
         self._values.append(low)
         self._values.append(high)
         return first, first + 1
@@ -258,17 +249,17 @@ class NonfiniteLocator:
 def _stack_float32(values: list[Tensor]) -> Tensor:
     """The step's checked values as one float32 vector, without a host stall.
 
-    It lives on an accelerator if any value does (a CPU value is the stand-in of a tensor
-    known to be finite, or a CPU submodule's), so nothing is copied device→host per step.
-    Finite float64 values beyond float32's range are clipped to it: only whether a value
-    is finite is read, and converting them would make them inf.
+    It lives on an accelerator if any value does (in a model with some submodules on the
+    CPU), so nothing is copied device→host per step. Finite float64 values beyond
+    float32's range are clipped to it: only whether a value is finite (and whether a min
+    is -inf) is read, and converting them would make them inf.
     """
     device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for slot, value in enumerate(values):
         groups.setdefault((value.device, value.dtype), []).append(slot)
     if len(groups) == 1:
-        return _to_float32(torch.stack(values)).to(device, non_blocking=True)
+        return _to_float32(torch.stack(values))
     stacked = torch.empty(len(values), dtype=torch.float32, device=device)
     for (group_device, _), slots in groups.items():
         part = _to_float32(torch.stack([values[s] for s in slots]))
@@ -519,31 +510,6 @@ def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
     except Exception:
         logger.warning("gradwatch could not localise a non-finite value", exc_info=True)
         return None
-
-
-def _all_finite(tensor: Tensor) -> bool:
-    """True where it is cheap to know that every value of ``tensor`` is finite.
-
-    On the CPU reading a value back costs nothing (the kernel has finished), and a sum is
-    about half the work of ``aminmax``. A finite sum means every value is finite (a NaN
-    or an inf would make it NaN or inf); a non-finite one (a fault, a -inf mask, or
-    finite values that overflowed it) sends the tensor to ``aminmax``, which tells them
-    apart. Elsewhere (an accelerator, a tensor that cannot be read, such as under
-    ``torch.func`` transforms) nothing is read back and the answer is False.
-    """
-    if not reading_back_is_free(tensor.device) or being_traced():
-        return False
-    try:
-        total = tensor.sum(dtype=torch.float32 if tensor.dtype in _LOW_PRECISION else None)
-        return math.isfinite(total.item())
-    except RuntimeError:  # e.g. .item() on a functorch-wrapped tensor
-        return False
-
-
-#: Summed in float32: a float16 sum overflows at 65504 (which would only cost speed).
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-#: What a tensor known to be all finite is recorded as (in place of its min and max).
-_FINITE = torch.zeros((), dtype=torch.float32, device="cpu")  # whatever the default device
 
 
 def _float_tensors(tree: Any) -> list[Tensor]:

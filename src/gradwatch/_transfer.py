@@ -18,12 +18,6 @@ if TYPE_CHECKING:
     from ._watcher import PendingStep
 
 
-def reading_back_is_free(device: torch.device) -> bool:
-    """On the CPU a kernel has finished when it returns: a value can be read at once,
-    without the synchronisation that ``.item()`` costs on an accelerator."""
-    return device.type == "cpu"
-
-
 class HostCopy:
     """A statistics vector on its way to the host."""
 
