@@ -159,7 +159,7 @@ class NonfiniteLocator:
         """Queue the min/max of ``tensor`` on its device; returns its two slots."""
         tensor = tensor.detach()
         if tensor.is_complex():
-            tensor = torch.view_as_real(tensor.resolve_conj())  # a conj view cannot be
+            tensor = torch.view_as_real(tensor.resolve_conj())  # it refuses a conj view
         # One reduction kernel, no host read: NaN propagates into min and max, an inf
         # shows in one. Not a sum: finite values can overflow it (a Hugging Face
         # attention mask is filled with finfo(dtype).min), and a mask passed to every
