@@ -13,7 +13,7 @@ import numpy as np
 from .._alerts import Alert
 from .._history import History
 from . import DetectorContext
-from ._common import fmt, layer_label
+from ._common import fmt, layer_label, nanmedian
 from ._spike import spike_of
 
 REMEDY = (
@@ -34,7 +34,7 @@ def detect_grad_spike(history: History, context: DetectorContext) -> list[Alert]
     recent = history.matrix("grad_norm", config.spike_window + 1)
     layer = None
     with np.errstate(all="ignore"):
-        medians = np.nanmedian(recent[:-1], axis=0)
+        medians = nanmedian(recent[:-1], axis=0)
         jump = recent[-1] / medians
     jump[~np.isfinite(jump)] = 0.0
     if jump.size and jump.max() > 0:
