@@ -355,8 +355,8 @@ def configs() -> list[Config]:
 #: step hooks (measurement, clipping, history, detectors, TensorBoard event),
 #: ``record_loss``, the sampled activation hooks and the NaN-localisation hooks.
 def _entry_points() -> list[tuple[type, str]]:
-    from gradwatch._activations import _Hook as ActivationHook
-    from gradwatch._localize import _GradHook, _PostHook, _PreHook
+    from gradwatch._measure.activations import _Hook as ActivationHook
+    from gradwatch._measure.localize import _GradHook, _PostHook, _PreHook
     from gradwatch._watcher import Watcher
 
     return [

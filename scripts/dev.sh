@@ -28,6 +28,6 @@ case "$cmd" in
   demo)  exec "$PY" examples/demo.py "$@" ;;
   test)  exec "$PY" -m pytest "$@" ;;
   bench) exec "$PY" benchmarks/bench_overhead.py "$@" ;;
-  lint)  "$VENV/bin/ruff" check src tests examples benchmarks && exec "$VENV/bin/mypy" ;;
+  lint)  "$VENV/bin/ruff" check gradwatch tests examples benchmarks && exec "$VENV/bin/mypy" ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|bench|lint} [args]" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 import gradwatch
-from gradwatch._distributed import local_tensor
+from gradwatch._measure.distributed import local_tensor
 
 from .helpers import make_mlp, regression_batches
 

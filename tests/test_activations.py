@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
 
 from .helpers import make_mlp, regression_batches
 
@@ -224,7 +224,7 @@ def test_nonfinite_outputs_are_counted() -> None:
 @pytest.mark.parametrize("poison", [False, True], ids=["finite", "nan-and-inf"])
 @pytest.mark.parametrize("kind", ["tanh", "relu"])
 def test_output_stats_equal_the_definitions_over_finite_values(poison: bool, kind: str) -> None:
-    from gradwatch._activations import (
+    from gradwatch._measure.activations import (
         MIN_DEAD_SAMPLES,
         ROLE_ACTIVATION,
         ROLE_RECTIFIER,
@@ -268,7 +268,7 @@ def test_spread_of_a_bias_dominated_output_survives_float32(poison: bool, sample
     """A deep badly initialised layer outputs a large constant plus a tiny signal:
     E[x²] - E[x]² would cancel to noise in float32; both the all-finite path and the
     path that zeroes non-finite values must keep the spread."""
-    from gradwatch._activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+    from gradwatch._measure.activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
 
     torch.manual_seed(2)
     bias = torch.full((64,), 1000.0) + torch.linspace(0.0, 1.0, 64)  # units differ a bit
@@ -295,8 +295,8 @@ def test_the_accelerator_path_agrees_with_the_cpu_shortcut_on_finite_outputs(
 ) -> None:
     """On the CPU an all-finite output skips the passes that set non-finite values
     aside; an accelerator always runs them. Both must give the same statistics."""
-    from gradwatch import _activations
-    from gradwatch._activations import ROLE_MIXING, ROLE_RECTIFIER, _Target, output_stats
+    from gradwatch._measure import activations as _activations
+    from gradwatch._measure.activations import ROLE_MIXING, ROLE_RECTIFIER, _Target, output_stats
 
     torch.manual_seed(3)
     raw = torch.randn(samples, 8, 5) * 1.5 + 0.2
@@ -321,8 +321,8 @@ def test_nonfinite_fraction_is_exact_past_float32_integer_range(
     exactly, so the fraction must come from counting the non-finite values themselves,
     never from the size minus a count of the finite ones. Checked on the accelerator
     path (always taken there) and on the CPU path."""
-    from gradwatch import _activations
-    from gradwatch._activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+    from gradwatch._measure import activations as _activations
+    from gradwatch._measure.activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
 
     y = torch.rand(5, 2**23 // 5 * 2 + 3)  # 2**24 + a few values
     for index in range(planted):
@@ -376,7 +376,13 @@ def test_no_output_sized_buffer_outlives_a_sampled_step() -> None:
 
 def test_nan_outputs_of_a_sigmoid_are_not_saturated() -> None:
     """0 is a bound of the sigmoid: a NaN must not pass for a saturated unit."""
-    from gradwatch._activations import ROLE_ACTIVATION, STATS, _layout, _Target, output_stats
+    from gradwatch._measure.activations import (
+        ROLE_ACTIVATION,
+        STATS,
+        _layout,
+        _Target,
+        output_stats,
+    )
 
     y = torch.full((8, 4), 0.5)
     y[0] = float("nan")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
 
 from .helpers import make_mlp, regression_batches
 
@@ -287,8 +287,8 @@ def test_scaler_without_optimizer_is_refused() -> None:
     ids=["norm", "value", "agc", "autoclip", "zclip"],
 )
 def test_unscaling_and_clipping_never_sync_the_host(clip) -> None:
-    from gradwatch._amp import ScalerBridge
     from gradwatch._clip import ClipTarget
+    from gradwatch._measure.amp import ScalerBridge
 
     model = make_mlp().cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)

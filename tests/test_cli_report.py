@@ -14,8 +14,8 @@ from torch import nn
 import gradwatch
 from gradwatch._cli import _report
 from gradwatch._cli._output import Output
-from gradwatch._logreader import read_run
-from gradwatch._runsummary import summarize
+from gradwatch._cli.logreader import read_run
+from gradwatch._cli.runsummary import summarize
 
 from .cli_helpers import run_cli, run_main
 from .helpers import make_mlp, regression_batches

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import gradwatch
+from gradwatch._cli.logreader import read_run
 from gradwatch._clip import ClipTarget
-from gradwatch._logreader import read_run
 
 from .helpers import make_mlp, regression_batches
 

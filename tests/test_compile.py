@@ -20,8 +20,8 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import gradwatch
-from gradwatch._compile import compiled_modules
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
+from gradwatch._measure.compile import compiled_modules
 
 from .helpers import regression_batches
 

@@ -227,7 +227,7 @@ def test_healthy_models_raise_no_warning(make, data) -> None:
 def _record(step: int, saturated: list[float], dead: list[float]):
     import numpy as np
 
-    from gradwatch._history import StepRecord
+    from gradwatch._measure.record import StepRecord
 
     layers = ("0", "1", "2", "3", "4", "5")
     roles = ("mixing", "bounded", "mixing", "rectifier", "mixing", "bounded")

@@ -10,7 +10,8 @@ import gradwatch
 from gradwatch._config import WatchConfig
 from gradwatch._detectors import DetectorContext
 from gradwatch._detectors.exploding import detect_exploding
-from gradwatch._history import History, StepRecord
+from gradwatch._history import History
+from gradwatch._measure.record import StepRecord
 
 from .unstable_models import (
     chain_batches,

@@ -9,7 +9,8 @@ import gradwatch
 from gradwatch._config import WatchConfig
 from gradwatch._detectors import DetectorContext
 from gradwatch._detectors.loss_spike import detect_loss_spike
-from gradwatch._history import History, StepRecord
+from gradwatch._history import History
+from gradwatch._measure.record import StepRecord
 
 from .unstable_models import he_mlp, mse, regression
 

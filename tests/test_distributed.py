@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import gradwatch
-from gradwatch._distributed import GlobalNorms, sharded_l2_norm
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
+from gradwatch._measure.distributed import GlobalNorms, sharded_l2_norm
 
 from . import distributed_workers as workers
 

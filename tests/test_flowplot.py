@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._flowplot import (
+from gradwatch._cli.logreader import read_run
+from gradwatch._sinks.flowplot import (
     NO_GRADIENT_RGB,
     FlowData,
     chosen_steps,
@@ -18,8 +19,7 @@ from gradwatch._flowplot import (
     flow_from_history,
     flow_heatmap_rgb,
 )
-from gradwatch._logreader import read_run
-from gradwatch._png import encode_png
+from gradwatch._sinks.png import encode_png
 
 from .helpers import make_mlp, regression_batches
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._history import History, StepRecord
+from gradwatch._history import History
+from gradwatch._measure.record import StepRecord
 
 
 def _record(step: int) -> StepRecord:

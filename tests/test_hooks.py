@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._hooks import InertHook
+from gradwatch._measure.hooks import InertHook
 
 from .helpers import make_mlp, regression_batches
 
@@ -63,7 +63,7 @@ def test_copies_and_pickles_while_watched_and_after(tmp_path, options) -> None:
 
 
 def test_watcher_hook_becomes_inert_when_copied() -> None:
-    from gradwatch._hooks import WatcherHook
+    from gradwatch._measure.hooks import WatcherHook
 
     class Owner:
         calls = 0

@@ -13,7 +13,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 import gradwatch  # noqa: E402
-from gradwatch._logreader import read_run  # noqa: E402
+from gradwatch._cli.logreader import read_run  # noqa: E402
 from gradwatch.integrations.lightning import GradWatchCallback  # noqa: E402
 
 from .helpers import regression_batches  # noqa: E402

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import gradwatch  # noqa: E402
-from gradwatch._logreader import read_run  # noqa: E402
+from gradwatch._cli.logreader import read_run  # noqa: E402
 from gradwatch.integrations.transformers import GradWatchCallback  # noqa: E402
 
 GRADWATCH_TAGS = ("grad_norm/", "weight_norm/", "update_ratio/", "act_", "total/")

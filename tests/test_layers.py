@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._layers import LayerIndex
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
+from gradwatch._measure.layers import LayerIndex
 
 from .helpers import make_mlp, regression_batches
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch import _localize
+from gradwatch._measure import localize as _localize
 
 from .helpers import regression_batches
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gradwatch
-from gradwatch._logreader import NotAGradwatchLog, read_run
+from gradwatch._cli.logreader import NotAGradwatchLog, read_run
 
 
 class _Bomb:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwatch
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
 from gradwatch._sinks.tensorboard import SummaryTemplates, step_scalars
 
 

@@ -84,7 +84,7 @@ def test_fixture_passes_healthy_fails_unhealthy_and_writes_logs(
     assert "Per-layer norms" in out
     assert "Traceback" not in out  # pytrace=False: the report, not gradwatch's internals
 
-    from gradwatch._logreader import read_run
+    from gradwatch._cli.logreader import read_run
 
     runs = sorted(path.name for path in logs.iterdir())
     assert runs == [

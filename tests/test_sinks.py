@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._logreader import read_run
+from gradwatch._cli.logreader import read_run
 from gradwatch._sinks import SinkFailureWarning
 
 from .helpers import make_mlp, regression_batches

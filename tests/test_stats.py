@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch._layers import LayerIndex
-from gradwatch._stats import LayerNorms, snapshot, update_squared
+from gradwatch._measure.layers import LayerIndex
+from gradwatch._measure.stats import LayerNorms, snapshot, update_squared
 
 
 def _by_hand(module: nn.Module) -> float:

@@ -1,0 +1,184 @@
+"""``gradwatch check TARGET``: run :func:`gradwatch.check` on the user's model and judge it.
+
+Exit status: 0 healthy, 1 unhealthy (an alert at or above ``--fail-on`` whose kind is not
+``--ignore``d), 2 usage error: a bad target, an import error in the user's file, a
+function returning the wrong shape, or an exception while training (each reported with
+the user's traceback). Anything the user's code prints goes to stderr, so stdout holds
+only the report (and ``--json`` output always parses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from typing import Any
+
+from gradwatch._cli._errors import UsageError
+from gradwatch._cli._output import Output, fmt
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    from gradwatch._alerts import ALERT_KINDS, SEVERITIES
+
+    parser = subparsers.add_parser(
+        "check",
+        help="train a model for a few steps under watch and report its gradient health",
+        description=(
+            "Train the model that TARGET builds for a few optimizer steps with every "
+            "gradwatch detector on, print what was found, and exit 0 (healthy), "
+            "1 (unhealthy) or 2 (usage error). TARGET is 'pkg.module:function' or "
+            "'path/to/file.py:function'; the function takes no arguments and returns "
+            "(model, data, loss_fn) or (model, data, loss_fn, optimizer)."
+        ),
+    )
+    parser.add_argument("target", metavar="TARGET", help="pkg.module:function or file.py:function")
+    parser.add_argument(
+        "--steps", type=_positive_int, default=20, help="optimizer steps (default 20)"
+    )
+    parser.add_argument("--logdir", metavar="DIR", help="also write TensorBoard logs there")
+    parser.add_argument(
+        "--json", action="store_true", help="print Report.to_dict() (plus a 'cli' verdict)"
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=SEVERITIES,
+        default="warning",
+        help="lowest alert severity that makes the check fail (default: warning)",
+    )
+    parser.add_argument(
+        "--ignore",
+        metavar="KIND",
+        nargs="+",
+        action="extend",
+        default=[],
+        help=f"alert kinds that never fail the check (one of: {', '.join(ALERT_KINDS)})",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first measure the learning-rate-zero loss baseline (check(baseline=True))",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradwatch._alerts import failing_alerts, validate_ignore
+    from gradwatch._cli._progress import step_progress
+    from gradwatch._cli._target import load_target, user_traceback
+
+    ignore = [kind for item in args.ignore for kind in item.split(",") if kind]
+    try:
+        ignore = list(validate_ignore(ignore))
+    except ValueError as error:
+        raise UsageError(f"--ignore: {error}") from None
+
+    import gradwatch
+
+    # The user's prints must not mix with the report (or break --json): send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        inputs = load_target(args.target)
+        try:
+            with step_progress(args.steps):
+                report = gradwatch.check(
+                    inputs.model,
+                    inputs.data,
+                    inputs.loss_fn,
+                    optimizer=inputs.optimizer,
+                    steps=args.steps,
+                    baseline=args.baseline,
+                    logdir=args.logdir,
+                )
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:
+            gradwatch_dir = gradwatch.__path__[0]
+            raise UsageError(
+                f"checking {args.target} failed with {type(error).__name__}: {error}",
+                user_traceback(error, skip_prefixes=(gradwatch_dir,)),
+            ) from None
+    failing = failing_alerts(report.alerts, fail_on=args.fail_on, ignore=ignore)
+    status = 1 if failing else 0
+    if args.json:
+        data = report.to_dict()
+        data["cli"] = {
+            "healthy": not failing,
+            "exit_status": status,
+            "fail_on": args.fail_on,
+            "ignore": ignore,
+            "failing": len(failing),
+            "target": args.target,
+            "logdir": args.logdir,
+        }
+        json.dump(data, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        render(report, Output.for_stream(sys.stdout), failing=len(failing), args=args)
+    return status
+
+
+def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) -> None:
+    """The human form of a check: verdict, loss, alerts with remedies, per-layer table."""
+    counts = report.counts()
+    healthy = failing == 0
+    verdict = "HEALTHY" if healthy else "UNHEALTHY"
+    out.verdict(
+        healthy,
+        f"gradwatch check {args.target}: {verdict} after {report.steps} step(s) "
+        f"({counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info)",
+    )
+    rules = f"fails on: {args.fail_on} or worse"
+    if args.ignore:
+        rules += f"; ignoring {', '.join(sorted(set(args.ignore)))}"
+    out.line(rules, style="dim")
+    if report.stopped:
+        out.line(f"Stopped early: {report.stopped}", style="yellow")
+    losses = [v for v in report.losses]
+    if losses:
+        finite = [v for v in losses if math.isfinite(v)]
+        text = f"loss: first {fmt(losses[0])}, last {fmt(losses[-1])}"
+        if finite:
+            text += f", min {fmt(min(finite))}"
+        out.line(text)
+    out.heading(f"Alerts ({len(report.alerts)})")
+    if not report.alerts:
+        out.line("none", style="green")
+    rank = {"error": 0, "warning": 1, "info": 2}
+    for alert in sorted(report.alerts, key=lambda a: (rank[a.severity], a.step)):
+        out.alert(
+            alert.severity,
+            f"{alert.kind} at step {alert.step} in {alert.where}: {alert.message}",
+            alert.remedy,
+        )
+    out.heading("Layers (input side first; norms at the last step)")
+    rows = [
+        [
+            layer.name or "(root module)",
+            layer.type,
+            fmt(layer.final_grad_norm),
+            fmt(layer.final_weight_norm),
+            fmt(layer.final_ratio),
+            fmt(layer.max_grad_norm),
+            fmt(layer.max_weight_norm),
+        ]
+        for layer in report.layers
+    ]
+    out.table(
+        ["layer", "type", "grad norm", "weight norm", "grad/weight", "max grad", "max weight"],
+        rows,
+        right=[False, False, True, True, True, True, True],
+    )
+    if args.logdir:
+        out.line(f"\nTensorBoard logs: {args.logdir}  (gradwatch report {args.logdir})")

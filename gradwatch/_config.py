@@ -1,0 +1,303 @@
+"""Options of :func:`gradwatch.watch`, gathered in one frozen, validated dataclass.
+
+Every option a user can pass to ``watch(**options)`` is a field of :class:`WatchConfig`.
+Validation happens here, at attach time, so that a typo or a negative interval fails at
+once with a message naming the option, what arrived and how to fix it, instead of at
+step 10,000 (DESIGN.md, style rule 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from gradwatch._clip import resolve_clip
+from gradwatch._measure.amp import validate_scaler
+from gradwatch._validate import require_bool, require_int, require_number
+
+NonfinitePolicy = Literal["warn", "skip", "raise"]
+NONFINITE_POLICIES: tuple[str, ...] = ("warn", "skip", "raise")
+DistributedMode = Literal["auto", "off"]
+DISTRIBUTED_MODES: tuple[str, ...] = ("auto", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    """Everything :func:`gradwatch.watch` can be told, with documented defaults.
+
+    Attributes:
+        log_every: write per-layer scalars to the sinks every this many optimizer steps
+            (alerts are always written at once). Statistics are still measured and
+            checked every step.
+        update_ratio_every: measure the update ratio ‖Δw‖/‖w‖ every this many steps;
+            ``0`` switches it off. A sampled step keeps one transient copy of the
+            parameters between the measurement and the update (freed right after).
+        history: how many steps of statistics the host-side ring buffer keeps for the
+            detectors and the report. Memory is bounded by it, however long the run.
+        on_nonfinite: what a NaN/inf in gradients, weights or loss does: ``"warn"``
+            raises an alert and carries on; ``"skip"`` also leaves the parameters and
+            optimizer state untouched for that step; ``"raise"`` stops training with
+            :class:`gradwatch.NonFiniteError`.
+        flush_secs: how often TensorBoard's writer flushes scalars to disk (alerts are
+            flushed as soon as they are raised).
+        activation_every: measure activation statistics (``act_*/<layer>``) every this
+            many steps; ``0`` switches them off. Forward hooks exist only during sampled
+            steps, so other steps pay nothing.
+        activation_eval: also measure forwards in eval mode or without gradients
+            (validation loops); by default only training forwards count.
+        saturation_threshold: ``saturation`` warns when at least this fraction of a
+            bounded activation's outputs (sigmoid, tanh, ...) sits at its bounds, at
+            the last two sampled steps.
+        dead_units_threshold: ``dead_units`` warns when at least this fraction of a
+            ReLU's units output zero for every sample of the batch, at the last two
+            sampled steps.
+        poor_init_ratio: ``poor_init`` warns when, at the first sampled steps, the
+            activation scale drifts geometrically by at least this factor from the first
+            to the last Linear/Conv layer (an info alert from its square root).
+        poor_init_gain: ``poor_init`` also warns when Linear/Conv layers multiply the
+            scale of their input (the activation before them) by a median of at least
+            this much: weights too large (N(0, 1) weights give sqrt(fan_in); Glorot/He
+            initialisation at most 5/3).
+        poor_init_steps: ``poor_init`` looks at sampled steps before this step only:
+            initialisation is judged at the start of training.
+        locate_nonfinite: hook every module to name the module that *produced* the
+            first NaN/inf of a step (forward or backward) in the ``nonfinite`` alert.
+            Costs a few small kernels per module call, far less than
+            ``torch.autograd.detect_anomaly``; off by default.
+        clip: gradient clipping before each update, after the statistics were measured:
+            ``None`` (off), a number (clip the global L2 gradient norm to it, as
+            ``torch.nn.utils.clip_grad_norm_``), or a clipper (``gradwatch.ClipNorm``,
+            ``ClipValue``, ``AGC``, ``AutoClip``, ``ZClip``). The clip coefficient is
+            logged as ``total/clip_coef``.
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop, or None. Statistics
+            and clipping then act on unscaled gradients (gradwatch calls
+            ``scaler.unscale_(optimizer)`` once per step unless you did), and a step the
+            scaler skips for inf/NaN is logged as an ``amp_skip`` info alert.
+        skip_spikes: ``None`` (off) or a z-score: skip a step (parameters and optimizer
+            state untouched) whose loss or total gradient norm is more than this many
+            standard deviations above its mean over the last ``spike_window`` steps.
+            Costs one host sync per step.
+        spike_window: how many recent steps the rolling spike statistics cover: those of
+            ``skip_spikes`` and those of the ``loss_spike``/``grad_spike`` detectors.
+        distributed: ``"auto"``: when a ``torch.distributed`` process group with more
+            than one rank is initialised, statistics are global (one all-reduce per step,
+            so every rank must call ``watch()`` and step together) and only rank 0 writes
+            logs. ``"off"``: this rank is watched alone (no collectives) and writes its
+            own logs, e.g. a model only rank 0 trains.
+        flow_image_every: with a ``logdir``, draw the gradient-flow picture (layers x
+            steps heat map of log10 gradient norm, input side at the top) into
+            TensorBoard's Images tab every this many steps, and once at ``close()``;
+            ``0`` switches it off. Drawn with numpy alone (no matplotlib) in a few
+            milliseconds on the host.
+
+    Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
+
+        exploding_rel_grad: a layer whose gradient is this many times larger than its
+            weights (‖g‖/‖w‖) is ``exploding`` (warning; error at the square of it, or when
+            the gradient norm overflows). At 1e4, even SGD with lr=1e-4 would more than
+            double the layer in one step.
+        exploding_growth: the total gradient norm growing by this factor within
+            ``trend_window`` steps, mostly step over step, while the loss does not fall,
+            is ``exploding`` (a trend visible before the run reaches NaN).
+        trend_window: how many recent steps the trend detectors (``exploding`` growth,
+            ``vanishing``) look at; per-layer values are smoothed over it by a median.
+            ``vanishing`` and ``not_learning`` judge every ``trend_window // 2`` steps
+            (at most 10; each step is in at least two of their windows) and at
+            ``close()``, so their alerts may come a few steps after the trend began.
+        vanishing_ratio: a weight layer whose loss sensitivity ‖g‖·‖w‖ is below this
+            fraction of the largest among the layers after it (closer to the output) is
+            ``vanishing``: warning below it, error below its square, info between it and
+            its 3/4 power (borderline). Exactly zero gradients (while later layers get
+            some) count as a ratio of 0.
+        vanishing_floor: when even the most sensitive layer's ‖g‖·‖w‖ is below this
+            fraction of the loss, no layer can move the loss: ``vanishing`` (error).
+        spike_z: a loss or total gradient norm this many robust standard deviations
+            (median/MAD over the previous ``spike_window`` steps) above its rolling median
+            is a ``loss_spike``/``grad_spike``...
+        spike_ratio: ...and also at least this many times the rolling median.
+        spike_warmup: how many previous finite values a spike detector needs before it
+            judges (early steps are volatile by nature).
+        not_learning_steps: ``not_learning`` judges a run only after this many steps with
+            a recorded loss, and only while the history still holds the run's first
+            steps (a model that learned and then plateaued has converged, it is not
+            "not learning").
+        not_learning_z: the loss must fall by more than this many noise standard errors
+            (the loss's own step-to-step noise, or the learning-rate-zero baseline of
+            ``check(..., baseline=True)``) to count as learning.
+        not_learning_min_drop: ...and by more than this fraction of its initial level.
+    """
+
+    log_every: int = 1
+    update_ratio_every: int = 10
+    history: int = 512
+    on_nonfinite: NonfinitePolicy = "warn"
+    flush_secs: float = 30.0
+    activation_every: int = 10
+    activation_eval: bool = False
+    saturation_threshold: float = 0.5
+    dead_units_threshold: float = 0.75
+    poor_init_ratio: float = 10000.0
+    poor_init_gain: float = 3.5
+    poor_init_steps: int = 20
+    locate_nonfinite: bool = False
+    clip: Any = None
+    scaler: Any = None
+    skip_spikes: float | None = None
+    spike_window: int = 128
+    exploding_rel_grad: float = 1e4
+    exploding_growth: float = 100.0
+    trend_window: int = 10
+    vanishing_ratio: float = 1e-2
+    vanishing_floor: float = 1e-7
+    spike_z: float = 8.0
+    spike_ratio: float = 3.0
+    spike_warmup: int = 8
+    not_learning_steps: int = 20
+    not_learning_z: float = 2.0
+    not_learning_min_drop: float = 1e-3
+    distributed: DistributedMode = "auto"
+    flow_image_every: int = 100
+
+    def __post_init__(self) -> None:
+        require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
+        require_int(
+            "update_ratio_every",
+            self.update_ratio_every,
+            minimum=0,
+            hint="Use 0 to switch update ratios off.",
+        )
+        require_int("history", self.history, minimum=2, hint="The default is 512 steps.")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                f"got {self.on_nonfinite!r}."
+            )
+        require_number("flush_secs", self.flush_secs, exclusive_minimum=0.0)
+        require_int(
+            "activation_every",
+            self.activation_every,
+            minimum=0,
+            hint="Use 0 to switch activation statistics off.",
+        )
+        require_bool("activation_eval", self.activation_eval)
+        for name in ("saturation_threshold", "dead_units_threshold"):
+            require_number(
+                name,
+                getattr(self, name),
+                exclusive_minimum=0.0,
+                maximum=1.0,
+                hint="It is a fraction of the layer's units, e.g. 0.5.",
+            )
+        require_number(
+            "poor_init_ratio",
+            self.poor_init_ratio,
+            exclusive_minimum=1.0,
+            hint="It is a factor of activation scale across depth, e.g. 10000.",
+        )
+        require_number(
+            "poor_init_gain",
+            self.poor_init_gain,
+            exclusive_minimum=2.0,
+            hint="Healthy initialisations give at most 5/3; the default is 3.5.",
+        )
+        require_int("poor_init_steps", self.poor_init_steps, minimum=1)
+        require_bool("locate_nonfinite", self.locate_nonfinite)
+        resolve_clip(self.clip)
+        validate_scaler(self.scaler)
+        if self.skip_spikes is not None:
+            require_number(
+                "skip_spikes",
+                self.skip_spikes,
+                exclusive_minimum=0.0,
+                hint="Pass a z-score such as skip_spikes=6.0, or None to never skip spikes.",
+            )
+        require_int(
+            "spike_window",
+            self.spike_window,
+            minimum=4,
+            hint="It is how many recent steps the spike statistics cover; the default is 128.",
+        )
+        require_number(
+            "exploding_rel_grad",
+            self.exploding_rel_grad,
+            exclusive_minimum=1.0,
+            hint="It is a ratio ‖g‖/‖w‖ far above 1; the default is 1e4.",
+        )
+        require_number(
+            "exploding_growth",
+            self.exploding_growth,
+            exclusive_minimum=1.0,
+            hint="It is a growth factor above 1; the default is 100.",
+        )
+        require_int("trend_window", self.trend_window, minimum=3, hint="The default is 10 steps.")
+        require_number(
+            "vanishing_ratio",
+            self.vanishing_ratio,
+            exclusive_minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction in (0, 1]; the default is 1e-2.",
+        )
+        require_number(
+            "vanishing_floor",
+            self.vanishing_floor,
+            exclusive_minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction in (0, 1]; the default is 1e-7.",
+        )
+        require_number(
+            "spike_z", self.spike_z, exclusive_minimum=0.0, hint="The default is 8 (robust z)."
+        )
+        require_number(
+            "spike_ratio", self.spike_ratio, minimum=1.0, hint="The default is 3 (x the median)."
+        )
+        require_int("spike_warmup", self.spike_warmup, minimum=3, hint="The default is 8 steps.")
+        if self.spike_warmup > self.spike_window:
+            raise ValueError(
+                f"spike_warmup ({self.spike_warmup}) must be <= spike_window "
+                f"({self.spike_window}): the window must hold the warm-up steps."
+            )
+        require_int(
+            "not_learning_steps",
+            self.not_learning_steps,
+            minimum=4,
+            hint="The default is 20 steps.",
+        )
+        require_number("not_learning_z", self.not_learning_z, minimum=0.0, hint="The default is 2.")
+        require_number(
+            "not_learning_min_drop",
+            self.not_learning_min_drop,
+            minimum=0.0,
+            maximum=1.0,
+            hint="It is a fraction of the initial loss in [0, 1]; the default is 1e-3.",
+        )
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(
+                f"distributed must be one of {', '.join(map(repr, DISTRIBUTED_MODES))}, "
+                f"got {self.distributed!r}. Use 'off' to watch this rank alone."
+            )
+        require_int(
+            "flow_image_every",
+            self.flow_image_every,
+            minimum=0,
+            hint="Use 0 to switch the gradient-flow image off.",
+        )
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, caller: str = "watch()") -> WatchConfig:
+        """Build a config from keyword options, refusing unknown names with a suggestion."""
+        known = cls.option_names()
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                did_you_mean = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{caller} got an unknown option {name!r}.{did_you_mean} "
+                    f"Valid options are: {', '.join(sorted(known))}."
+                )
+        return cls(**options)

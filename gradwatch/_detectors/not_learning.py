@@ -1,0 +1,170 @@
+"""``not_learning``: the loss does not fall beyond its own noise floor.
+
+The reference notes' test: train with learning rate 0 to see how much the loss moves from
+data alone, then compare the real run with it. Two versions:
+
+* with the learning-rate-zero baseline (``gradwatch.check(..., baseline=True)``): the
+  loss of every step's batch with the weights frozen is known, so the real run is
+  compared with it batch for batch (the data's variance cancels): the run learns if,
+  over the last quarter of the steps, the median improvement over the baseline exceeds
+  ``not_learning_z`` standard errors of that paired difference and
+  ``not_learning_min_drop`` of the baseline's level;
+* without it, the run's own noise floor: the step-to-step noise of the loss (from first
+  differences, so a steady fall is not mistaken for noise). The run learns if the median
+  loss of the last quarter of the steps is below that of the first quarter by more than
+  ``not_learning_z`` standard errors and ``not_learning_min_drop`` of the initial level.
+  A flat loss is a warning only when the weights demonstrably barely move (update ratio
+  ‖Δw‖/‖w‖ below 1e-6 per step, e.g. a learning rate of ~0 or frozen parameters), or when
+  the loss clearly rises; otherwise a slowly falling loss may just need more steps than
+  were taken, so it is an info that suggests the baseline.
+
+The run is judged from its first step on, once ``not_learning_steps`` steps that updated
+the weights (not skipped by a policy or a GradScaler) have a recorded loss,
+and only while the history still holds step 0: a model that learned and then plateaued
+has converged; it is not "not learning".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradwatch._alerts import Alert, Severity
+from gradwatch._detectors import DetectorContext, trend_detector
+from gradwatch._detectors._common import MAD_TO_SD, fmt, step_noise
+from gradwatch._history import History
+
+REMEDY = (
+    "check that the optimizer holds the model's parameters and they require grad, and that "
+    "the learning rate is not ~0 (or raise it slightly); look for vanishing gradients "
+    "(gradwatch per-layer norms): use He/Xavier initialisation, ReLU/GELU instead of "
+    "sigmoid/tanh, BatchNorm/LayerNorm and residual connections; compare with the "
+    "learning-rate-zero baseline: gradwatch.check(..., baseline=True)."
+)
+
+#: An update ratio ‖Δw‖/‖w‖ below this per step means the weights are effectively frozen
+#: (healthy training moves weights by ~1e-4..1e-2 of their norm per step).
+FROZEN_UPDATE = 1e-6
+
+#: Efficiency of the median against the mean for normal data: se(median) = 1.2533 s/√m for s.d. s.
+_MEDIAN_SE = 1.2533
+
+
+def _quarter(n: int) -> int:
+    return max(3, n // 4)
+
+
+@trend_detector
+def detect_not_learning(history: History, context: DetectorContext) -> list[Alert]:
+    config = context.config
+    if not len(history) or history[0].step != 0:
+        return []
+    losses = history.series("loss")  # one slice of the history's loss column
+    finite = np.isfinite(losses)
+    # Only steps that updated the weights count: a step skipped by a policy or by a
+    # GradScaler gave the model no chance to learn.
+    taken = finite & (history.series("taken") > 0)
+    if int(taken.sum()) < config.not_learning_steps or not finite[-1]:
+        return []
+    if context.loss_baseline is not None:
+        alert = _against_baseline(history[-1].step, losses, context)
+    else:
+        alert = _against_own_noise(history, losses, context)
+    return [alert] if alert is not None else []
+
+
+def _against_baseline(step: int, losses: np.ndarray, context: DetectorContext) -> Alert | None:
+    config = context.config
+    baseline = np.full(losses.shape, np.nan)
+    known = min(len(losses), len(context.loss_baseline or ()))
+    baseline[:known] = np.asarray((context.loss_baseline or ())[:known], dtype=np.float64)
+    both = np.isfinite(losses) & np.isfinite(baseline)
+    if int(both.sum()) < config.not_learning_steps // 2:
+        return None
+    improvement = (baseline - losses)[both]
+    base = baseline[both]
+    m = _quarter(improvement.size)
+    gain = float(np.median(improvement[-m:]))
+    noise = step_noise(improvement)
+    se = _MEDIAN_SE * noise / math.sqrt(m) if math.isfinite(noise) else 0.0
+    level = float(np.median(np.abs(base)))
+    spread = MAD_TO_SD * float(np.median(np.abs(base - np.median(base))))
+    needed = max(config.not_learning_z * se, config.not_learning_min_drop * level)
+    if gain > needed:
+        return None
+    return Alert(
+        kind="not_learning",
+        severity="warning",
+        step=step,
+        layer=None,
+        message=f"Over the last {m} steps the loss is only {fmt(gain)} below the "
+        f"learning-rate-zero baseline on the same batches (weights frozen: loss {fmt(level)}, "
+        f"fluctuating by {fmt(spread)} from batch to batch); it needed to be more than "
+        f"{fmt(needed)} lower to count as learning. The model is not learning beyond the "
+        "noise floor.",
+        value=gain,
+        threshold=needed,
+        remedy=REMEDY,
+    )
+
+
+def _against_own_noise(
+    history: History, losses: np.ndarray, context: DetectorContext
+) -> Alert | None:
+    config = context.config
+    series = losses[np.isfinite(losses)]
+    m = _quarter(series.size)
+    start, end = float(np.median(series[:m])), float(np.median(series[-m:]))
+    fall = start - end
+    noise = step_noise(series)
+    se = _MEDIAN_SE * noise * math.sqrt(2.0 / m) if math.isfinite(noise) else 0.0
+    level = abs(start)
+    needed = max(config.not_learning_z * se, config.not_learning_min_drop * level)
+    if fall > needed:
+        return None
+    updates = [
+        float(np.nanmedian(r.update_ratio))
+        for r in history
+        if r.update_ratio is not None
+        and np.isfinite(r.update_ratio).any()
+        and not (r.skipped or r.amp_skipped)
+    ]
+    frozen = bool(updates) and max(updates) < FROZEN_UPDATE
+    rising = -fall > needed and -fall > 0.1 * level
+    severity: Severity = "warning" if frozen or rising else "info"
+    steps = history.latest.step + 1 if history.latest is not None else len(series)
+    if rising:
+        what = (
+            f"The loss rose from {fmt(start)} to {fmt(end)} (medians of the first and last "
+            f"{m} of {steps} steps)"
+        )
+    else:
+        what = (
+            f"The loss went from {fmt(start)} to {fmt(end)} (medians of the first and last "
+            f"{m} of {steps} steps), a fall of {fmt(fall)} that does not exceed its noise "
+            f"floor ({fmt(needed)}: {fmt(config.not_learning_z)} standard errors of its "
+            f"step-to-step noise of {fmt(noise)})"
+        )
+    if frozen:
+        why = (
+            f" The weights barely move: the update ratio ‖Δw‖/‖w‖ is at most "
+            f"{fmt(max(updates))} per step."
+        )
+    elif severity == "info":
+        why = (
+            " It may only need more steps; gradwatch.check(..., baseline=True) compares the "
+            "run with the learning-rate-zero baseline batch for batch."
+        )
+    else:
+        why = ""
+    return Alert(
+        kind="not_learning",
+        severity=severity,
+        step=history.latest.step if history.latest is not None else 0,
+        layer=None,
+        message=f"{what}.{why} The model is not learning.",
+        value=fall,
+        threshold=needed,
+        remedy=REMEDY,
+    )

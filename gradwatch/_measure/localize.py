@@ -1,0 +1,582 @@
+"""NaN/inf localisation: which module *produced* the first non-finite value of a step.
+
+With ``watch(..., locate_nonfinite=True)`` every module gets a forward pre-hook (its
+inputs), a forward hook (its outputs) and, on those tensors, gradient hooks (the gradient
+w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its min and
+max with one ``torch.aminmax`` kernel (NaN propagates through both; an inf shows in one)
+and appends the two device scalars to a list, with a host-side event naming the module.
+Nothing is read back: the list is stacked into one device vector when the step is
+measured, and only read (one small copy) when that step's statistics show a non-finite
+loss, gradient or weight.
+
+The producer is then the first module, in execution order, that turned finite values
+into non-finite ones:
+
+* forward: the first module whose output is non-finite while its inputs were finite; if
+  a module's *inputs* are the first non-finite values seen, they came from outside any
+  submodule: the batch itself (at the root module) or functional code (``torch.log``,
+  a division) in the enclosing module's ``forward``;
+* masks: a call that made nothing non-finite itself (it absorbed what it took, as a
+  softmax turns an additive ``-inf`` attention mask into zeros, or passed it along
+  unchanged) is passed over. A value holding only ``-inf`` is a mask or log(0): riding
+  along with the data (not a call's first input) or carried on by a module, it reads as
+  a mask and counts as finite; made by a module from finite inputs, that module stays
+  named (log(0) must never hide); as a call's first input, it is a fault. The alert
+  gives the other reading too (see :func:`_forward_origin`);
+* backward (only when the whole forward was finite): the first module whose gradient
+  w.r.t. its inputs is non-finite although the gradient w.r.t. its outputs was finite;
+  if the first non-finite gradient arrives at the model's output, the loss produced it.
+
+This costs a few small kernels per module call instead of ``detect_anomaly``'s check of
+every autograd node plus a Python traceback per forward op (see
+``benchmarks/bench_localize.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
+
+from gradwatch._measure.hooks import CopyInertHook, being_traced
+from gradwatch._measure.layers import strip_wrapper_prefix, unwrap_model
+from gradwatch._measure.record import NonfiniteOrigin, StepRecord
+
+logger = logging.getLogger(__name__)
+
+#: At most this many tensors are checked per step (the first ones are the ones that
+#: matter: a producer is the *first* module to go non-finite). Bounds memory if steps
+#: are never taken.
+MAX_CHECKS_PER_STEP = 200_000
+
+
+#: Modules whose forward only chains children (no code of their own to produce NaN).
+_CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+class _Kind(enum.IntEnum):
+    IN = 0  # inputs of a forward call
+    OUT = 1  # outputs of a forward call
+    GOUT = 2  # gradient w.r.t. the outputs of a call
+    GIN = 3  # gradient w.r.t. the inputs of a call
+
+
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    kind: _Kind
+    call: int  # index of the forward call the event belongs to
+    slots: tuple[int, ...]  # slots of the checked values (2 per tensor: min and max)
+
+
+@dataclasses.dataclass
+class _Seen:
+    """A tensor checked this step (weakly held), its slots, and its gradient hook."""
+
+    ref: weakref.ref[Tensor]
+    version: int  # an in-place change after the check means checking again
+    slots: tuple[int, ...]
+    hook: _GradHook | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    name: str  # qualified module name
+    type_name: str
+    parent: int | None  # the enclosing call (None for an outermost call)
+
+
+@dataclasses.dataclass
+class StepTrace:
+    """One step's checks: host-side events and the device vector of min/max values."""
+
+    calls: list[_Call]
+    events: list[_Event]
+    values: Tensor | None
+
+
+def _quote(name: str) -> str:
+    return repr(name) if name else "the root module"
+
+
+class NonfiniteLocator:
+    """Owns the localisation hooks of one model; hand its handles to the watcher's stack."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._calls: list[_Call] = []
+        self._events: list[_Event] = []
+        self._values: list[Tensor] = []
+        self._stack: list[int | None] = []  # open calls (None: not recorded)
+        self._seen: dict[int, _Seen] = {}  # tensors checked this step, by id
+        self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
+        # True from the first gradient of a backward pass to its end: forward calls then
+        # are activation-checkpoint recomputations of calls already recorded.
+        self._in_backward = False
+        self._ref = ref = weakref.ref(self)
+        for name, module in unwrap_model(model).named_modules():
+            if type(module) in _CONTAINERS:
+                continue  # only chains its children: their hooks see the same tensors
+            qualified = strip_wrapper_prefix(name)
+            type_name = type(module).__name__
+            self.handles.append(
+                module.register_forward_pre_hook(
+                    _PreHook(ref, qualified, type_name), with_kwargs=True
+                )
+            )
+            self.handles.append(module.register_forward_hook(_PostHook(ref), always_call=True))
+
+    def remove(self) -> None:
+        handles, self.handles = self.handles, []
+        for handle in handles:
+            handle.remove()
+
+    # ----------------------------------------------------------------- recording
+    def _slots(self, tensor: Tensor) -> tuple[int, int]:
+        """Queue the min/max of ``tensor`` on its device; returns its two slots."""
+        tensor = tensor.detach()
+        if tensor.is_complex():
+            tensor = torch.view_as_real(tensor.resolve_conj())  # it refuses a conj view
+        # One reduction kernel, no host read: NaN propagates into min and max, an inf
+        # shows in one. Not a sum: finite values can overflow it (a Hugging Face
+        # attention mask is filled with finfo(dtype).min), and a mask passed to every
+        # layer would then be blamed for the step's NaN. (Tried on the CPU: a sum read
+        # back at once, with aminmax only where it is not finite. Twice as fast on a hot
+        # tensor alone, it was no faster within a training step.)
+        low, high = torch.aminmax(tensor)
+        first = len(self._values)
+        self._values.append(low)
+        self._values.append(high)
+        return first, first + 1
+
+    def _forward(self, kind: _Kind, call: int, tensors: list[Tensor]) -> None:
+        """Check forward tensors once each (a module's input is usually the previous
+        module's output: the same tensor, checked once) and hook their gradients."""
+        if not tensors or len(self._values) >= MAX_CHECKS_PER_STEP:
+            return
+        slots: list[int] = []
+        grad_kind = _Kind.GIN if kind == _Kind.IN else _Kind.GOUT
+        for tensor in tensors:
+            seen = self._seen.get(id(tensor))
+            if seen is None or seen.ref() is not tensor or seen.version != tensor._version:
+                seen = _Seen(weakref.ref(tensor), tensor._version, self._slots(tensor))
+                self._seen[id(tensor)] = seen
+            slots.extend(seen.slots)
+            if tensor.requires_grad:
+                if seen.hook is None:
+                    seen.hook = _GradHook(self._ref, self._generation)
+                    tensor.register_hook(seen.hook)
+                seen.hook.roles.append((grad_kind, call))
+        self._events.append(_Event(kind, call, tuple(slots)))
+
+    def _grad(self, hook: _GradHook, grad: Tensor) -> None:
+        if hook.generation != self._generation or not grad.numel():
+            return  # a gradient of an older step, or nothing to check
+        if not self._in_backward:
+            # Runs when this backward pass (or autograd.grad call) is over; the flag is
+            # set only once that is certain, so a failure cannot leave it stuck.
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+            self._in_backward = True
+        if len(self._values) >= MAX_CHECKS_PER_STEP:
+            return
+        slots = self._slots(grad)
+        # A tensor that a call returns as it was given (nn.Identity, a block passing its
+        # mask along) is both that call's output and its input: the gradient reaches the
+        # call's output before the call passes it on, so its GOUT roles come first.
+        for kind, call in sorted(hook.roles, key=lambda role: role[0] != _Kind.GOUT):
+            self._events.append(_Event(kind, call, slots))
+
+    def _backward_done(self) -> None:
+        self._in_backward = False
+
+    def _before(self, name: str, type_name: str, args: Any, kwargs: Any) -> None:
+        if not torch.is_grad_enabled() or self._in_backward:
+            # Evaluation forwards, a submodule called under no_grad inside a training
+            # forward, and activation-checkpoint recomputations during backward are not
+            # new calls of the step; the marker keeps _after from popping (and recording
+            # the output of) the enclosing call instead.
+            self._stack.append(None)
+            return
+        call = len(self._calls)
+        parent = self._stack[-1] if self._stack else None
+        self._calls.append(_Call(name, type_name, parent))
+        self._stack.append(call)
+        self._forward(_Kind.IN, call, _float_tensors((args, kwargs)))
+
+    def _after(self, output: Any) -> None:
+        if not self._stack:
+            return
+        call = self._stack.pop()
+        if call is not None:
+            self._forward(_Kind.OUT, call, _float_tensors(output))
+
+    # ----------------------------------------------------------------- per step
+    def take(self) -> StepTrace | None:
+        """Hand over this step's checks (stacked into one device vector) and start afresh."""
+        calls, events, values = self._calls, self._events, self._values
+        self._calls, self._events, self._values, self._stack = [], [], [], []
+        self._in_backward = False
+        self._seen = {}
+        self._generation += 1
+        if not events:
+            return None
+        return StepTrace(calls, events, _stack_float32(values))
+
+
+def _stack_float32(values: list[Tensor]) -> Tensor:
+    """The step's checked values as one float32 vector, without a host stall.
+
+    It lives on an accelerator if any value does (in a model with some submodules on the
+    CPU), so nothing is copied device→host per step. Finite float64 values beyond
+    float32's range are clipped to it: only whether a value is finite (and whether a min
+    is -inf) is read, and converting them would make them inf.
+    """
+    device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for slot, value in enumerate(values):
+        groups.setdefault((value.device, value.dtype), []).append(slot)
+    if len(groups) == 1:
+        return _to_float32(torch.stack(values))
+    stacked = torch.empty(len(values), dtype=torch.float32, device=device)
+    for (group_device, _), slots in groups.items():
+        part = _to_float32(torch.stack([values[s] for s in slots]))
+        if group_device != device:
+            part = part.to(device, non_blocking=True)  # host→device: no host stall
+        index = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+        stacked.index_copy_(0, index, part)
+    return stacked
+
+
+def _to_float32(values: Tensor) -> Tensor:
+    if values.dtype == torch.float64:
+        limit = torch.finfo(torch.float32).max
+        values = torch.where(values.isfinite(), values.clamp(-limit, limit), values)
+    return values.float()
+
+
+def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
+    """Name the producer of the step's first non-finite value (reads the flags: a copy).
+
+    Called only for a step whose statistics already showed a non-finite value, so the
+    values have been computed by then and the copy does not wait on new work.
+    """
+    if trace.values is None:
+        return None
+    search = _ForwardSearch(trace, trace.values.detach().cpu().numpy())
+    forward = _forward_origin(search)
+    if forward is not None:
+        return forward
+
+    def bad(event: _Event) -> bool:  # gradients are never masks: no as_mask here
+        return bool(search.nonfinite[list(event.slots)].any())
+
+    calls = trace.calls
+    # Backward (the forward was finite): the first call whose gradient w.r.t. its inputs
+    # is non-finite while the gradient w.r.t. its outputs was finite.
+    output_grad_bad: set[int] = set()
+    first_bad_gout: _Event | None = None
+    for event in trace.events:
+        if event.kind == _Kind.GOUT and bad(event):
+            output_grad_bad.add(event.call)
+            if first_bad_gout is None:
+                first_bad_gout = event
+        elif event.kind == _Kind.GIN and bad(event) and event.call not in output_grad_bad:
+            call = calls[event.call]
+            return NonfiniteOrigin(
+                call.name,
+                "backward",
+                f"The first non-finite value was produced in the backward pass by "
+                f"{_quote(call.name)} ({call.type_name}): the gradient reaching its output "
+                "was finite, the gradient it passed to its inputs was not (e.g. sqrt or "
+                "log at 0, a division by a value near 0).",
+            )
+    if first_bad_gout is not None:
+        call = calls[first_bad_gout.call]
+        outermost = [index for index, c in enumerate(calls) if c.parent is None]
+        if any(index in output_grad_bad for index in outermost):
+            return NonfiniteOrigin(
+                None,
+                "loss",
+                "The model's forward pass was finite but the gradient arriving at its "
+                "output was not: the loss (or code between the model and the loss) "
+                "produced it; check the loss for log(0), division by 0 or NaN targets.",
+            )
+        where = calls[call.parent] if call.parent is not None else call
+        return NonfiniteOrigin(
+            where.name,
+            "backward",
+            f"The first non-finite gradient was produced in the backward pass of code "
+            f"inside {_quote(where.name)} ({where.type_name}) that is not a submodule "
+            f"(a functional op consuming the output of {_quote(call.name)}).",
+        )
+    return None
+
+
+class _ForwardSearch:
+    """The forward events of a step, with which values (slots) were non-finite.
+
+    ``as_mask`` holds slots taken for an intentional ``-inf`` mask: they count as finite.
+    """
+
+    def __init__(self, trace: StepTrace, host: np.ndarray) -> None:
+        self.calls = trace.calls
+        self.events = trace.events
+        self.host = host
+        self.nonfinite = ~np.isfinite(host)
+        self.as_mask: set[int] = set()
+        self.inputs: dict[int, set[int]] = {}  # call -> slots of its inputs
+        self.outputs: dict[int, set[int]] = {}  # call -> slots of its outputs
+        self.takers: dict[int, list[int]] = {}  # slot -> calls that took it, in order
+        self.main_input: dict[int, int] = {}  # call -> min slot of its first input tensor
+        for event in self.events:
+            if event.kind == _Kind.IN:
+                self.main_input.setdefault(event.call, event.slots[0])
+                self.inputs.setdefault(event.call, set()).update(event.slots)
+                for slot in event.slots:
+                    self.takers.setdefault(slot, []).append(event.call)
+            elif event.kind == _Kind.OUT:
+                self.outputs.setdefault(event.call, set()).update(event.slots)
+
+    def bad(self, slots: Iterable[int]) -> set[int]:
+        return {s for s in slots if self.nonfinite[s] and s not in self.as_mask}
+
+    def made_nothing(self, call: int) -> bool:
+        """The call's outputs hold no non-finite value it was not given: it absorbed
+        (a softmax over an additive -inf mask) or passed through what it took."""
+        outputs = self.outputs.get(call)
+        if outputs is None:
+            return False  # no float output to judge by
+        return self.bad(outputs) <= self.bad(self.inputs.get(call, ()))
+
+    def mask_like(self, slots: set[int]) -> bool:
+        """Every tensor among ``slots`` holds -inf but neither NaN nor +inf (its min is
+        -inf, its max finite): what an additive attention mask holds, and log(0)."""
+        lows = {slot - slot % 2 for slot in slots}  # a tensor's slots are (min, max)
+        return all(
+            np.isneginf(self.host[low]) and np.isfinite(self.host[low + 1]) for low in lows
+        )
+
+    def reads_as_mask(self, event: _Event, bad: set[int]) -> bool:
+        """Whether ``bad`` values of ``event`` are read as an intentional -inf mask.
+
+        Inputs: only -inf, and either not the call's first input (a mask rides along
+        with the data, as ``attn_mask=`` or ``(x, mask)``; -inf *as* the data, as in
+        ``fc(torch.log(h))``, is a fault) or carried on by the call, whose own new
+        non-finite outputs hold only -inf too (a module that prepares a mask).
+        Outputs: only -inf, made by a call that was given a mask (``scores + mask``,
+        ``mask.expand(...)``): the mask, carried on.
+        """
+        if not self.mask_like(bad):
+            return False
+        call = event.call
+        if event.kind == _Kind.OUT:
+            return bool(self.inputs.get(call, set()) & self.as_mask)
+        main = self.main_input.get(call)
+        if all(slot - slot % 2 != main for slot in bad):
+            return True
+        made = self.bad(self.outputs.get(call, ())) - self.bad(self.inputs.get(call, ()))
+        return bool(made) and self.mask_like(made)
+
+    def first(self, start: int = 0) -> tuple[int, _Event, set[int]] | None:
+        """The first forward event from ``start`` with non-finite values that its call
+        did not absorb; for outputs, only the values the call made itself."""
+        for index in range(start, len(self.events)):
+            event = self.events[index]
+            if event.kind not in (_Kind.IN, _Kind.OUT):
+                continue
+            bad = self.bad(event.slots)
+            if not bad or self.made_nothing(event.call):
+                continue
+            if event.kind == _Kind.OUT:
+                bad -= self.bad(self.inputs.get(event.call, ()))
+            if bad:
+                return index, event, bad
+        return None
+
+    def describe(self, event: _Event) -> NonfiniteOrigin:
+        call = self.calls[event.call]
+        if event.kind == _Kind.OUT:
+            return NonfiniteOrigin(
+                call.name,
+                "forward",
+                f"The first non-finite value was produced in the forward pass by "
+                f"{_quote(call.name)} ({call.type_name}): its inputs were finite, its "
+                "output was not; the layers after it only propagated it.",
+            )
+        if call.parent is None:
+            return NonfiniteOrigin(
+                None,
+                "input",
+                f"The model's input was already non-finite when it reached "
+                f"{_quote(call.name)} ({call.type_name}): no module produced it, the "
+                "data did; check the batch (and its preprocessing) for NaN/inf.",
+            )
+        parent = self.calls[call.parent]
+        return NonfiniteOrigin(
+            parent.name,
+            "forward",
+            f"The first non-finite value was produced inside the forward of "
+            f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
+            f"submodule (a functional op such as torch.log or a division, or a "
+            f"non-finite buffer), before it called {_quote(call.name)}.",
+        )
+
+
+def _forward_origin(search: _ForwardSearch) -> NonfiniteOrigin | None:
+    """The producer of the first non-finite forward value, telling masks from faults.
+
+    A value holding only -inf is ambiguous: an additive attention mask (intentional) or
+    log(0) (a fault). Values that read as masks (:meth:`_ForwardSearch.reads_as_mask`)
+    count as finite, and the search goes on past them; the alert names the first such
+    reading and what it would mean otherwise. A module that made -inf from finite
+    inputs is never passed over (that is what log(0) does); as it may also be a mask
+    builder, the alert adds what the search finds next.
+    """
+    found, taken = _next_fault(search, 0)
+    if found is None:
+        return None  # finite but for masks: the NaN comes from the backward pass or loss
+    index, event, bad = found
+    origin = search.describe(event)
+    if taken is not None:
+        return dataclasses.replace(
+            origin,
+            sentence=f"{origin.sentence} (A value holding only -inf reached "
+            f"{_quote(search.calls[taken.call].name)} earlier and was taken for an "
+            f"intentional mask; if it is not one: {search.describe(taken).sentence})",
+        )
+    takers = [c for s in bad for c in search.takers.get(s, ()) if c != event.call]
+    if event.kind != _Kind.OUT or not takers or not search.mask_like(bad):
+        return origin
+    search.as_mask |= bad  # the other reading: this module built a mask
+    later, _ = _next_fault(search, index)
+    other = (
+        "nothing after it in the forward pass was non-finite."
+        if later is None
+        else f"then look at what came next: {search.describe(later[1]).sentence}"
+    )
+    return dataclasses.replace(
+        origin,
+        sentence=f"{origin.sentence} Its output held -inf but no NaN, which an "
+        f"intentional additive mask also holds; if it is one, {other}",
+    )
+
+
+def _next_fault(
+    search: _ForwardSearch, start: int
+) -> tuple[tuple[int, _Event, set[int]] | None, _Event | None]:
+    """The first event from ``start`` whose non-finite values do not read as a mask,
+    taking those that do for masks on the way; and the first event read as one."""
+    taken: _Event | None = None
+    found = search.first(start)
+    while found is not None and search.reads_as_mask(found[1], found[2]):
+        taken = taken or found[1]
+        search.as_mask |= found[2]
+        found = search.first(found[0])
+    return found, taken
+
+
+def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
+    """The producer of ``record``'s first non-finite value, if the record has one.
+
+    Never raises: a failure to localise leaves the plain ``nonfinite`` alert.
+    """
+    if record.loss_finite and record.grad_finite.all() and record.weight_finite.all():
+        return None  # the common case: the flags are never read
+    try:
+        return resolve(trace)
+    except Exception:
+        logger.warning("gradwatch could not localise a non-finite value", exc_info=True)
+        return None
+
+
+def _float_tensors(tree: Any) -> list[Tensor]:
+    """The non-empty floating-point (or complex) tensors in a module's inputs or output."""
+    return [
+        leaf
+        for leaf in _leaves(tree)
+        if isinstance(leaf, Tensor)
+        and (leaf.is_floating_point() or leaf.is_complex())
+        and leaf.numel() > 0
+    ]
+
+
+def _leaves(tree: Any) -> list[Any]:
+    """``tree_leaves(tree)``, with a fast path for what modules almost always pass: a
+    tensor, or flat tuples/lists and dicts of non-containers (pytree costs ~30 µs per
+    call, paid twice per module call)."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    if type(tree) is tuple and len(tree) == 2 and type(tree[1]) is dict:  # (args, kwargs)
+        args, kwargs = tree
+        flat_args = type(args) is tuple and all(isinstance(a, _FLAT) for a in args)
+        if flat_args and all(isinstance(v, _FLAT) for v in kwargs.values()):
+            return [*args, *kwargs.values()]
+    if type(tree) in (tuple, list) and all(isinstance(a, _FLAT) for a in tree):
+        return list(tree)
+    return tree_leaves(tree)
+
+
+#: Leaves that are certainly not pytree containers.
+_FLAT = (Tensor, int, float, bool, str, type(None))
+
+
+class _PreHook(CopyInertHook):
+    __slots__ = ("locator", "name", "type_name")
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator], name: str, type_name: str):
+        self.locator = locator
+        self.name = name
+        self.type_name = type_name
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if being_traced():
+            return  # not traced into a graph (torch.compile, jit.trace): not a real call
+        locator = self.locator()
+        if locator is not None:
+            try:
+                locator._before(self.name, self.type_name, args, kwargs)
+            except Exception:  # localisation must never break the user's forward
+                logger.debug("gradwatch: localisation pre-hook failed", exc_info=True)
+
+
+class _PostHook(CopyInertHook):
+    __slots__ = ("locator",)
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator]):
+        self.locator = locator
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if being_traced():
+            return  # not traced into a graph (torch.compile, jit.trace): not a real call
+        locator = self.locator()
+        if locator is not None:
+            try:
+                locator._after(output)
+            except Exception:  # localisation must never break the user's forward
+                logger.debug("gradwatch: localisation hook failed", exc_info=True)
+
+
+class _GradHook(CopyInertHook):
+    """Checks the gradient of one tensor once, for every (kind, call) role it plays."""
+
+    __slots__ = ("generation", "locator", "roles")
+
+    def __init__(self, locator: weakref.ref[NonfiniteLocator], generation: int):
+        self.locator = locator
+        self.generation = generation
+        self.roles: list[tuple[_Kind, int]] = []
+
+    def __call__(self, grad: Tensor) -> None:
+        locator = self.locator()
+        if locator is not None and grad is not None:
+            try:
+                locator._grad(self, grad)
+            except Exception:  # localisation must never break the user's backward
+                logger.debug("gradwatch: localisation gradient hook failed", exc_info=True)

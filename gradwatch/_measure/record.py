@@ -1,0 +1,77 @@
+"""What one optimizer step measured, on the host: the record every later stage reads.
+
+:class:`StepRecord` is the output of the measuring stage (``gradwatch._measure``) once the
+step's device vector has been copied to the host; the history keeps them, detectors read
+them, sinks write them. :class:`NonfiniteOrigin` is the localiser's answer, carried in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class NonfiniteOrigin:
+    """Where a step's first non-finite value was produced.
+
+    Attributes:
+        layer: the producing module's qualified name; ``None`` when the producer is
+            outside the model (the input batch, or the loss).
+        phase: ``"forward"``, ``"backward"``, ``"input"`` or ``"loss"``.
+        sentence: one sentence for the alert.
+    """
+
+    layer: str | None
+    phase: str
+    sentence: str
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """Statistics of one optimizer step, on the host.
+
+    Per-layer arrays are aligned with :attr:`gradwatch._layers.LayerIndex.names`. A layer
+    with no gradient this step (frozen, unused) has ``has_grad`` False and a NaN
+    ``grad_norm``: it is reported as "no gradient", never as a zero gradient.
+
+    ``clip_coef`` is the factor the clipper scaled the gradient's global norm by (None
+    without clipping); ``skipped`` marks a step gradwatch dropped (``on_nonfinite="skip"``,
+    ``skip_spikes``); ``amp_skipped`` one the ``GradScaler`` skipped for inf/NaN.
+    """
+
+    step: int
+    grad_norm: np.ndarray
+    weight_norm: np.ndarray
+    has_grad: np.ndarray
+    total_grad_norm: float
+    loss: float | None = None
+    update_ratio: np.ndarray | None = None
+    clip_coef: float | None = None
+    skipped: bool = False
+    amp_skipped: bool = False
+    activations: dict[str, np.ndarray] | None = None
+    activation_layers: tuple[str, ...] | None = None
+    extras: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Role of each module in ``activation_layers`` (``"mixing"``, ``"bounded"``, ...).
+    activation_roles: tuple[str, ...] | None = None
+    #: Which module produced the step's first NaN/inf (``locate_nonfinite=True`` only).
+    nonfinite_origin: NonfiniteOrigin | None = None
+    #: Values detectors derive from this record, cached so that each is computed once.
+    derived: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    @property
+    def grad_finite(self) -> np.ndarray:
+        """Per layer: True where the gradient is finite or absent."""
+        return np.isfinite(self.grad_norm) | ~self.has_grad
+
+    @property
+    def weight_finite(self) -> np.ndarray:
+        return np.isfinite(self.weight_norm)
+
+    @property
+    def loss_finite(self) -> bool:
+        return self.loss is None or bool(np.isfinite(self.loss))

@@ -1,0 +1,125 @@
+"""Per-layer norms computed in batched kernels on the model's device.
+
+The hot path: one ``torch._foreach_norm`` per (device, dtype, layout) group of tensors,
+then one ``index_add_`` per group folds per-parameter norms into per-layer squared norms.
+The number of kernel launches is O(groups), not O(parameters), and nothing here reads a
+value back to the host (no ``.item()``, no ``.cpu()``, no Python branching on tensor
+values), so a CUDA stream is never synchronised (compare ``torch.nn.utils.clip_grad``).
+Norms are accumulated in float32 whatever the parameters' dtype (bf16/fp16 included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gradwatch._measure.layers import LayerIndex
+
+_GroupKey = tuple[torch.device, torch.dtype, tuple[int, ...]]
+#: Low-precision dtypes whose norms are accumulated in float32.
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _dense_values(tensor: Tensor) -> Tensor:
+    """A real, strided view of a tensor's stored values with the same L2 norm.
+
+    A sparse gradient contributes its non-zeros; a complex tensor is viewed as pairs of
+    reals (|a+bi|² = a² + b²), so every group can be reduced in float32.
+    """
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce().values()
+    elif tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    return tensor
+
+
+class LayerNorms:
+    """Folds per-parameter L2 norms into per-layer squared norms, batched by group.
+
+    Index tensors that map parameters to layers are built once per distinct set of
+    present tensors and cached, so steady-state steps build no new host→device copies.
+    """
+
+    def __init__(self, index: LayerIndex, device: torch.device) -> None:
+        self._num_layers = index.num_layers
+        self._param_layer = index.param_layer
+        self.device = device
+        self._layer_ids_cache: dict[_GroupKey, Tensor] = {}
+        # Build the index tensors of the steady state (every parameter, and every
+        # gradient, present) now, at attach time, so the hot path copies nothing.
+        for (group_device, dtype), (_, layers) in self._groups(index.params).items():
+            self._layer_ids(group_device, dtype, layers)
+
+    def _groups(
+        self, tensors: Sequence[Tensor | None]
+    ) -> dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[int]]]:
+        """Present tensors bucketed by (device, dtype), with the layer of each."""
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[int]]] = {}
+        for tensor, layer in zip(tensors, self._param_layer):
+            if tensor is None:
+                continue
+            dense = _dense_values(tensor)
+            key = (dense.device, dense.dtype)
+            bucket = groups.get(key)
+            if bucket is None:
+                bucket = groups[key] = ([], [])
+            bucket[0].append(dense)
+            bucket[1].append(layer)
+        return groups
+
+    def squared(self, tensors: Sequence[Tensor | None]) -> Tensor:
+        """Per-layer sum of squared L2 norms of ``tensors`` (aligned with the parameters).
+
+        ``None`` entries (no gradient) contribute nothing. Returns a float32 vector of
+        length ``num_layers`` on ``self.device``.
+        """
+        # no_grad: the measurement builds no autograd graph, so parameters need no
+        # per-tensor detach() (which would be one dispatched op per parameter).
+        with torch.no_grad():
+            out = torch.zeros(self._num_layers, dtype=torch.float32, device=self.device)
+            for (device, dtype), (values, layers) in self._groups(tensors).items():
+                # float16/bfloat16 are accumulated in float32 (a norm overflows fp16 at
+                # 65504); float64 and complex keep their own precision (_foreach_norm
+                # refuses to narrow them), then the result is converted.
+                accumulate = torch.float32 if dtype in _UPCAST else None
+                norms = torch._foreach_norm(values, 2.0, dtype=accumulate)
+                squares = torch.stack(norms).to(torch.float32).square_()
+                if squares.device != self.device:
+                    # non_blocking: a device→device hop must not stall the host.
+                    squares = squares.to(self.device, non_blocking=True)
+                out.index_add_(0, self._layer_ids(device, dtype, layers), squares)
+        return out
+
+    def _layer_ids(self, device: torch.device, dtype: torch.dtype, layers: list[int]) -> Tensor:
+        key = (device, dtype, tuple(layers))
+        ids = self._layer_ids_cache.get(key)
+        if ids is None:
+            # Built once per distinct group and cached (the steady state's at attach
+            # time). The host tensor is pinned on CUDA so the copy is truly asynchronous
+            # (a pageable host→device copy is staged through a bounce buffer).
+            host = torch.tensor(layers, dtype=torch.long)
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            ids = host.to(self.device, non_blocking=True)
+            if len(self._layer_ids_cache) > 64:  # parameters come and go: keep it bounded
+                self._layer_ids_cache.clear()
+            self._layer_ids_cache[key] = ids
+        return ids
+
+
+def snapshot(params: Sequence[Tensor]) -> list[Tensor]:
+    """A detached copy of ``params`` (the one transient copy an update ratio costs)."""
+    with torch.no_grad():
+        return list(torch._foreach_mul(list(params), 1.0)) if params else []
+
+
+def update_squared(index: LayerIndex, norms: LayerNorms, before: list[Tensor]) -> Tensor:
+    """Per-layer ‖Δw‖² where Δw = current parameters - ``before``; consumes ``before``."""
+    if before:
+        with torch.no_grad():  # no autograd, so no per-parameter detach() either
+            torch._foreach_sub_(before, list(index.params))
+    return norms.squared(before)

@@ -1,0 +1,177 @@
+"""Step policies: what the watcher does to a step before the update, beyond measuring it.
+
+- **clip**: a :mod:`~gradwatch._clip` clipper scales the gradients in place, on the device,
+  after the statistics were measured (so ``total/grad_norm`` is the norm before clipping);
+  its coefficient goes to the host with the rest of the step (``total/clip_coef``).
+- **skip spikes** (``skip_spikes=z``, off by default): a step whose loss or total gradient
+  norm lies more than ``z`` standard deviations above the mean of the last
+  ``spike_window`` steps is dropped - every ``.grad`` is set to None so that torch
+  optimizers leave the parameters *and* their state (moments, step counters) untouched,
+  as ``on_nonfinite="skip"`` does. This is the rule large-model trainers use to ride
+  out loss spikes (e.g. OLMo-core's ``SkipStepOptimizer``: rolling window of 128 steps,
+  6 sigma). Deciding *before* the update needs this step's loss and norm on the host:
+  the one host sync it costs per step (shared with ``on_nonfinite="skip"|"raise"``).
+- **count**: clipped and skipped steps, for :attr:`gradwatch.Watcher.clipped_steps` etc.
+
+The non-finite policy itself stays in the watcher (``_apply_host_policies``).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradwatch._alerts import Alert
+from gradwatch._clip import Clipper, ClipTarget, resolve_clip
+from gradwatch._config import WatchConfig
+from gradwatch._measure.layers import LayerIndex
+from gradwatch._measure.record import StepRecord
+
+#: How many scalars the policies add to a step's statistics vector (when active).
+POLICY_VALUES = ("clip_coef", "amp_found_inf")
+
+SPIKE_REMEDY = (
+    "look at the batch of that step (bad or duplicated data), lower the learning rate or "
+    "add warm-up, and clip gradients (clip=1.0 or gradwatch.ZClip()); a step that keeps "
+    "being skipped means the run has moved, not spiked."
+)
+
+
+class RollingStats:
+    """Mean and sample std of the last ``window`` finite values (host side)."""
+
+    def __init__(self, window: int) -> None:
+        self.values: collections.deque[float] = collections.deque(maxlen=window)
+
+    def zscore(self, value: float, min_count: int) -> float | None:
+        """How many stds ``value`` lies above the mean; None while there are too few values."""
+        if len(self.values) < min_count:
+            return None
+        data = np.fromiter(self.values, dtype=np.float64)
+        std = float(data.std(ddof=1))
+        mean = float(data.mean())
+        if not math.isfinite(value):
+            return math.inf
+        if std == 0.0:
+            return math.inf if value > mean else 0.0
+        return (value - mean) / std
+
+    def add(self, value: float | None) -> None:
+        if value is not None and math.isfinite(value):
+            self.values.append(value)
+
+
+class SpikeSkipper:
+    """Decides whether a step's loss or gradient norm spikes far above its rolling stats.
+
+    Statistics cover the last ``window`` finite values *including* earlier spikes (so a
+    lasting change of regime is absorbed instead of skipping forever); the rule is active
+    once half a window has been seen. Non-finite values are left to ``on_nonfinite``.
+    """
+
+    def __init__(self, z_thresh: float, window: int) -> None:
+        self.z_thresh = z_thresh
+        self.window = window
+        self.min_count = max(2, window // 2)
+        self.loss = RollingStats(window)
+        self.grad_norm = RollingStats(window)
+
+    def check(self, record: StepRecord, layer_names: tuple[str, ...]) -> Alert | None:
+        """The alert for a step to skip, or None; then adds the step to the statistics."""
+        alert = None
+        checks = [("grad_spike", "total gradient norm", record.total_grad_norm, self.grad_norm)]
+        if record.loss is not None:
+            checks.insert(0, ("loss_spike", "loss", record.loss, self.loss))
+        for kind, what, value, stats in checks:
+            if alert is None and math.isfinite(value):
+                z = stats.zscore(value, self.min_count)
+                if z is not None and z > self.z_thresh:
+                    alert = Alert(
+                        kind=kind,
+                        severity="warning",
+                        step=record.step,
+                        layer=None,
+                        message=(
+                            f"The {what} ({value:.4g}) is {z:.1f} standard deviations above "
+                            f"its mean over the last {len(stats.values)} steps; the step was "
+                            "skipped (skip_spikes): parameters and optimizer state unchanged."
+                        ),
+                        value=float(value),
+                        threshold=self.z_thresh,
+                        remedy=SPIKE_REMEDY,
+                    )
+        self.loss.add(record.loss)
+        self.grad_norm.add(record.total_grad_norm)
+        return alert
+
+
+class StepPolicies:
+    """The clipper, the spike skipper and the counters of one watcher."""
+
+    def __init__(self, config: WatchConfig, index: LayerIndex, has_scaler: bool) -> None:
+        self.clipper: Clipper | None = resolve_clip(config.clip)
+        self.spikes = (
+            SpikeSkipper(float(config.skip_spikes), config.spike_window)
+            if config.skip_spikes is not None
+            else None
+        )
+        self.needs_host = config.on_nonfinite != "warn" or self.spikes is not None
+        #: Policy scalars appended to each step's statistics (0 when nothing is active).
+        self.num_values = len(POLICY_VALUES) if self.clipper is not None or has_scaler else 0
+        self._layer_names = index.names
+        self._param_layer = index.param_layer
+        self.clipped_steps = 0
+        self.skipped_steps = 0
+        self.amp_skipped_steps = 0
+
+    def clip(self, params: Sequence[Tensor], total_norm: Tensor) -> Tensor | None:
+        """Clip the present gradients in place; the coefficient (device scalar) or None."""
+        if self.clipper is None:
+            return None
+        with torch.no_grad():
+            target = ClipTarget([], [], [])
+            for param, layer in zip(params, self._param_layer):
+                if param.grad is not None:  # a host-side attribute check, not a tensor read
+                    target.params.append(param)
+                    target.grads.append(param.grad)
+                    target.layers.append(self._layer_names[layer])
+            return self.clipper.clip_(target, total_norm).float()
+
+    def values(self, coef: Tensor | None, found_inf: Tensor | None, like: Tensor) -> list[Tensor]:
+        """The policy scalars for the statistics vector: ``[clip_coef, amp_found_inf]``."""
+        if not self.num_values:
+            return []
+        # -1 marks "no clipper" (a coefficient is never negative; NaN is a real value).
+        none = torch.full((1,), -1.0, device=like.device)
+        return [
+            none if coef is None else coef.reshape(1).to(like.device, non_blocking=True),
+            torch.zeros(1, device=like.device)
+            if found_inf is None
+            else found_inf.reshape(1).to(like.device, torch.float32, non_blocking=True),
+        ]
+
+    def read(self, host: np.ndarray, start: int) -> tuple[float | None, bool]:
+        """``(clip_coef, amp_skipped)`` from a host statistics vector at ``start``."""
+        if not self.num_values:
+            return None, False
+        coef = float(host[start])
+        return (None if coef < 0 else coef), bool(host[start + 1] > 0)
+
+    def check_spike(self, record: StepRecord) -> Alert | None:
+        if self.spikes is None or record.amp_skipped:
+            return None
+        return self.spikes.check(record, self._layer_names)
+
+    def observe(self, record: StepRecord) -> None:
+        """Count the step once its statistics reached the host."""
+        if record.clip_coef is not None and record.clip_coef < 1.0 and not record.amp_skipped:
+            self.clipped_steps += 1
+        if record.skipped:
+            self.skipped_steps += 1
+        if record.amp_skipped:
+            self.amp_skipped_steps += 1

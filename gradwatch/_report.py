@@ -1,0 +1,193 @@
+"""The :class:`Report` that :func:`gradwatch.check` returns: a verdict, the alerts with
+what to try, and the per-layer numbers behind them, as text or as JSON-safe data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from gradwatch._alerts import SEVERITY_RANK, Alert
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """One layer's gradient and weight norms over a checked run.
+
+    ``final_*`` are the values at the last measured step (NaN where the layer had no
+    gradient then); ``max_*`` the largest finite values seen over the run (over its last
+    ``history`` steps when it ran longer than that).
+    """
+
+    name: str
+    type: str
+    final_grad_norm: float
+    final_weight_norm: float
+    max_grad_norm: float
+    max_weight_norm: float
+
+    @property
+    def final_ratio(self) -> float:
+        """‖g‖/‖w‖ at the last step (NaN when undefined)."""
+        if not math.isfinite(self.final_grad_norm) or not self.final_weight_norm > 0:
+            return math.nan
+        return self.final_grad_norm / self.final_weight_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        for field in (
+            "final_grad_norm",
+            "final_weight_norm",
+            "max_grad_norm",
+            "max_weight_norm",
+        ):
+            out[field] = json_number(getattr(self, field))
+        return out
+
+
+def json_number(value: float | None) -> float | str | None:
+    """A float for JSON: non-finite numbers become strings (``"nan"``, ``"inf"``)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _fmt(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return str(value)
+    return f"{value:.3g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What :func:`gradwatch.check` found.
+
+    Attributes:
+        ok: True when no alert of severity ``"warning"`` or ``"error"`` was raised.
+        alerts: every alert raised, in order.
+        steps: optimizer steps actually taken (fewer than asked if training was stopped,
+            e.g. by ``on_nonfinite="raise"``).
+        steps_requested: the ``steps`` asked for.
+        losses: the loss of each step, in order.
+        baseline_losses: with ``baseline=True``, the loss of each step's batch with the
+            weights frozen at their initial values (the learning-rate-zero baseline).
+        layers: per-layer norms, input side first.
+        stopped: why training stopped early, or None.
+    """
+
+    ok: bool
+    alerts: tuple[Alert, ...]
+    steps: int
+    steps_requested: int
+    losses: tuple[float, ...]
+    layers: tuple[LayerSummary, ...]
+    baseline_losses: tuple[float, ...] | None = None
+    stopped: str | None = None
+
+    @property
+    def problems(self) -> tuple[Alert, ...]:
+        """The alerts of severity warning or error (those that make ``ok`` False)."""
+        return tuple(a for a in self.alerts if SEVERITY_RANK[a.severity] >= 1)
+
+    def counts(self) -> dict[str, int]:
+        """How many alerts of each severity."""
+        out = {"info": 0, "warning": 0, "error": 0}
+        for alert in self.alerts:
+            out[alert.severity] += 1
+        return out
+
+    def summary(self) -> str:
+        """Human text: the verdict, the alerts with what to try, the per-layer table."""
+        counts = self.counts()
+        verdict = "HEALTHY" if self.ok else "UNHEALTHY"
+        lines = [
+            f"gradwatch check: {verdict} after {self.steps} step(s) "
+            f"({counts['error']} error(s), {counts['warning']} warning(s), "
+            f"{counts['info']} info)"
+        ]
+        if self.stopped:
+            lines.append(f"Stopped early: {self.stopped}")
+        lines.append(self._loss_line())
+        if self.alerts:
+            lines.append("")
+            lines.append("Alerts:")
+            ordered = sorted(self.alerts, key=lambda a: (-SEVERITY_RANK[a.severity], a.step))
+            for alert in ordered:
+                lines.append(
+                    f"  [{alert.severity}] {alert.kind} at step {alert.step} in "
+                    f"{alert.where}: {alert.message}"
+                )
+                if alert.remedy:
+                    lines.append(f"      Try: {alert.remedy}")
+        else:
+            lines.append("No alerts.")
+        lines.append("")
+        lines.extend(self._layer_table())
+        return "\n".join(lines)
+
+    def _loss_line(self) -> str:
+        finite = [v for v in self.losses if math.isfinite(v)]
+        if not self.losses:
+            return "Loss: not recorded."
+        text = (
+            f"Loss: {_fmt(self.losses[0])} at the first step -> {_fmt(self.losses[-1])} at the last"
+        )
+        if finite:
+            text += f" (min {_fmt(min(finite))})"
+        if self.baseline_losses:
+            base = [v for v in self.baseline_losses if math.isfinite(v)]
+            if base:
+                text += (
+                    f"; frozen-weights baseline on the same batches: "
+                    f"{_fmt(min(base))} .. {_fmt(max(base))}"
+                )
+        return text + "."
+
+    def _layer_table(self) -> list[str]:
+        header = ("layer", "type", "grad norm", "weight norm", "grad/weight", "max grad norm")
+        rows = [
+            (
+                layer.name or "(root module)",
+                layer.type,
+                _fmt(layer.final_grad_norm),
+                _fmt(layer.final_weight_norm),
+                _fmt(layer.final_ratio),
+                _fmt(layer.max_grad_norm),
+            )
+            for layer in self.layers
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+        def line(row: Sequence[str]) -> str:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+            return "  " + "  ".join(cells).rstrip()
+
+        out = ["Per-layer norms at the final step (input side first):", line(header)]
+        out.extend(line(row) for row in rows)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe data (``json.dumps`` works; non-finite numbers become strings)."""
+        return {
+            "ok": self.ok,
+            "steps": self.steps,
+            "steps_requested": self.steps_requested,
+            "stopped": self.stopped,
+            "counts": self.counts(),
+            "alerts": [alert.to_dict() for alert in self.alerts],
+            "losses": [json_number(v) for v in self.losses],
+            "baseline_losses": (
+                None
+                if self.baseline_losses is None
+                else [json_number(v) for v in self.baseline_losses]
+            ),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def __str__(self) -> str:
+        return self.summary()

@@ -1,0 +1,662 @@
+"""The :class:`Watcher`: attaches to a model and optimizer, measures every step, owns
+everything it attached, and hands statistics down the pipeline.
+
+Data flows one way (DESIGN.md)::
+
+    optimizer step pre-hook ─► per-layer norms on the device (_stats)
+        ─► host copy (_transfer) ─► History ─► detectors ─► AlertBook ─► sinks
+
+The watcher holds the model only through a weak reference and keeps every hook handle
+and writer in one ``ExitStack``, so ``close()`` leaves the model exactly as it found it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import logging
+import os
+import weakref
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradwatch._alerts import Alert, AlertBook
+from gradwatch._config import WatchConfig
+from gradwatch._detectors import (
+    Detector,
+    DetectorContext,
+    default_detectors,
+    detectors_for_step,
+    is_trend_step,
+    judges_trend,
+)
+from gradwatch._detectors.nonfinite import nonfinite_alert
+from gradwatch._errors import NonFiniteError
+from gradwatch._history import History
+from gradwatch._measure.activations import ActivationProbe, ActivationSample, split_activations
+from gradwatch._measure.amp import ScalerBridge
+from gradwatch._measure.compile import compiled_modules
+from gradwatch._measure.distributed import AlertRelay, GlobalNorms
+from gradwatch._measure.hooks import WatcherHook
+from gradwatch._measure.layers import LayerIndex
+from gradwatch._measure.localize import NonfiniteLocator, StepTrace, locate
+from gradwatch._measure.record import StepRecord
+from gradwatch._measure.stats import LayerNorms, snapshot, update_squared
+from gradwatch._measure.transfer import HostCopy, to_host
+from gradwatch._policies import StepPolicies
+from gradwatch._sinks import GuardedSink
+from gradwatch._sinks.logging_sink import LoggingSink
+
+logger = logging.getLogger(__name__)
+
+#: Models being watched right now (weakly held), to refuse watching one twice at once.
+_WATCHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Watcher]] = weakref.WeakKeyDictionary()
+#: Watchers still open, closed at interpreter exit so that buffered events reach disk.
+_OPEN: weakref.WeakSet[Watcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_watchers() -> None:
+    for watcher in list(_OPEN):
+        with contextlib.suppress(Exception):
+            watcher.close()
+
+
+@dataclasses.dataclass
+class PendingStep:
+    """One step's statistics while they are still device tensors.
+
+    The layout of ``values`` is ``[grad_norm (L), weight_norm (L), total_grad_norm, loss]``,
+    then the policies' scalars (``[clip_coef, amp_found_inf]`` when clipping or a scaler
+    is active, see ``_policies``), then ``update_ratio (L)`` once the update was measured.
+    """
+
+    step: int
+    values: Tensor
+    has_grad: np.ndarray
+    has_loss: bool
+    weights_before: list[Tensor] | None = None
+    host: np.ndarray | None = None
+    skipped: bool = False
+    activations: ActivationSample | None = None
+    trace: StepTrace | None = None
+
+    @property
+    def total_norm(self) -> Tensor:
+        """The total gradient norm (a device scalar, before any clipping)."""
+        return self.values[2 * len(self.has_grad)]
+
+
+def logdir_path(logdir: object, *, hint: str = "Pass e.g. logdir='runs/exp1'.") -> str | None:
+    """``logdir`` as a path string, or None; any other type is refused, with ``hint``."""
+    if logdir is None:
+        return None
+    if not isinstance(logdir, (str, os.PathLike)):
+        raise TypeError(
+            f"logdir must be a path (str or os.PathLike) or None, got "
+            f"{type(logdir).__name__} {logdir!r}. {hint}"
+        )
+    return os.fsdecode(os.fspath(logdir))
+
+
+def _validate_logdir(logdir: object, *, create: bool = True) -> str | None:
+    path = logdir_path(logdir)
+    if path is None:
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"logdir {path!r} is a file, not a directory. Pass a directory path "
+            "(it is created if missing), e.g. logdir='runs/exp1'."
+        )
+    if not create:  # a rank that does not write (distributed, rank != 0) touches nothing
+        return path
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"logdir {path!r} cannot be created ({error.strerror or error}). Pass a "
+            "directory you can write to, or logdir=None to log nothing to disk."
+        ) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"logdir {path!r} is not writable. Pass a directory you can write to, or "
+            "logdir=None to log nothing to disk."
+        )
+    return path
+
+
+def _validate_model_and_optimizer(model: object, optimizer: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}. "
+            "Pass the model itself: gradwatch.watch(model, optimizer)."
+        )
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        hint = ""
+        if isinstance(optimizer, torch.optim.lr_scheduler.LRScheduler):
+            hint = " You passed a learning-rate scheduler; pass scheduler.optimizer instead."
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, got "
+            f"{type(optimizer).__name__}.{hint} Pass the optimizer that updates the model, "
+            "or None and call Watcher.step() yourself after backward()."
+        )
+    model_params = {id(p) for p in model.parameters()}
+    optimizer_params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if model_params and not model_params & optimizer_params:
+        raise ValueError(
+            "optimizer does not update any parameter of model: it was built for another "
+            "model (or a copy of this one). Build it from this model's parameters, e.g. "
+            "torch.optim.AdamW(model.parameters()), or pass the matching optimizer."
+        )
+
+
+class Watcher:
+    """Watches one model (and optionally its optimizer); create it with :func:`watch`.
+
+    Use it as a context manager, or call :meth:`close` when done. ``alerts`` holds every
+    alert raised so far; ``history`` the last ``config.history`` steps of statistics.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        logdir: str | os.PathLike[str] | None = None,
+        config: WatchConfig | None = None,
+        reports_amp: bool = False,
+    ) -> None:
+        """See :func:`watch`. ``reports_amp`` is for integrations whose framework runs a
+        GradScaler itself and calls :meth:`step`: they hand each step's scaler verdict
+        to ``_step_found_inf`` so a step the scaler skips is an ``amp_skip``, not a NaN.
+        """
+        _validate_model_and_optimizer(model, optimizer)
+        self.config = config if config is not None else WatchConfig()
+        existing = _WATCHED.get(model)
+        other = existing() if existing is not None else None
+        if other is not None and not other.closed:
+            raise ValueError(
+                "model is already being watched by an open gradwatch Watcher. Close that "
+                "one first (watcher.close() or leave its `with` block), or keep using it."
+            )
+        self.index = LayerIndex.from_model(model)
+        if not self.index.params:
+            raise ValueError(
+                f"model ({type(model).__name__}) has no parameters, so there is nothing to "
+                "watch. Pass the module that owns the trainable parameters."
+            )
+        self.device = self.index.device()
+        # Distributed: global statistics through one all-reduce per step (_distributed).
+        self._global = GlobalNorms.create(self.index, self.device, self.config.distributed)
+        self.is_writer = self._global is None or self._global.rank == 0
+        #: How many ranks' statistics are combined (1 when watched alone).
+        self.world_size = 1 if self._global is None else self._global.world_size
+        self.logdir = _validate_logdir(logdir, create=self.is_writer)
+        self._model_ref = weakref.ref(model)
+        self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
+        self.history = History(self.config.history)
+        self._trend_due = False  # the trend detectors have yet to judge the latest step
+        self._norms = LayerNorms(self.index, self.device)
+        self._book = AlertBook()
+        self._context = DetectorContext(
+            self.index.names,
+            self.index.module_types,
+            self.config,
+            layer_numel=self.index.layer_numel(),
+            holds_sublayers=self.index.holds_sublayers,
+        )
+        self._detectors: list[Detector] = default_detectors(self.config)
+        self._policies = StepPolicies(
+            self.config, self.index, self.config.scaler is not None or reports_amp
+        )
+        #: The caller's GradScaler verdict for the next step() (``reports_amp`` only).
+        self._step_found_inf: Tensor | None = None
+        self._amp: ScalerBridge | None = None
+        self._step = 0
+        self._loss: Tensor | float | None = None
+        self._pending: PendingStep | None = None
+        self._inflight: list[HostCopy] = []
+        self._closed: bool = False
+        self._stack = contextlib.ExitStack()
+        self._sinks: list[GuardedSink] = []
+        self._relay = AlertRelay.create(self._global)
+        try:
+            self._add_sink(LoggingSink(), "logging")
+            if self._relay is not None and not self.is_writer:
+                self._add_sink(self._relay, "alert relay to rank 0")
+            if self.logdir is not None and self.is_writer:
+                from gradwatch._sinks.tensorboard import TensorBoardSink
+
+                self._add_sink(
+                    TensorBoardSink(
+                        self.logdir,
+                        flush_secs=self.config.flush_secs,
+                        history=self.history,
+                        flow_image_every=self.config.flow_image_every,
+                    ),
+                    "TensorBoard",
+                )
+            self._probe, self._locator = self._attach_probes(model)
+            if optimizer is not None:
+                self._stack.enter_context(
+                    optimizer.register_step_pre_hook(WatcherHook(self, "_before_optimizer_step"))
+                )
+                self._stack.enter_context(
+                    optimizer.register_step_post_hook(WatcherHook(self, "_after_optimizer_step"))
+                )
+            if self.config.scaler is not None:
+                if optimizer is None:
+                    raise ValueError(
+                        "scaler needs the optimizer it steps: pass it, as in "
+                        "gradwatch.watch(model, optimizer, scaler=scaler)."
+                    )
+                self._amp = ScalerBridge(
+                    self.config.scaler,
+                    optimizer,
+                    before_step=self._before_scaler_step,
+                    after_step=self._seal_pending,
+                )
+                self._stack.enter_context(self._amp.attached())
+        except BaseException:
+            self._stack.close()
+            raise
+        _WATCHED[model] = weakref.ref(self)
+        _OPEN.add(self)
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def step_count(self) -> int:
+        """How many steps were measured so far (the next step's index)."""
+        return self._step
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far, in order (waits for statistics still in flight)."""
+        self._drain(block=True)
+        return list(self._book.alerts)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def clipped_steps(self) -> int:
+        """How many steps the clipper actually shrank (coefficient < 1) so far."""
+        self._drain(block=True)
+        return self._policies.clipped_steps
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps gradwatch skipped (``on_nonfinite="skip"``, ``skip_spikes``)."""
+        self._drain(block=True)
+        return self._policies.skipped_steps
+
+    @property
+    def amp_skipped_steps(self) -> int:
+        """How many steps the ``GradScaler`` skipped for inf/NaN gradients."""
+        self._drain(block=True)
+        return self._policies.amp_skipped_steps
+
+    def record_loss(self, loss: Tensor | float) -> None:
+        """Attach this iteration's loss to the step about to be taken.
+
+        Call it between ``backward()`` and ``optimizer.step()``. The tensor is detached
+        and kept on its device; it is read back with the rest of the step's statistics,
+        so this never forces a host sync.
+        """
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"record_loss(loss) expects a scalar loss, got a tensor of shape "
+                    f"{tuple(loss.shape)}. Reduce it first (loss.mean()) or pass the value."
+                )
+            self._loss = loss.detach()
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            # Kept as a Python float and filled in on the device by _measure(): a host
+            # tensor here would cost a host→device copy every step.
+            self._loss = float(loss)
+        else:
+            raise TypeError(
+                f"record_loss(loss) expects a scalar torch.Tensor or a float, got "
+                f"{type(loss).__name__}."
+            )
+
+    def step(self) -> None:
+        """Measure this iteration's gradients; for loops without an optimizer.
+
+        Call once per iteration after ``backward()`` and before the weights change. With
+        an optimizer passed to :func:`watch`, steps are measured automatically at each
+        ``optimizer.step()``, so calling this raises.
+        """
+        self._require_open("step")
+        if self._optimizer_ref is not None:
+            raise RuntimeError(
+                "Watcher.step() is for loops without an optimizer; this watcher measures "
+                "automatically at each optimizer.step(). Remove the gw.step() call."
+            )
+        self._seal_pending()
+        pending = self._measure()
+        self._pending = pending
+        if pending.weights_before is None:
+            self._seal_pending()
+        self._arm_activations()
+
+    def close(self) -> None:
+        """Finish: flush what was recorded, remove every hook, close writers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with contextlib.suppress(Exception):
+                self._seal_pending()
+            with contextlib.suppress(Exception):
+                self._drain(block=True)
+            with contextlib.suppress(Exception):
+                self._judge_trends_at_end()
+            if self._relay is not None and self.is_writer:
+                with contextlib.suppress(Exception):
+                    for alert in self._relay.finish():
+                        self._publish(alert)
+        finally:
+            self._stack.close()
+            for sink in self._sinks:
+                sink.close()
+            model = self._model_ref()
+            if model is not None and _WATCHED.get(model) is not None:
+                ref = _WATCHED.get(model)
+                if ref is not None and ref() is self:
+                    del _WATCHED[model]
+            _OPEN.discard(self)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"step {self._step}"
+        return (
+            f"<gradwatch.Watcher {len(self.index.names)} layers, {state}, "
+            f"{len(self._book.alerts)} alerts, logdir={self.logdir!r}>"
+        )
+
+    # ----------------------------------------------------------------- internals
+    def _add_sink(self, sink: Any, name: str) -> None:
+        self._sinks.append(GuardedSink(sink, name))
+
+    def _attach_probes(
+        self, model: nn.Module
+    ) -> tuple[ActivationProbe | None, NonfiniteLocator | None]:
+        """Activation sampling and NaN localisation, both owned by ``self._stack``."""
+        probe = locator = None
+        compiled = compiled_modules(model) if self.config.activation_every else []
+        if compiled:
+            # Hooks added and removed every few steps would make torch.compile recompile.
+            logger.info(
+                "gradwatch: activation statistics are off for a torch.compile'd model "
+                "(compiled: %s)",
+                ", ".join(repr(name or type(model).__name__) for name in compiled),
+            )
+        elif self.config.activation_every:
+            probe = ActivationProbe(model, include_eval=self.config.activation_eval)
+            self._stack.callback(probe.disarm)
+        if self.config.locate_nonfinite:
+            locator = NonfiniteLocator(model)
+            self._stack.callback(locator.remove)
+        self._probe = probe
+        self._arm_activations()
+        return probe, locator
+
+    def _arm_activations(self) -> None:
+        """Install the activation hooks when the coming step is a sampled one."""
+        if self._probe is not None and self._step % self.config.activation_every == 0:
+            self._probe.arm()
+
+    def _require_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"Watcher.{what}() called after close(); start a new watch().")
+
+    def _before_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
+        if self._closed or (self._amp is not None and self._amp.in_scaler_step):
+            return  # inside scaler.step(): already measured by _before_scaler_step
+        self._pending = self._measure()
+
+    def _before_scaler_step(self) -> None:
+        """``scaler.step(optimizer)`` is about to run: measure (and clip) unscaled grads."""
+        if not self._closed:
+            self._seal_pending()
+            self._pending = self._measure()
+
+    def _after_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> None:
+        if not self._closed:
+            self._seal_pending()
+            self._arm_activations()
+
+    def _measure(self) -> PendingStep:
+        """Compute this step's statistics on the device; apply policies that need them."""
+        step = self._step
+        self._step += 1
+        params = self.index.params
+        optimizer = self._optimizer_ref() if self._optimizer_ref is not None else None
+        if self._amp is not None and optimizer is not None:
+            self._amp.unscale(optimizer)  # at most once per step; a no-op if the user did
+        grads = [p.grad for p in params]
+        has_grad = np.zeros(self.index.num_layers, dtype=bool)
+        for grad, layer in zip(grads, self.index.param_layer):
+            if grad is not None:  # a host-side attribute check, not a tensor read
+                has_grad[layer] = True
+        loss = self._loss
+        self._loss = None
+        if loss is None or isinstance(loss, float):
+            # A fill kernel with a host scalar argument: no host→device copy, no sync.
+            value = float("nan") if loss is None else loss
+            loss_value = torch.full((1,), value, device=self.device)
+        else:
+            # non_blocking: the loss may live on another device; never wait for it here.
+            loss_value = loss.reshape(1).to(self.device, torch.float32, non_blocking=True)
+        if self._global is None:
+            grad_sq = self._norms.squared(grads)
+            weight_sq = self._norms.squared(params)
+        else:  # one all-reduce; every rank gets the same global numbers
+            grad_sq, weight_sq, loss_value = self._global.reduce_step(
+                grads, params, loss_value, loss is not None
+            )
+        total = grad_sq.sum().sqrt()
+        # Clipping comes after the statistics above, so they are of the unclipped gradient.
+        coef = self._policies.clip(params, total)
+        found_inf, self._step_found_inf = self._step_found_inf, None
+        if self._amp is not None and optimizer is not None:
+            found_inf = self._amp.found_inf(optimizer, self.device)
+        values = torch.cat(
+            [
+                grad_sq.sqrt(),
+                weight_sq.sqrt(),
+                total.reshape(1),
+                loss_value,
+                *self._policies.values(coef, found_inf, total),
+            ]
+        )
+        pending = PendingStep(step, values, has_grad, loss is not None)
+        if self._probe is not None:
+            pending.activations = self._probe.collect()  # removes the hooks; device values
+        if self._locator is not None:
+            pending.trace = self._locator.take()  # device flags, read only on NaN/inf
+        if self._policies.needs_host:
+            self._apply_host_policies(pending)
+        every = self.config.update_ratio_every
+        if every and step % every == 0 and not pending.skipped:
+            pending.weights_before = (
+                snapshot(params) if self._global is None else self._global.snapshot(params)
+            )
+        return pending
+
+    def _apply_host_policies(self, pending: PendingStep) -> None:
+        """``on_nonfinite="skip"|"raise"`` and ``skip_spikes`` must decide before the
+        update, on this step's values: the one host sync they cost (shared)."""
+        pending.host = pending.values.cpu().numpy()  # deliberate sync, documented
+        record = self._record(pending)
+        if self.config.on_nonfinite != "warn":
+            alert = nonfinite_alert(record, self._context)
+            if alert is not None:
+                if self.config.on_nonfinite == "raise":
+                    self._drain(block=True)  # earlier steps first: the history stays in order
+                    self._consume(record)
+                    raise NonFiniteError(alert)
+                self._skip(pending)
+                return
+        spike = self._policies.check_spike(record)
+        if spike is not None:
+            self._skip(pending)
+            self._publish(spike)
+
+    def _skip(self, pending: PendingStep) -> None:
+        """Drop this step: with every .grad set to None, torch optimizers leave both the
+        parameters and their state (moments, step counters) untouched."""
+        for p in self.index.params:
+            p.grad = None
+        pending.skipped = True
+
+    def _seal_pending(self) -> None:
+        """Finish the pending step (update ratio), then start its copy to the host."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        values = pending.values
+        if pending.weights_before is not None:
+            num = self.index.num_layers
+            if self._global is None:
+                update_sq = update_squared(self.index, self._norms, pending.weights_before)
+            else:
+                update_sq = self._global.update_squared(pending.weights_before)
+            update = update_sq.sqrt()
+            pending.weights_before = None
+            ratio = update / values[num : 2 * num].clamp_min(torch.finfo(torch.float32).tiny)
+            values = torch.cat([values, ratio])
+        if pending.activations is not None:
+            values = pending.activations.append_to(values)
+        if pending.host is not None and values is pending.values:
+            self._inflight.append(HostCopy.ready(pending, pending.host))
+        else:
+            self._inflight.append(to_host(pending, values))
+        self._drain(block=False)
+
+    def _drain(self, *, block: bool) -> None:
+        """Consume the host copies that have arrived (all of them if ``block``)."""
+        while self._inflight and (block or self._inflight[0].done()):
+            copy = self._inflight.pop(0)
+            self._consume(self._record(copy.pending, copy.result()))
+
+    def _record(self, pending: PendingStep, host: np.ndarray | None = None) -> StepRecord:
+        host = pending.host if host is None else host
+        assert host is not None
+        host, activations = split_activations(pending.activations, host)
+        num = self.index.num_layers
+        grad_norm = host[:num].astype(np.float64)
+        grad_norm[~pending.has_grad] = np.nan
+        clip_coef, amp_skipped = self._policies.read(host, 2 * num + 2)
+        start = 2 * num + 2 + self._policies.num_values
+        ratio = host[start : start + num] if host.shape[0] > start else None
+        if ratio is not None and pending.skipped:
+            ratio = np.zeros_like(ratio)
+        record = StepRecord(
+            step=pending.step,
+            grad_norm=grad_norm,
+            weight_norm=host[num : 2 * num].astype(np.float64),
+            has_grad=pending.has_grad,
+            total_grad_norm=float(host[2 * num]),
+            loss=float(host[2 * num + 1]) if pending.has_loss else None,
+            update_ratio=None if ratio is None else ratio.astype(np.float64),
+            clip_coef=clip_coef,
+            skipped=pending.skipped,
+            amp_skipped=amp_skipped,
+        )
+        if activations is not None:
+            record.activations, record.activation_layers, record.activation_roles = activations
+        if pending.trace is not None:
+            record.nonfinite_origin = locate(pending.trace, record)
+        return record
+
+    def _consume(self, record: StepRecord) -> None:
+        """Host side of a step: history, detectors, alerts, sinks. Never raises."""
+        self.history.append(record)
+        self._policies.observe(record)
+        trend = is_trend_step(record.step, self.config)
+        self._trend_due = not trend  # the trend detectors have not seen this step yet
+        self._run_detectors(detectors_for_step(self._detectors, record, trend=trend))
+        if self._relay is not None and self.is_writer:
+            try:  # alerts other ranks raised for steps this rank has now consumed
+                for alert in self._relay.receive(record.step):
+                    self._publish(alert)
+            except Exception:
+                logger.exception("gradwatch: reading alerts relayed from other ranks failed")
+        if record.step % self.config.log_every == 0:
+            for sink in self._sinks:
+                sink.write_step(record, self.index)
+
+    def _run_detectors(self, detectors: list[Detector]) -> None:
+        for detector in detectors:
+            try:
+                alerts = detector(self.history, self._context)
+            except Exception:
+                logger.exception("gradwatch detector %r failed; skipping it this step", detector)
+                continue
+            for alert in alerts:
+                self._publish(alert)
+
+    def _judge_trends_at_end(self) -> None:
+        """The trend detectors judge every few steps (``is_trend_step``); at the end of
+        the run they judge the last step too, so a short run's trend is never missed."""
+        record = self.history.latest
+        if self._trend_due and record is not None:
+            self._trend_due = False
+            chosen = detectors_for_step(self._detectors, record)
+            self._run_detectors([detector for detector in chosen if judges_trend(detector)])
+
+    def _publish(self, alert: Alert) -> None:
+        if not self._book.offer(alert):
+            return
+        for sink in self._sinks:
+            sink.write_alert(alert)
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    logdir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Watcher:
+    """Attach gradwatch to ``model`` (and ``optimizer``) and return the :class:`Watcher`.
+
+    With an optimizer, each ``optimizer.step()`` is one watched step, measured right
+    before the update (so gradient accumulation counts optimizer steps). Without one,
+    call ``watcher.step()`` once per iteration after ``backward()``.
+
+    Args:
+        model: the module to watch (a DDP- or ``torch.compile``-wrapped model, or one
+            compiled with ``model.compile()``, is fine; layer names are those of the
+            unwrapped model; see ``gradwatch._compile`` for what compiled modules measure).
+        optimizer: the optimizer updating ``model``, or None.
+        logdir: a directory for TensorBoard event files (created if missing), or None.
+        **options: fields of :class:`gradwatch.WatchConfig` (e.g. ``log_every=10``,
+            ``on_nonfinite="skip"``). Unknown names are refused at once.
+    """
+    config = WatchConfig.from_options(options)
+    return Watcher(model, optimizer, logdir=logdir, config=config)
