@@ -6,43 +6,12 @@ import math
 
 import numpy as np
 
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
 
 #: MAD x this = a standard deviation for normally distributed data.
 MAD_TO_SD = 1.4826
-
-#: Module types whose parameters are not "weights" in the depth sense: normalisation
-#: scales/shifts sit near 1/0 whatever the depth, and embedding tables get sparse
-#: gradients (only the rows of the tokens seen), so neither says anything about how well
-#: gradients flow across depth.
-_NOT_DEPTH_TYPES = ("Norm", "Embedding")
-
-
-#: Module types that are layers of the chain even when they also hold parameterised
-#: submodules (``nn.MultiheadAttention`` owns ``in_proj_weight`` and an ``out_proj``).
-_CHAIN_TYPES = ("Linear", "Conv", "Bilinear", "MultiheadAttention", "RNN", "LSTM", "GRU")
-
-
-def depth_layers(context: DetectorContext) -> np.ndarray:
-    """Boolean mask of the layers that carry the signal across depth (weight layers).
-
-    Not counted: normalisation and embedding layers (see ``_NOT_DEPTH_TYPES``), and
-    containers that own loose parameters next to their submodules (a learned positional
-    embedding or class token on the root model): such a parameter is added to the
-    signal, not multiplied into it, and its small gradient says nothing about depth.
-    """
-    types = context.module_types
-    holds = context.holds_sublayers if len(context.holds_sublayers) == len(types) else ()
-    mask = []
-    for i, kind in enumerate(types):
-        chain = not any(word in kind for word in _NOT_DEPTH_TYPES)
-        if chain and holds and holds[i]:
-            chain = any(word in kind for word in _CHAIN_TYPES)
-        mask.append(chain)
-    return np.array(mask, dtype=bool)
-
 
 def layer_label(context: DetectorContext, layer: int) -> str:
     return repr(context.layer_names[layer]) if context.layer_names[layer] else "(root module)"

@@ -10,7 +10,7 @@ after :data:`PERSISTENT_SKIPS` skipped steps in a row the scale has been divided
 from __future__ import annotations
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 
 #: Consecutive scaler-skipped steps after which the alert escalates to a warning.

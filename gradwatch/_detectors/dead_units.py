@@ -13,7 +13,7 @@ says so as info from half the threshold.
 from __future__ import annotations
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._detectors._sampled import grade, held_values, list_names, sampled_records
 from gradwatch._history import History
 from gradwatch._measure.activations import ROLE_RECTIFIER

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._detectors._common import fmt, layer_label, nanmedian
 from gradwatch._detectors._spike import spike_of
 from gradwatch._history import History

@@ -9,7 +9,7 @@ see :func:`._spike.spike_of`.
 from __future__ import annotations
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._detectors._common import fmt
 from gradwatch._detectors._spike import spike_of
 from gradwatch._history import History

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
 

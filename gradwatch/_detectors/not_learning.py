@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from gradwatch._alerts import Alert, Severity
-from gradwatch._detectors import DetectorContext, trend_detector
+from gradwatch._detectors._base import DetectorContext, trend_detector
 from gradwatch._detectors._common import MAD_TO_SD, fmt, step_noise
 from gradwatch._history import History
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 from gradwatch._measure.activations import (
     ROLE_ACTIVATION,

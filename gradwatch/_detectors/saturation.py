@@ -13,7 +13,7 @@ confident classifier, a tanh-squashed action), not a gradient problem, and is ig
 from __future__ import annotations
 
 from gradwatch._alerts import Alert
-from gradwatch._detectors import DetectorContext
+from gradwatch._detectors._base import DetectorContext
 from gradwatch._detectors._sampled import grade, held_values, list_names, sampled_records
 from gradwatch._history import History
 from gradwatch._measure.activations import ROLE_BOUNDED, ROLE_MIXING

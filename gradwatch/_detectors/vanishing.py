@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch._alerts import Alert, Severity
-from gradwatch._detectors import DetectorContext, trend_detector
+from gradwatch._detectors._base import DetectorContext, trend_detector
 from gradwatch._detectors._common import fmt, layer_label, median, nanmedian, record_weight_floor
 from gradwatch._history import History
 
