@@ -40,7 +40,7 @@ def test_every_folder_of_the_package_is_a_regular_package() -> None:
         and any(folder.glob("*.py"))
         and not (folder / "__init__.py").exists()
     )
-    assert not missing, f"add an __init__.py (a docstring saying what the folder holds) to {missing}"
+    assert not missing, f"add an __init__.py (a docstring: what the folder holds) to {missing}"
 
 
 @needs_import_linter
