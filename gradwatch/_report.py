@@ -9,6 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradwatch._alerts import SEVERITY_RANK, Alert
+from gradwatch._format import fmt, json_number
+
+
+def _fmt(value: float) -> str:
+    """A number of the report's text, where NaN (no gradient at that step) shows as ``-``."""
+    return fmt(value, nan="-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,22 +50,6 @@ class LayerSummary:
         ):
             out[field] = json_number(getattr(self, field))
         return out
-
-
-def json_number(value: float | None) -> float | str | None:
-    """A float for JSON: non-finite numbers become strings (``"nan"``, ``"inf"``)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else str(value)
-
-
-def _fmt(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    if math.isinf(value):
-        return str(value)
-    return f"{value:.3g}"
 
 
 @dataclasses.dataclass(frozen=True)

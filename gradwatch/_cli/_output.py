@@ -8,7 +8,6 @@ is a terminal, ``NO_COLOR`` is unset (https://no-color.org) and ``TERM`` is not
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import IO, Any
@@ -31,19 +30,6 @@ def wants_color(stream: IO[str], environ: dict[str, str] | None = None) -> bool:
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty()) and rich_available()
-
-
-def fmt(value: float | int | None, digits: int = 3) -> str:
-    """A number for a table: ``-`` for missing, ``nan``/``inf`` kept, else 3 significant digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
 
 
 class Output:

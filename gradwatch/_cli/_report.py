@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from gradwatch._cli._errors import UsageError
-from gradwatch._cli._output import Output, fmt
+from gradwatch._cli._output import Output
+from gradwatch._format import fmt
 
 
 def add_parser(subparsers: Any) -> None:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from gradwatch._cli.logreader import RunLog
+from gradwatch._format import json_number
 
 #: Per-layer statistics summarised, in table order.
 LAYER_STATS: tuple[str, ...] = ("grad_norm", "weight_norm", "update_ratio")
@@ -20,13 +21,6 @@ TOTAL_TAGS: dict[str, str] = {
     "grad_norm": "total/grad_norm",
     "clip_coef": "total/clip_coef",
 }
-
-
-def json_number(value: float | None) -> float | str | None:
-    """``nan``/``inf`` as strings (JSON has no such numbers), others unchanged."""
-    if value is None or math.isfinite(value):
-        return value
-    return str(value)
 
 
 def series_summary(series: list[tuple[int, float]]) -> dict[str, Any] | None:
