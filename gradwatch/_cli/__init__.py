@@ -1,8 +1,8 @@
 """The ``gradwatch`` command line, thin over the library.
 
-Exit status is the CI contract (DESIGN.md): 0 healthy, 1 unhealthy, 2 usage error (bad
-command line, bad target, unreadable log directory). Subcommands live in their own
-modules; each adds its parser and a ``run(args) -> int``.
+Exit status is the CI contract (public, stated in the README): 0 healthy, 1 unhealthy,
+2 usage error (bad command line, bad target, unreadable log directory). Subcommands live
+in their own modules; each adds its parser and a ``run(args) -> int``.
 
 argparse (the standard library) parses the command line, so the CLI needs no extra
 dependency; ``rich`` (colour, tables, progress) and ``matplotlib`` (``report --plot``)

@@ -1,4 +1,7 @@
-"""TensorBoard sink: scalars under the stable tags of DESIGN.md, alerts as text.
+"""TensorBoard sink: scalars under stable tags, alerts as text.
+
+The tags below are public (dashboards and ``gradwatch report`` read them): never rename
+one.
 
 Scalars of one step go out as one ``Summary`` event holding every tag, instead of one
 event per tag: one protobuf and one queue put per step keeps the training thread's cost
@@ -88,7 +91,6 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
         yield "total/loss", record.loss
     if record.clip_coef is not None:
         yield "total/clip_coef", record.clip_coef
-    yield from record.extras.items()
 
 
 def alert_markdown(alert: Alert) -> str:
