@@ -14,7 +14,7 @@ Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
 SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 
-#: Alert kinds of the public contract (DESIGN.md). Detectors may add more.
+#: Alert kinds of the public contract (README, "Alert kinds"). Detectors may add more.
 ALERT_KINDS: tuple[str, ...] = (
     "nonfinite",
     "exploding",
@@ -26,6 +26,9 @@ ALERT_KINDS: tuple[str, ...] = (
     "loss_spike",
     "grad_spike",
     "amp_skip",
+    "attention_logits",
+    "output_logits",
+    "update_size",
 )
 
 

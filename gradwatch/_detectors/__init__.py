@@ -29,6 +29,7 @@ from gradwatch._detectors.nonfinite import detect_nonfinite
 from gradwatch._detectors.not_learning import detect_not_learning
 from gradwatch._detectors.poor_init import detect_poor_init
 from gradwatch._detectors.saturation import detect_saturation
+from gradwatch._detectors.update_size import detect_update_size
 from gradwatch._detectors.vanishing import detect_vanishing
 from gradwatch._measure.record import StepRecord
 
@@ -55,6 +56,7 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
         detect_saturation,
         detect_dead_units,
         detect_poor_init,
+        detect_update_size,
         detect_amp_skip,
         detect_loss_spike,
         detect_grad_spike,

@@ -18,6 +18,15 @@ data alone, then compare the real run with it. Two versions:
   the loss clearly rises; otherwise a slowly falling loss may just need more steps than
   were taken, so it is an info that suggests the baseline.
 
+When the loss is a cross-entropy, its chance level ln(classes) is known (``chance_loss``):
+a loss that starts above chance and falls back to it has not learned anything, so the
+fall counts from ``min(start, chance)``, and a loss that sits within ``AT_CHANCE`` of
+chance for ``AT_CHANCE_STEPS`` steps is a warning ("stays at chance").
+
+Warmup-aware: while the learning rate is still rising (a warmup schedule), nothing is
+judged, and a rise of the loss is judged only once as many steps again have passed after
+the warmup (the ordinary bump as the rate reaches its peak is not a failure).
+
 The run is judged from its first step on, once ``not_learning_steps`` steps that updated
 the weights (not skipped by a policy or a GradScaler) have a recorded loss,
 and only while the history still holds step 0: a model that learned and then plateaued
@@ -42,6 +51,27 @@ REMEDY = (
     "sigmoid/tanh, BatchNorm/LayerNorm and residual connections; compare with the "
     "learning-rate-zero baseline: gradwatch.check(..., baseline=True)."
 )
+#: For a loss that rose or sits at chance with weights that do move: never "raise it".
+REMEDY_TOO_HIGH = (
+    "lower the learning rate (3-10x) and warm it up over the first few hundred steps; "
+    "check that the labels match the inputs (a shuffled or shifted target also sits at "
+    "chance); compare with the learning-rate-zero baseline: "
+    "gradwatch.check(..., baseline=True)."
+)
+#: For weights that barely move.
+REMEDY_FROZEN = (
+    "check that the optimizer holds the model's parameters and that they require grad, "
+    "and that the learning rate (or its schedule) is not ~0."
+)
+
+#: A typical update ratio above this per step is a learning rate on the high side (healthy
+#: training moves weights by about 1e-4..1e-2 of their norm per step).
+LARGE_UPDATE = 0.03
+
+#: A loss within this fraction of chance (ln(classes)) has not left it.
+AT_CHANCE = 0.1
+#: Steps (after any warmup) a loss must sit at chance before it is a warning.
+AT_CHANCE_STEPS = 100
 
 #: An update ratio ‖Δw‖/‖w‖ below this per step means the weights are effectively frozen
 #: (healthy training moves weights by ~1e-4..1e-2 of their norm per step).
@@ -67,11 +97,34 @@ def detect_not_learning(history: History, context: DetectorContext) -> list[Aler
     taken = finite & (history.series("taken") > 0)
     if int(taken.sum()) < config.not_learning_steps or not finite[-1]:
         return []
+    warmup = warmup_steps(history)
+    if warmup is None:
+        return []  # the learning rate is still rising: too early to judge
     if context.loss_baseline is not None:
         alert = _against_baseline(history[-1].step, losses, context)
     else:
-        alert = _against_own_noise(history, losses, context)
+        alert = _against_own_noise(history, losses, context, warmup)
     return [alert] if alert is not None else []
+
+
+def warmup_steps(history: History) -> int | None:
+    """Steps of learning-rate warmup seen so far: 0 without one, None while it lasts.
+
+    A warmup is a learning rate that rises over the first steps; it is over once the
+    rate has not risen for the last few steps (or the schedule turned down).
+    """
+    rates = history.series("lr")
+    known = np.flatnonzero(np.isfinite(rates))
+    if known.size < 2:
+        return 0
+    rates = rates[known]
+    peak = int(np.argmax(rates))
+    if not rates[0] < 0.9 * rates[peak]:
+        return 0  # constant or decaying from the start
+    recent = rates[-min(3, rates.size) :]
+    if peak >= rates.size - 1 or bool(np.all(np.diff(recent) > 0)):
+        return None
+    return int(known[peak])
 
 
 def _against_baseline(step: int, losses: np.ndarray, context: DetectorContext) -> Alert | None:
@@ -110,18 +163,26 @@ def _against_baseline(step: int, losses: np.ndarray, context: DetectorContext) -
 
 
 def _against_own_noise(
-    history: History, losses: np.ndarray, context: DetectorContext
+    history: History, losses: np.ndarray, context: DetectorContext, warmup: int
 ) -> Alert | None:
     config = context.config
     series = losses[np.isfinite(losses)]
     m = _quarter(series.size)
     start, end = float(np.median(series[:m])), float(np.median(series[-m:]))
-    fall = start - end
+    latest = history.latest
+    chance = latest.chance_loss if latest is not None else None
+    # A loss that started above chance (a poor start, a spike) and fell back to chance
+    # learned nothing: count the fall from chance.
+    reference = min(start, chance) if chance else start
+    fall = reference - end
     noise = step_noise(series)
     se = _MEDIAN_SE * noise * math.sqrt(2.0 / m) if math.isfinite(noise) else 0.0
-    level = abs(start)
+    level = abs(reference)
     needed = max(config.not_learning_z * se, config.not_learning_min_drop * level)
-    if fall > needed:
+    steps = latest.step + 1 if latest is not None else len(series)
+    after_warmup = steps - warmup
+    at_chance = bool(chance) and end > (1.0 - AT_CHANCE) * float(chance or 0.0)
+    if fall > needed and not (at_chance and after_warmup >= AT_CHANCE_STEPS):
         return None
     updates = [
         float(np.nanmedian(r.update_ratio))
@@ -131,20 +192,25 @@ def _against_own_noise(
         and not (r.skipped or r.amp_skipped)
     ]
     frozen = bool(updates) and max(updates) < FROZEN_UPDATE
-    rising = -fall > needed and -fall > 0.1 * level
-    severity: Severity = "warning" if frozen or rising else "info"
-    steps = history.latest.step + 1 if history.latest is not None else len(series)
+    # The ordinary bump as a warmup reaches its peak is not a rise: give the run as many
+    # steps again after the warmup before calling a higher loss a failure.
+    rising = -fall > needed and -fall > 0.1 * level and after_warmup > warmup
+    stuck = at_chance and after_warmup >= AT_CHANCE_STEPS
+    severity: Severity = "warning" if frozen or rising or stuck else "info"
+    quarter = f"medians of the first and last {m} of {steps} steps"
     if rising:
+        what = f"The loss rose from {fmt(start)} to {fmt(end)} ({quarter})"
+    elif at_chance:
         what = (
-            f"The loss rose from {fmt(start)} to {fmt(end)} (medians of the first and last "
-            f"{m} of {steps} steps)"
+            f"The loss went from {fmt(start)} to {fmt(end)} ({quarter}) and stays at chance: "
+            f"a uniform guess over the classes scores ln(classes) = {fmt(float(chance or 0))}"
         )
     else:
         what = (
-            f"The loss went from {fmt(start)} to {fmt(end)} (medians of the first and last "
-            f"{m} of {steps} steps), a fall of {fmt(fall)} that does not exceed its noise "
-            f"floor ({fmt(needed)}: {fmt(config.not_learning_z)} standard errors of its "
-            f"step-to-step noise of {fmt(noise)})"
+            f"The loss went from {fmt(start)} to {fmt(end)} ({quarter}), a fall of "
+            f"{fmt(fall)} that does not exceed its noise floor ({fmt(needed)}: "
+            f"{fmt(config.not_learning_z)} standard errors of its step-to-step noise of "
+            f"{fmt(noise)})"
         )
     if frozen:
         why = (
@@ -158,13 +224,20 @@ def _against_own_noise(
         )
     else:
         why = ""
+    typical_update = float(np.median(updates[-3:])) if updates else math.nan
+    if frozen:
+        remedy = REMEDY_FROZEN
+    elif rising or (stuck and typical_update > LARGE_UPDATE):
+        remedy = REMEDY_TOO_HIGH
+    else:
+        remedy = REMEDY
     return Alert(
         kind="not_learning",
         severity=severity,
-        step=history.latest.step if history.latest is not None else 0,
+        step=latest.step if latest is not None else 0,
         layer=None,
         message=f"{what}.{why} The model is not learning.",
         value=fall,
         threshold=needed,
-        remedy=REMEDY,
+        remedy=remedy,
     )

@@ -51,9 +51,14 @@ class StepRecord:
     clip_coef: float | None = None
     skipped: bool = False
     amp_skipped: bool = False
+    #: The optimizer's learning rate for this step (first parameter group), read on the
+    #: host from ``param_groups`` (None without an optimizer, or when it is a tensor).
+    lr: float | None = None
+    #: The loss of a uniform guess, ln(classes), when the loss is recognisably a
+    #: cross-entropy (read from its autograd graph); None otherwise.
+    chance_loss: float | None = None
     activations: dict[str, np.ndarray] | None = None
     activation_layers: tuple[str, ...] | None = None
-    extras: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Role of each module in ``activation_layers`` (``"mixing"``, ``"bounded"``, ...).
     activation_roles: tuple[str, ...] | None = None
     #: Which module produced the step's first NaN/inf (``locate_nonfinite=True`` only).

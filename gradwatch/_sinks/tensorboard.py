@@ -20,7 +20,8 @@ from typing import Any
 
 from gradwatch._alerts import Alert
 from gradwatch._history import History
-from gradwatch._measure.layers import ROOT_TAG, LayerIndex
+from gradwatch._measure.layers import LayerIndex
+from gradwatch._measure.model import tag_of
 from gradwatch._measure.record import StepRecord
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
         for stat, values in record.activations.items():
             for layer_name, value in zip(record.activation_layers or (), values):
                 if value == value:  # NaN: the statistic does not apply to this module
-                    yield f"act_{stat}/{layer_name or ROOT_TAG}", float(value)
+                    yield f"act_{stat}/{tag_of(layer_name)}", float(value)
     yield "total/grad_norm", record.total_grad_norm
     if record.loss is not None:
         yield "total/loss", record.loss
@@ -269,7 +270,7 @@ class TensorBoardSink:
         step = records[-1].step
         self._last_image_step = step
         try:
-            data = flow_from_history(records, [index.tag(i) for i in range(index.num_layers)])
+            data = flow_from_history(records, index.tags)
             image, _ = flow_heatmap_rgb(data)
             png = encode_png(image)
         except Exception:
