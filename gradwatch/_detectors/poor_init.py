@@ -19,6 +19,10 @@ for tanh: 5/3); N(0, 1) weights have sqrt(fan_in). A median gain of at least
 ``poor_init_gain`` over at least 3 layers warns (info from the midpoint between it and
 5/3): the weights are too large and drive the activations into saturation. Small gains
 are left to the drift test (residual blocks and normalisation legitimately use them).
+
+Normalisation layers hide a poor initialisation from both tests; the loss does not: a
+cross-entropy whose first steps sit above ``LOSS_OVER_CHANCE`` times its chance level
+ln(classes) comes from outputs that are confidently wrong before any training (warning).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ from gradwatch._measure.record import StepRecord
 
 _ACTIVATION_ROLES = (ROLE_BOUNDED, ROLE_RECTIFIER, ROLE_ACTIVATION)
 
+#: Steps whose median loss is compared with chance (judged once, at the last of them).
+LOSS_STEPS = 3
+#: A first cross-entropy above this many times chance (ln(classes)) is a poor start.
+LOSS_OVER_CHANCE = 3.0
 #: Shortest chain of Linear/Conv layers whose drift is judged.
 MIN_LAYERS = 4
 #: Fewest (activation -> Linear/Conv) pairs whose median gain is judged.
@@ -91,9 +99,52 @@ def _remedy(shrinking: bool, roles: Sequence[str]) -> str:
 def detect_poor_init(history: History, context: DetectorContext) -> list[Alert]:
     latest = history.latest
     config = context.config
-    if latest is None or not latest.activations or latest.step >= config.poor_init_steps:
+    if latest is None or latest.step >= config.poor_init_steps:
         return []
-    return _drift_alert(latest, config) + _gain_alert(latest, config)
+    alerts = _loss_alert(history)
+    if latest.activations:
+        alerts += _drift_alert(latest, config) + _gain_alert(latest, config)
+    return alerts
+
+
+def _loss_alert(history: History) -> list[Alert]:
+    """A cross-entropy that starts far above chance: the initial outputs are far too
+    confident, which normalisation layers hide from the activation statistics (they
+    rescale every layer's output) but not from the loss."""
+    latest = history.latest
+    if latest is None or latest.step != LOSS_STEPS - 1 or not latest.chance_loss:
+        return []
+    losses = history.series("loss", LOSS_STEPS)
+    losses = losses[np.isfinite(losses)]
+    if not losses.size:
+        return []
+    first = float(np.median(losses))
+    chance = latest.chance_loss
+    if not first > LOSS_OVER_CHANCE * chance:
+        return []
+    return [
+        Alert(
+            kind="poor_init",
+            severity="warning",
+            step=latest.step,
+            layer=None,
+            message=(
+                f"The loss starts at {first:.3g} (median of the first {losses.size} steps), "
+                f"{first / chance:.2g}x the {chance:.3g} of a uniform guess over the classes "
+                f"(ln(classes)): the untrained model is confidently wrong, so its weights "
+                f"(or its output layer) start far too large. Normalisation layers hide this "
+                f"from the activation statistics, not from the loss."
+            ),
+            value=first,
+            threshold=LOSS_OVER_CHANCE * chance,
+            remedy=(
+                "initialise with a small standard deviation (e.g. nn.init.normal_(w, "
+                "std=0.02) for transformers; for Hugging Face models keep the config's "
+                "initializer_range at its default 0.02), and start the output layer small "
+                "or at zero so the first predictions are near uniform."
+            ),
+        )
+    ]
 
 
 def layer_gains(record: StepRecord) -> list[tuple[str, float]]:
