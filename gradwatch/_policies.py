@@ -32,9 +32,6 @@ from gradwatch._config import WatchConfig
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
 
-#: How many scalars the policies add to a step's statistics vector (when active).
-POLICY_VALUES = ("clip_coef", "amp_found_inf")
-
 SPIKE_REMEDY = (
     "look at the batch of that step (bad or duplicated data), lower the learning rate or "
     "add warm-up, and clip gradients (clip=1.0 or gradwatch.ZClip()); a step that keeps "
@@ -81,7 +78,7 @@ class SpikeSkipper:
         self.loss = RollingStats(window)
         self.grad_norm = RollingStats(window)
 
-    def check(self, record: StepRecord, layer_names: tuple[str, ...]) -> Alert | None:
+    def check(self, record: StepRecord) -> Alert | None:
         """The alert for a step to skip, or None; then adds the step to the statistics."""
         alert = None
         checks = [("grad_spike", "total gradient norm", record.total_grad_norm, self.grad_norm)]
@@ -113,7 +110,7 @@ class SpikeSkipper:
 class StepPolicies:
     """The clipper, the spike skipper and the counters of one watcher."""
 
-    def __init__(self, config: WatchConfig, index: LayerIndex, has_scaler: bool) -> None:
+    def __init__(self, config: WatchConfig, index: LayerIndex) -> None:
         self.clipper: Clipper | None = resolve_clip(config.clip)
         self.spikes = (
             SpikeSkipper(float(config.skip_spikes), config.spike_window)
@@ -121,8 +118,6 @@ class StepPolicies:
             else None
         )
         self.needs_host = config.on_nonfinite != "warn" or self.spikes is not None
-        #: Policy scalars appended to each step's statistics (0 when nothing is active).
-        self.num_values = len(POLICY_VALUES) if self.clipper is not None or has_scaler else 0
         self._layer_names = index.names
         self._param_layer = index.param_layer
         self.clipped_steps = 0
@@ -142,30 +137,20 @@ class StepPolicies:
                     target.layers.append(self._layer_names[layer])
             return self.clipper.clip_(target, total_norm).float()
 
-    def values(self, coef: Tensor | None, found_inf: Tensor | None, like: Tensor) -> list[Tensor]:
-        """The policy scalars for the statistics vector: ``[clip_coef, amp_found_inf]``."""
-        if not self.num_values:
-            return []
-        # -1 marks "no clipper" (a coefficient is never negative; NaN is a real value).
-        none = torch.full((1,), -1.0, device=like.device)
-        return [
-            none if coef is None else coef.reshape(1).to(like.device, non_blocking=True),
-            torch.zeros(1, device=like.device)
-            if found_inf is None
-            else found_inf.reshape(1).to(like.device, torch.float32, non_blocking=True),
-        ]
-
-    def read(self, host: np.ndarray, start: int) -> tuple[float | None, bool]:
-        """``(clip_coef, amp_skipped)`` from a host statistics vector at ``start``."""
-        if not self.num_values:
-            return None, False
-        coef = float(host[start])
-        return (None if coef < 0 else coef), bool(host[start + 1] > 0)
+    def values(self, coef: Tensor | None, found_inf: Tensor | None) -> dict[str, Tensor]:
+        """The policies' device values for the step vector, by segment name: the clip
+        coefficient when clipping, the GradScaler's inf/NaN flag when there is one."""
+        values: dict[str, Tensor] = {}
+        if coef is not None:
+            values["clip_coef"] = coef.reshape(1)
+        if found_inf is not None:
+            values["amp_found_inf"] = found_inf.reshape(1)
+        return values
 
     def check_spike(self, record: StepRecord) -> Alert | None:
         if self.spikes is None or record.amp_skipped:
             return None
-        return self.spikes.check(record, self._layer_names)
+        return self.spikes.check(record)
 
     def observe(self, record: StepRecord) -> None:
         """Count the step once its statistics reached the host."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import logging
 import os
 import weakref
@@ -38,15 +37,17 @@ from gradwatch._detectors import (
 from gradwatch._detectors.nonfinite import nonfinite_alert
 from gradwatch._errors import NonFiniteError
 from gradwatch._history import History
-from gradwatch._measure.activations import ActivationProbe, ActivationSample, split_activations
+from gradwatch._measure.activations import ActivationProbe
 from gradwatch._measure.amp import ScalerBridge
 from gradwatch._measure.compile import compiled_modules
 from gradwatch._measure.distributed import AlertRelay, GlobalNorms
 from gradwatch._measure.hooks import WatcherHook
 from gradwatch._measure.layers import LayerIndex
-from gradwatch._measure.localize import NonfiniteLocator, StepTrace, locate
+from gradwatch._measure.localize import NonfiniteLocator
+from gradwatch._measure.meter import read_record
 from gradwatch._measure.record import StepRecord
 from gradwatch._measure.stats import LayerNorms, snapshot, update_squared
+from gradwatch._measure.step import PendingStep, StepVector
 from gradwatch._measure.transfer import HostCopy, to_host
 from gradwatch._policies import StepPolicies
 from gradwatch._sinks import GuardedSink
@@ -65,31 +66,6 @@ def _close_open_watchers() -> None:
     for watcher in list(_OPEN):
         with contextlib.suppress(Exception):
             watcher.close()
-
-
-@dataclasses.dataclass
-class PendingStep:
-    """One step's statistics while they are still device tensors.
-
-    The layout of ``values`` is ``[grad_norm (L), weight_norm (L), total_grad_norm, loss]``,
-    then the policies' scalars (``[clip_coef, amp_found_inf]`` when clipping or a scaler
-    is active, see ``_policies``), then ``update_ratio (L)`` once the update was measured.
-    """
-
-    step: int
-    values: Tensor
-    has_grad: np.ndarray
-    has_loss: bool
-    weights_before: list[Tensor] | None = None
-    host: np.ndarray | None = None
-    skipped: bool = False
-    activations: ActivationSample | None = None
-    trace: StepTrace | None = None
-
-    @property
-    def total_norm(self) -> Tensor:
-        """The total gradient norm (a device scalar, before any clipping)."""
-        return self.values[2 * len(self.has_grad)]
 
 
 def logdir_path(logdir: object, *, hint: str = "Pass e.g. logdir='runs/exp1'.") -> str | None:
@@ -213,9 +189,7 @@ class Watcher:
             holds_sublayers=self.index.holds_sublayers,
         )
         self._detectors: list[Detector] = default_detectors(self.config)
-        self._policies = StepPolicies(
-            self.config, self.index, self.config.scaler is not None or reports_amp
-        )
+        self._policies = StepPolicies(self.config, self.index)
         #: The caller's GradScaler verdict for the next step() (``reports_amp`` only).
         self._step_found_inf: Tensor | None = None
         self._amp: ScalerBridge | None = None
@@ -484,16 +458,18 @@ class Watcher:
         found_inf, self._step_found_inf = self._step_found_inf, None
         if self._amp is not None and optimizer is not None:
             found_inf = self._amp.found_inf(optimizer, self.device)
-        values = torch.cat(
-            [
-                grad_sq.sqrt(),
-                weight_sq.sqrt(),
-                total.reshape(1),
-                loss_value,
-                *self._policies.values(coef, found_inf, total),
-            ]
+        vector = StepVector(self.device)
+        vector.add(
+            {
+                "grad_norm": grad_sq.sqrt(),
+                "weight_norm": weight_sq.sqrt(),
+                "total_grad_norm": total.reshape(1),
+                "loss": loss_value,
+            }
         )
-        pending = PendingStep(step, values, has_grad, loss is not None)
+        vector.add(self._policies.values(coef, found_inf))
+        vector.pack()  # now: the pieces may change after the update (a loss accumulator)
+        pending = PendingStep(step, vector, has_grad, loss is not None, total)
         if self._probe is not None:
             pending.activations = self._probe.collect()  # removes the hooks; device values
         if self._locator is not None:
@@ -510,8 +486,8 @@ class Watcher:
     def _apply_host_policies(self, pending: PendingStep) -> None:
         """``on_nonfinite="skip"|"raise"`` and ``skip_spikes`` must decide before the
         update, on this step's values: the one host sync they cost (shared)."""
-        pending.host = pending.values.cpu().numpy()  # deliberate sync, documented
-        record = self._record(pending)
+        host = pending.vector.copy_to_host_now()  # deliberate sync, documented
+        record = read_record(pending, host)
         if self.config.on_nonfinite != "warn":
             alert = nonfinite_alert(record, self._context)
             if alert is not None:
@@ -538,60 +514,32 @@ class Watcher:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        values = pending.values
+        vector = pending.vector
         if pending.weights_before is not None:
-            num = self.index.num_layers
             if self._global is None:
                 update_sq = update_squared(self.index, self._norms, pending.weights_before)
             else:
                 update_sq = self._global.update_squared(pending.weights_before)
-            update = update_sq.sqrt()
             pending.weights_before = None
-            ratio = update / values[num : 2 * num].clamp_min(torch.finfo(torch.float32).tiny)
-            values = torch.cat([values, ratio])
+            weight_norm = vector.get("weight_norm")
+            assert weight_norm is not None
+            tiny = torch.finfo(torch.float32).tiny
+            vector.add({"update_ratio": update_sq.sqrt() / weight_norm.clamp_min(tiny)})
         if pending.activations is not None:
-            values = pending.activations.append_to(values)
-        if pending.host is not None and values is pending.values:
-            self._inflight.append(HostCopy.ready(pending, pending.host))
+            vector.add({"activations": pending.activations.values})
+        vector.pack()  # one cat for what was measured after the update, if anything
+        if vector.host is not None:  # read before the update, and nothing added since
+            self._inflight.append(HostCopy.ready(pending, vector.host))
         else:
-            self._inflight.append(to_host(pending, values))
+            assert vector.values is not None
+            self._inflight.append(to_host(pending, vector.values))
         self._drain(block=False)
 
     def _drain(self, *, block: bool) -> None:
         """Consume the host copies that have arrived (all of them if ``block``)."""
         while self._inflight and (block or self._inflight[0].done()):
             copy = self._inflight.pop(0)
-            self._consume(self._record(copy.pending, copy.result()))
-
-    def _record(self, pending: PendingStep, host: np.ndarray | None = None) -> StepRecord:
-        host = pending.host if host is None else host
-        assert host is not None
-        host, activations = split_activations(pending.activations, host)
-        num = self.index.num_layers
-        grad_norm = host[:num].astype(np.float64)
-        grad_norm[~pending.has_grad] = np.nan
-        clip_coef, amp_skipped = self._policies.read(host, 2 * num + 2)
-        start = 2 * num + 2 + self._policies.num_values
-        ratio = host[start : start + num] if host.shape[0] > start else None
-        if ratio is not None and pending.skipped:
-            ratio = np.zeros_like(ratio)
-        record = StepRecord(
-            step=pending.step,
-            grad_norm=grad_norm,
-            weight_norm=host[num : 2 * num].astype(np.float64),
-            has_grad=pending.has_grad,
-            total_grad_norm=float(host[2 * num]),
-            loss=float(host[2 * num + 1]) if pending.has_loss else None,
-            update_ratio=None if ratio is None else ratio.astype(np.float64),
-            clip_coef=clip_coef,
-            skipped=pending.skipped,
-            amp_skipped=amp_skipped,
-        )
-        if activations is not None:
-            record.activations, record.activation_layers, record.activation_roles = activations
-        if pending.trace is not None:
-            record.nonfinite_origin = locate(pending.trace, record)
-        return record
+            self._consume(read_record(copy.pending, copy.result()))
 
     def _consume(self, record: StepRecord) -> None:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""

@@ -8,14 +8,13 @@ the GPU. On the CPU the tensor already lives in host memory and is read directly
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from gradwatch._watcher import PendingStep
+from gradwatch._measure.step import PendingStep
 
 
 class HostCopy:
