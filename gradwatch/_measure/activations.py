@@ -317,23 +317,16 @@ class _Accumulator:
 
 @dataclasses.dataclass
 class ActivationSample:
-    """One sampled step's activation statistics while they are still on the device."""
+    """One sampled step's activation statistics while they are still on the device.
+
+    ``values`` rides to the host in the step vector (segment ``"activations"``, see
+    ``gradwatch._measure.step``); :meth:`to_host` unpacks that segment.
+    """
 
     layers: tuple[str, ...]
     roles: tuple[str, ...]
     layouts: tuple[tuple[int, ...], ...]
     values: Tensor
-    offset: int = 0  # where ``values`` starts in the step's host vector
-
-    @property
-    def size(self) -> int:
-        return int(self.values.shape[0])
-
-    def append_to(self, values: Tensor) -> Tensor:
-        """``values`` with this sample appended: it rides along with the step's host copy."""
-        self.offset = int(values.shape[0])  # a shape, known on the host: no sync
-        # non_blocking: activations may live on another device than the statistics.
-        return torch.cat([values, self.values.to(values.device, non_blocking=True)])
 
     def to_host(self, host: np.ndarray) -> dict[str, np.ndarray]:
         """Per-statistic arrays aligned with ``layers``; NaN where a statistic does not apply."""
@@ -459,16 +452,3 @@ class _Hook(CopyInertHook):
         except Exception:  # a statistic must never break the user's forward
             probe._seen.pop(self.target.name, None)
 
-
-def split_activations(
-    sample: ActivationSample | None, host: np.ndarray
-) -> tuple[np.ndarray, tuple[dict[str, np.ndarray], tuple[str, ...], tuple[str, ...]] | None]:
-    """Split a step's host vector into its core part and its activation statistics.
-
-    Returns the core part and ``(stats, layers, roles)``, or ``None`` when the step
-    carries no activations (not sampled, or not yet appended by ``append_to``).
-    """
-    if sample is None or not sample.offset or host.shape[0] < sample.offset + sample.size:
-        return host, None
-    stats = sample.to_host(host[sample.offset : sample.offset + sample.size])
-    return host[: sample.offset], (stats, sample.layers, sample.roles)
