@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from gradwatch._measure.distributed import full_value, has_dtensor, sharded_l2_norm
-from gradwatch._validate import require_int, require_number
+from gradwatch._validate import Flag, IntAtLeast, Number, OneOf, OrNone, Strings, checked
 
 #: Added to a norm before dividing by it, exactly as ``torch.nn.utils.clip_grad_norm_`` does.
 NORM_EPS = 1e-6
@@ -121,22 +121,18 @@ class ClipNorm(_NormClipper):
     ``min(1, max_norm / (norm + 1e-6))``, the same in-place multiply.
     """
 
-    def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
-        require_number(
-            "ClipNorm(max_norm)",
-            max_norm,
-            exclusive_minimum=0.0,
+    @checked(
+        max_norm=Number(
+            exclusive_minimum=0,
             hint="Pass the largest global gradient norm to allow, e.g. ClipNorm(1.0).",
-        )
-        if not (
-            isinstance(norm_type, (int, float))
-            and not isinstance(norm_type, bool)
-            and (norm_type == math.inf or (math.isfinite(norm_type) and norm_type > 0))
-        ):
-            raise ValueError(
-                f"ClipNorm(norm_type) must be a positive number or math.inf, got "
-                f"{norm_type!r}. Use 2.0 (the default) for the L2 norm."
-            )
+        ),
+        norm_type=Number(
+            exclusive_minimum=0,
+            allow_inf=True,
+            hint="2 is the L2 norm, math.inf the largest absolute element.",
+        ),
+    )
+    def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
         self.max_norm = float(max_norm)
         self.norm_type = float(norm_type)
 
@@ -169,13 +165,13 @@ class ClipValue(Clipper):
     (1 when nothing was clamped); measuring it costs one batched norm on the device.
     """
 
-    def __init__(self, value: float) -> None:
-        require_number(
-            "ClipValue(value)",
-            value,
-            exclusive_minimum=0.0,
+    @checked(
+        value=Number(
+            exclusive_minimum=0,
             hint="Pass the largest absolute gradient element to allow, e.g. ClipValue(0.5).",
         )
+    )
+    def __init__(self, value: float) -> None:
         self.value = float(value)
 
     def clip_(self, target: ClipTarget, total_norm: Tensor) -> Tensor:
@@ -225,21 +221,19 @@ class AGC(Clipper):
     L2 norm after clipping over the norm before. Everything stays on the device.
     """
 
+    @checked(
+        clip_factor=Number(
+            exclusive_minimum=0,
+            hint="The paper uses 0.01 to 0.16 depending on the batch size.",
+        ),
+        eps=Number(exclusive_minimum=0, hint="It floors each unit's weight norm."),
+        exclude=Strings(
+            "layer names", hint="Pass e.g. exclude=('fc',) to leave the classifier unclipped."
+        ),
+    )
     def __init__(
         self, clip_factor: float = 0.01, eps: float = 1e-3, exclude: Sequence[str] = ()
     ) -> None:
-        require_number(
-            "AGC(clip_factor)",
-            clip_factor,
-            exclusive_minimum=0.0,
-            hint="The paper uses 0.01 to 0.16 depending on the batch size; the default is 0.01.",
-        )
-        require_number("AGC(eps)", eps, exclusive_minimum=0.0, hint="The default is 1e-3.")
-        if isinstance(exclude, str) or not all(isinstance(name, str) for name in exclude):
-            raise TypeError(
-                f"AGC(exclude) must be a sequence of layer names (str), got {exclude!r}. "
-                "Pass e.g. exclude=('fc',) to leave the classifier unclipped."
-            )
         self.clip_factor = float(clip_factor)
         self.eps = float(eps)
         self.exclude = tuple(exclude)
@@ -280,20 +274,11 @@ class AutoClip(_NormClipper):
     threshold. The paper's default percentile is 10.
     """
 
+    @checked(
+        percentile=Number(exclusive_minimum=0, maximum=100, hint="It is a percentile in (0, 100]."),
+        history=IntAtLeast(1, hint="It is how many past gradient norms to keep."),
+    )
     def __init__(self, percentile: float = 10.0, history: int = 10_000) -> None:
-        require_number(
-            "AutoClip(percentile)",
-            percentile,
-            exclusive_minimum=0.0,
-            maximum=100.0,
-            hint="It is a percentile in (0, 100]; the paper uses 10.",
-        )
-        require_int(
-            "AutoClip(history)",
-            history,
-            minimum=1,
-            hint="It is how many past gradient norms to keep, e.g. 10000.",
-        )
         self.percentile = float(percentile)
         self.history = int(history)
         self._norms: Tensor | None = None
@@ -354,6 +339,25 @@ class ZClip(_NormClipper):
     norm leaves ``mu``/``var`` untouched (it would poison them for good).
     """
 
+    @checked(
+        alpha=Number(
+            exclusive_minimum=0,
+            exclusive_maximum=1,
+            hint="It is the EMA smoothing factor in (0, 1); at 1 the EMA would never move.",
+        ),
+        z_thresh=Number(
+            exclusive_minimum=0, hint="It is the z-score above which a norm is clipped."
+        ),
+        warmup_steps=IntAtLeast(1, hint="It is how many norms seed the EMA."),
+        max_grad_norm=OrNone(
+            Number(exclusive_minimum=0), hint="Pass a positive cap, or None for no fixed cap."
+        ),
+        eps=Number(exclusive_minimum=0, hint="It keeps z finite when the norms do not vary."),
+        mode=OneOf(*ZCLIP_MODES),
+        clip_option=OneOf(*ZCLIP_OPTIONS),
+        clip_factor=Number(exclusive_minimum=0, hint="It scales the adaptive threshold."),
+        skip_update_on_spike=Flag(),
+    )
     def __init__(
         self,
         alpha: float = 0.97,
@@ -367,50 +371,6 @@ class ZClip(_NormClipper):
         clip_factor: float = 1.0,
         skip_update_on_spike: bool = False,
     ) -> None:
-        require_number(
-            "ZClip(alpha)",
-            alpha,
-            exclusive_minimum=0.0,
-            hint="It is the EMA smoothing factor in (0, 1); the paper uses 0.97.",
-        )
-        if alpha >= 1:
-            raise ValueError(
-                f"ZClip(alpha) must be < 1 (the EMA would never move), got {alpha!r}. "
-                "The paper uses 0.97."
-            )
-        require_number(
-            "ZClip(z_thresh)",
-            z_thresh,
-            exclusive_minimum=0.0,
-            hint="It is the z-score above which a norm is clipped; the paper uses 2.5.",
-        )
-        require_int(
-            "ZClip(warmup_steps)",
-            warmup_steps,
-            minimum=1,
-            hint="It is how many norms seed the EMA; the paper uses 25.",
-        )
-        if max_grad_norm is not None:
-            require_number(
-                "ZClip(max_grad_norm)",
-                max_grad_norm,
-                exclusive_minimum=0.0,
-                hint="Pass a positive cap, or None for no fixed cap.",
-            )
-        require_number("ZClip(eps)", eps, exclusive_minimum=0.0, hint="The default is 1e-6.")
-        if mode not in ZCLIP_MODES:
-            raise ValueError(f"ZClip(mode) must be one of {ZCLIP_MODES}, got {mode!r}.")
-        if clip_option not in ZCLIP_OPTIONS:
-            raise ValueError(
-                f"ZClip(clip_option) must be one of {ZCLIP_OPTIONS}, got {clip_option!r}."
-            )
-        require_number(
-            "ZClip(clip_factor)", clip_factor, exclusive_minimum=0.0, hint="The default is 1.0."
-        )
-        if not isinstance(skip_update_on_spike, bool):
-            raise TypeError(
-                f"ZClip(skip_update_on_spike) must be a bool, got {skip_update_on_spike!r}."
-            )
         self.alpha = float(alpha)
         self.z_thresh = float(z_thresh)
         self.warmup_steps = int(warmup_steps)

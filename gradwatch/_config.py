@@ -1,9 +1,10 @@
 """Options of :func:`gradwatch.watch`, gathered in one frozen, validated dataclass.
 
-Every option a user can pass to ``watch(**options)`` is a field of :class:`WatchConfig`.
-Validation happens here, at attach time, so that a typo or a negative interval fails at
-once with a message naming the option, what arrived and how to fix it, instead of at
-step 10,000 (DESIGN.md, style rule 4).
+Every option a user can pass to ``watch(**options)`` is a field of :class:`WatchConfig`,
+declared once with its default and its rule (see ``gradwatch/_validate.py``). The rules
+are applied here, at attach time, so that a typo or a negative interval fails at once
+with a message naming the option, what was expected, what arrived, how to fix it and the
+default, instead of at step 10,000.
 """
 
 from __future__ import annotations
@@ -11,16 +12,32 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Mapping
+from dataclasses import field
 from typing import Any, Literal
 
 from gradwatch._clip import resolve_clip
 from gradwatch._measure.amp import validate_scaler
-from gradwatch._validate import require_bool, require_int, require_number
+from gradwatch._validate import (
+    Checked,
+    Flag,
+    IntAtLeast,
+    Number,
+    OneOf,
+    OrNone,
+    check_fields,
+    rule,
+)
 
 NonfinitePolicy = Literal["warn", "skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("warn", "skip", "raise")
 DistributedMode = Literal["auto", "off"]
 DISTRIBUTED_MODES: tuple[str, ...] = ("auto", "off")
+
+# Rules shared by several options.
+_FRACTION = Number(exclusive_minimum=0, maximum=1, hint="It is a fraction in (0, 1].")
+_FRACTION_OF_UNITS = Number(
+    exclusive_minimum=0, maximum=1, hint="It is a fraction of the layer's units, in (0, 1]."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,160 +146,113 @@ class WatchConfig:
         not_learning_min_drop: ...and by more than this fraction of its initial level.
     """
 
-    log_every: int = 1
-    update_ratio_every: int = 10
-    history: int = 512
-    on_nonfinite: NonfinitePolicy = "warn"
-    flush_secs: float = 30.0
-    activation_every: int = 10
-    activation_eval: bool = False
-    saturation_threshold: float = 0.5
-    dead_units_threshold: float = 0.75
-    poor_init_ratio: float = 10000.0
-    poor_init_gain: float = 3.5
-    poor_init_steps: int = 20
-    locate_nonfinite: bool = False
-    clip: Any = None
-    scaler: Any = None
-    skip_spikes: float | None = None
-    spike_window: int = 128
-    exploding_rel_grad: float = 1e4
-    exploding_growth: float = 100.0
-    trend_window: int = 10
-    vanishing_ratio: float = 1e-2
-    vanishing_floor: float = 1e-7
-    spike_z: float = 8.0
-    spike_ratio: float = 3.0
-    spike_warmup: int = 8
-    not_learning_steps: int = 20
-    not_learning_z: float = 2.0
-    not_learning_min_drop: float = 1e-3
-    distributed: DistributedMode = "auto"
-    flow_image_every: int = 100
-
-    def __post_init__(self) -> None:
-        require_int("log_every", self.log_every, minimum=1, hint="Use 1 to log every step.")
-        require_int(
-            "update_ratio_every",
-            self.update_ratio_every,
-            minimum=0,
-            hint="Use 0 to switch update ratios off.",
-        )
-        require_int("history", self.history, minimum=2, hint="The default is 512 steps.")
-        if self.on_nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
-                f"got {self.on_nonfinite!r}."
-            )
-        require_number("flush_secs", self.flush_secs, exclusive_minimum=0.0)
-        require_int(
-            "activation_every",
-            self.activation_every,
-            minimum=0,
-            hint="Use 0 to switch activation statistics off.",
-        )
-        require_bool("activation_eval", self.activation_eval)
-        for name in ("saturation_threshold", "dead_units_threshold"):
-            require_number(
-                name,
-                getattr(self, name),
-                exclusive_minimum=0.0,
-                maximum=1.0,
-                hint="It is a fraction of the layer's units, e.g. 0.5.",
-            )
-        require_number(
-            "poor_init_ratio",
-            self.poor_init_ratio,
-            exclusive_minimum=1.0,
-            hint="It is a factor of activation scale across depth, e.g. 10000.",
-        )
-        require_number(
-            "poor_init_gain",
-            self.poor_init_gain,
-            exclusive_minimum=2.0,
-            hint="Healthy initialisations give at most 5/3; the default is 3.5.",
-        )
-        require_int("poor_init_steps", self.poor_init_steps, minimum=1)
-        require_bool("locate_nonfinite", self.locate_nonfinite)
-        resolve_clip(self.clip)
-        validate_scaler(self.scaler)
-        if self.skip_spikes is not None:
-            require_number(
-                "skip_spikes",
-                self.skip_spikes,
-                exclusive_minimum=0.0,
+    log_every: int = field(default=1, metadata=rule(IntAtLeast(1)))
+    update_ratio_every: int = field(
+        default=10, metadata=rule(IntAtLeast(0, hint="Use 0 to switch update ratios off."))
+    )
+    history: int = field(
+        default=512, metadata=rule(IntAtLeast(2, hint="It is how many steps the history keeps."))
+    )
+    on_nonfinite: NonfinitePolicy = field(default="warn", metadata=rule(OneOf(*NONFINITE_POLICIES)))
+    flush_secs: float = field(
+        default=30.0, metadata=rule(Number(exclusive_minimum=0, hint="It is in seconds."))
+    )
+    activation_every: int = field(
+        default=10, metadata=rule(IntAtLeast(0, hint="Use 0 to switch activation statistics off."))
+    )
+    activation_eval: bool = field(default=False, metadata=rule(Flag()))
+    saturation_threshold: float = field(default=0.5, metadata=rule(_FRACTION_OF_UNITS))
+    dead_units_threshold: float = field(default=0.75, metadata=rule(_FRACTION_OF_UNITS))
+    poor_init_ratio: float = field(
+        default=10000.0,
+        metadata=rule(
+            Number(exclusive_minimum=1, hint="It is a factor of activation scale across depth.")
+        ),
+    )
+    poor_init_gain: float = field(
+        default=3.5,
+        metadata=rule(
+            Number(exclusive_minimum=2, hint="Healthy initialisations give at most 5/3.")
+        ),
+    )
+    poor_init_steps: int = field(default=20, metadata=rule(IntAtLeast(1)))
+    locate_nonfinite: bool = field(default=False, metadata=rule(Flag()))
+    clip: Any = field(default=None, metadata=rule(Checked(resolve_clip)))
+    scaler: Any = field(default=None, metadata=rule(Checked(validate_scaler)))
+    skip_spikes: float | None = field(
+        default=None,
+        metadata=rule(
+            OrNone(
+                Number(exclusive_minimum=0),
                 hint="Pass a z-score such as skip_spikes=6.0, or None to never skip spikes.",
             )
-        require_int(
-            "spike_window",
-            self.spike_window,
-            minimum=4,
-            hint="It is how many recent steps the spike statistics cover; the default is 128.",
-        )
-        require_number(
-            "exploding_rel_grad",
-            self.exploding_rel_grad,
-            exclusive_minimum=1.0,
-            hint="It is a ratio ‖g‖/‖w‖ far above 1; the default is 1e4.",
-        )
-        require_number(
-            "exploding_growth",
-            self.exploding_growth,
-            exclusive_minimum=1.0,
-            hint="It is a growth factor above 1; the default is 100.",
-        )
-        require_int("trend_window", self.trend_window, minimum=3, hint="The default is 10 steps.")
-        require_number(
-            "vanishing_ratio",
-            self.vanishing_ratio,
-            exclusive_minimum=0.0,
-            maximum=1.0,
-            hint="It is a fraction in (0, 1]; the default is 1e-2.",
-        )
-        require_number(
-            "vanishing_floor",
-            self.vanishing_floor,
-            exclusive_minimum=0.0,
-            maximum=1.0,
-            hint="It is a fraction in (0, 1]; the default is 1e-7.",
-        )
-        require_number(
-            "spike_z", self.spike_z, exclusive_minimum=0.0, hint="The default is 8 (robust z)."
-        )
-        require_number(
-            "spike_ratio", self.spike_ratio, minimum=1.0, hint="The default is 3 (x the median)."
-        )
-        require_int("spike_warmup", self.spike_warmup, minimum=3, hint="The default is 8 steps.")
-        if self.spike_warmup > self.spike_window:
+        ),
+    )
+    spike_window: int = field(
+        default=128,
+        metadata=rule(
+            IntAtLeast(4, hint="It is how many recent steps the spike statistics cover.")
+        ),
+    )
+    exploding_rel_grad: float = field(
+        default=1e4,
+        metadata=rule(Number(exclusive_minimum=1, hint="It is a ratio ‖g‖/‖w‖ far above 1.")),
+    )
+    exploding_growth: float = field(
+        default=100.0,
+        metadata=rule(Number(exclusive_minimum=1, hint="It is a growth factor above 1.")),
+    )
+    trend_window: int = field(
+        default=10,
+        metadata=rule(
+            IntAtLeast(3, hint="It is how many recent steps the trend detectors look at.")
+        ),
+    )
+    vanishing_ratio: float = field(default=1e-2, metadata=rule(_FRACTION))
+    vanishing_floor: float = field(default=1e-7, metadata=rule(_FRACTION))
+    spike_z: float = field(
+        default=8.0, metadata=rule(Number(exclusive_minimum=0, hint="It is a robust z-score."))
+    )
+    spike_ratio: float = field(
+        default=3.0,
+        metadata=rule(Number(minimum=1, hint="It is a multiple of the rolling median.")),
+    )
+    spike_warmup: int = field(
+        default=8,
+        metadata=rule(IntAtLeast(3, hint="It is how many previous values a spike detector needs.")),
+    )
+    not_learning_steps: int = field(
+        default=20,
+        metadata=rule(
+            IntAtLeast(4, hint="It is how many steps with a loss come before a verdict.")
+        ),
+    )
+    not_learning_z: float = field(
+        default=2.0,
+        metadata=rule(Number(minimum=0, hint="It is a number of noise standard errors.")),
+    )
+    not_learning_min_drop: float = field(
+        default=1e-3,
+        metadata=rule(
+            Number(minimum=0, maximum=1, hint="It is a fraction of the initial loss in [0, 1].")
+        ),
+    )
+    distributed: DistributedMode = field(
+        default="auto",
+        metadata=rule(OneOf(*DISTRIBUTED_MODES, hint="Use 'off' to watch this rank alone.")),
+    )
+    flow_image_every: int = field(
+        default=100,
+        metadata=rule(IntAtLeast(0, hint="Use 0 to switch the gradient-flow image off.")),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.spike_warmup > self.spike_window:  # the one rule across two options
             raise ValueError(
                 f"spike_warmup ({self.spike_warmup}) must be <= spike_window "
                 f"({self.spike_window}): the window must hold the warm-up steps."
             )
-        require_int(
-            "not_learning_steps",
-            self.not_learning_steps,
-            minimum=4,
-            hint="The default is 20 steps.",
-        )
-        require_number("not_learning_z", self.not_learning_z, minimum=0.0, hint="The default is 2.")
-        require_number(
-            "not_learning_min_drop",
-            self.not_learning_min_drop,
-            minimum=0.0,
-            maximum=1.0,
-            hint="It is a fraction of the initial loss in [0, 1]; the default is 1e-3.",
-        )
-        if self.distributed not in DISTRIBUTED_MODES:
-            raise ValueError(
-                f"distributed must be one of {', '.join(map(repr, DISTRIBUTED_MODES))}, "
-                f"got {self.distributed!r}. Use 'off' to watch this rank alone."
-            )
-        require_int(
-            "flow_image_every",
-            self.flow_image_every,
-            minimum=0,
-            hint="Use 0 to switch the gradient-flow image off.",
-        )
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
