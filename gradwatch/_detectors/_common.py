@@ -100,7 +100,3 @@ def finite_tail(history: History, field: str, n: int) -> np.ndarray:
     """The last ``n`` values of a scalar field, non-finite ones dropped."""
     values = history.series(field, n)
     return values[np.isfinite(values)]
-
-
-def fmt(value: float) -> str:
-    return f"{value:.3g}"

@@ -12,8 +12,9 @@ import numpy as np
 
 from gradwatch._alerts import Alert
 from gradwatch._detectors._base import DetectorContext
-from gradwatch._detectors._common import fmt, layer_label, nanmedian
+from gradwatch._detectors._common import layer_label, nanmedian
 from gradwatch._detectors._spike import spike_of
+from gradwatch._format import fmt
 from gradwatch._history import History
 
 REMEDY = (

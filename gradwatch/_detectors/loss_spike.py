@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from gradwatch._alerts import Alert
 from gradwatch._detectors._base import DetectorContext
-from gradwatch._detectors._common import fmt
 from gradwatch._detectors._spike import spike_of
+from gradwatch._format import fmt
 from gradwatch._history import History
 
 REMEDY = (

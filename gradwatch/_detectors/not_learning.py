@@ -41,7 +41,8 @@ import numpy as np
 
 from gradwatch._alerts import Alert, Severity
 from gradwatch._detectors._base import DetectorContext, trend_detector
-from gradwatch._detectors._common import MAD_TO_SD, fmt, step_noise
+from gradwatch._detectors._common import MAD_TO_SD, step_noise
+from gradwatch._format import fmt
 from gradwatch._history import History
 
 REMEDY = (

@@ -26,7 +26,8 @@ import numpy as np
 
 from gradwatch._alerts import Alert, Severity
 from gradwatch._detectors._base import DetectorContext
-from gradwatch._detectors._common import fmt, median, record_weight_floor
+from gradwatch._detectors._common import median, record_weight_floor
+from gradwatch._format import fmt
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from gradwatch._alerts import Alert, Severity
 from gradwatch._detectors._base import DetectorContext, trend_detector
-from gradwatch._detectors._common import fmt, layer_label, median, nanmedian, record_weight_floor
+from gradwatch._detectors._common import layer_label, median, nanmedian, record_weight_floor
+from gradwatch._format import fmt
 from gradwatch._history import History
 
 REMEDY = (
