@@ -1,6 +1,6 @@
 """``gradwatch report LOGDIR [--json] [--plot FILE.png]``: summarise a logged run.
 
-Reads the event files with TensorBoard's own reader (:mod:`gradwatch._logreader`),
+Reads the event files with TensorBoard's own reader (:mod:`gradwatch._cli.logreader`),
 prints layers with their final and extreme norms, the loss, and the alerts; ``--plot``
 draws the gradient-flow picture. A directory that is missing, empty, or not written by
 gradwatch is a usage error (exit 2) with a message saying which, never a traceback.

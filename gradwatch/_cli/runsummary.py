@@ -1,7 +1,7 @@
 """A JSON-safe summary of a logged run: layers, final and extreme norms, alerts.
 
 This is what ``gradwatch report LOGDIR`` prints (as a table, or with ``--json`` as is).
-It works from a :class:`~gradwatch._logreader.RunLog`, so it needs nothing but the
+It works from a :class:`~gradwatch._cli.logreader.RunLog`, so it needs nothing but the
 event files.
 """
 

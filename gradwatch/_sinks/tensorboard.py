@@ -196,7 +196,7 @@ class TensorBoardSink:
     """Writes a gradwatch run into ``logdir`` as TensorBoard event files.
 
     With ``history`` and ``flow_image_every > 0`` it also draws the gradient-flow picture
-    (:mod:`gradwatch._flowplot`) from the host history under the image tag
+    (:mod:`gradwatch._sinks.flowplot`) from the host history under the image tag
     ``gradient_flow``: at every step that is a multiple of ``flow_image_every`` and
     once more at ``close()`` if steps came since, so a short run still gets one. Drawing
     happens on the host, from numbers already there (no device sync), with numpy alone
