@@ -152,17 +152,14 @@ class Flag(Rule):
 
 
 class OrNone(Rule):
-    """``None`` (the feature is off), or a value obeying ``rule``."""
+    """``None`` (the feature is off), or a value obeying ``rule`` (its hint should say so)."""
 
     def __init__(self, rule: Rule, *, hint: str = "") -> None:
         super().__init__(hint=hint or rule.hint)
         self.rule = rule
 
     def problem(self, value: object) -> Problem | None:
-        found = None if value is None else self.rule.problem(value)
-        if found is not None and found[0] is TypeError:  # a wrong kind: say None would do
-            return TypeError, found[1].replace("must be ", "must be None or ", 1)
-        return found
+        return None if value is None else self.rule.problem(value)
 
 
 class Strings(Rule):
