@@ -21,13 +21,16 @@ from gradwatch._detectors._base import (
     trend_every,
 )
 from gradwatch._detectors.amp_skip import detect_amp_skip
+from gradwatch._detectors.attention_logits import detect_attention_logits
 from gradwatch._detectors.dead_units import detect_dead_units
 from gradwatch._detectors.exploding import detect_exploding
 from gradwatch._detectors.grad_spike import detect_grad_spike
 from gradwatch._detectors.loss_spike import detect_loss_spike
 from gradwatch._detectors.nonfinite import detect_nonfinite
 from gradwatch._detectors.not_learning import detect_not_learning
+from gradwatch._detectors.output_logits import detect_output_logits
 from gradwatch._detectors.poor_init import detect_poor_init
+from gradwatch._detectors.recurrent import detect_recurrent
 from gradwatch._detectors.saturation import detect_saturation
 from gradwatch._detectors.update_size import detect_update_size
 from gradwatch._detectors.vanishing import detect_vanishing
@@ -57,6 +60,9 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
         detect_dead_units,
         detect_poor_init,
         detect_update_size,
+        detect_attention_logits,
+        detect_output_logits,
+        detect_recurrent,
         detect_amp_skip,
         detect_loss_spike,
         detect_grad_spike,

@@ -28,6 +28,15 @@ class NonfiniteOrigin:
     sentence: str
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputLogits:
+    """Statistics of the model's output logits on one sampled step."""
+
+    lse_mean: float
+    lse_max: float
+    abs_max: float
+
+
 @dataclasses.dataclass
 class StepRecord:
     """Statistics of one optimizer step, on the host.
@@ -61,6 +70,21 @@ class StepRecord:
     activation_layers: tuple[str, ...] | None = None
     #: Role of each module in ``activation_layers`` (``"mixing"``, ``"bounded"``, ...).
     activation_roles: tuple[str, ...] | None = None
+    #: Attention modules seen on a sampled step (execution order), with per module the
+    #: largest pre-softmax logit q·k/√d and the mean attention entropy divided by its
+    #: maximum ln(keys) (NaN where unknown): see ``_measure/attention.py``.
+    attention_layers: tuple[str, ...] | None = None
+    attention_logit_max: np.ndarray | None = None
+    attention_entropy: np.ndarray | None = None
+    #: The model's output logits on a sampled step: mean and max over positions of their
+    #: log-sum-exp, and the largest |logit| (None when the output had no logits).
+    output_logits: OutputLogits | None = None
+    #: Recurrent modules (nn.RNN/LSTM/GRU) on a sampled step: the gradient norm reaching
+    #: their input at the first and at the last time step, and the sequence length.
+    recurrent_layers: tuple[str, ...] | None = None
+    recurrent_first: np.ndarray | None = None
+    recurrent_last: np.ndarray | None = None
+    recurrent_length: tuple[int, ...] | None = None
     #: Which module produced the step's first NaN/inf (``locate_nonfinite=True`` only).
     nonfinite_origin: NonfiniteOrigin | None = None
     #: Values detectors derive from this record, cached so that each is computed once.
