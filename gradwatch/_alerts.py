@@ -90,40 +90,62 @@ class Alert:
 
 
 # De-duplication ----------------------------------------------------------------------
-# De-duplication of alerts into episodes: one alert per (kind, layer) episode.
+# One alert per (kind, layer) episode. A detector may fire at every step while a problem
+# lasts; the user wants to hear about it once, and again only if it gets worse: a higher
+# severity, or (after a quiet spell of more than ``gap`` steps) a value further past its
+# threshold than the last one published. A problem that comes back after ``forget``
+# quiet steps is news again whatever its value.
 #
-# A detector may fire at every step while a problem lasts; the user wants to hear about
-# it once, and again only if it gets worse (higher severity) or comes back after a quiet
-# spell of ``gap`` steps.
-#
+
+
+def _excess(alert: Alert) -> float | None:
+    """How far past its threshold the alert's value is, as a factor >= 1 in the alert's
+    own direction (a value below its threshold, as for ``vanishing``, counts downwards);
+    None when the alert carries no comparable numbers."""
+    value, threshold = alert.value, alert.threshold
+    if value is None or threshold is None or not (math.isfinite(value) and threshold > 0):
+        return None
+    if value >= threshold:
+        return value / threshold
+    return threshold / value if value > 0 else math.inf
 
 
 @dataclasses.dataclass
 class _Episode:
     rank: int
     last_step: int
+    excess: float | None
 
 
 class AlertBook:
-    """Keeps every published alert, in order, and the episodes still open."""
+    """Keeps every published alert, in order, and what was last said per (kind, layer)."""
 
-    def __init__(self, gap: int = 20) -> None:
+    def __init__(self, gap: int = 20, forget: int = 200) -> None:
         self.gap = gap
+        self.forget = forget
         self.alerts: list[Alert] = []
         self._episodes: dict[tuple[str, str | None], _Episode] = {}
 
     def offer(self, alert: Alert) -> bool:
-        """Record ``alert``; True if it opens or escalates an episode (so publish it)."""
+        """Record ``alert``; True if it is news (so publish it): a new (kind, layer), a
+        higher severity, a worse value after a quiet spell, or a return after a long one."""
         key = (alert.kind, alert.layer)
         rank = SEVERITY_RANK[alert.severity]
+        excess = _excess(alert)
         episode = self._episodes.get(key)
-        if episode is not None and alert.step - episode.last_step <= self.gap:
+        if episode is not None and alert.step - episode.last_step <= self.forget:
+            quiet = alert.step - episode.last_step > self.gap
             episode.last_step = max(episode.last_step, alert.step)
-            if rank <= episode.rank:
+            worse = (
+                quiet
+                and rank == episode.rank
+                and (excess is None or episode.excess is None or excess > episode.excess)
+            )
+            if rank <= episode.rank and not worse:
                 return False
-            episode.rank = rank
+            episode.rank, episode.excess = max(rank, episode.rank), excess
         else:
-            self._episodes[key] = _Episode(rank, alert.step)
+            self._episodes[key] = _Episode(rank, alert.step, excess)
         self.alerts.append(alert)
         return True
 
