@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 import gradwatch
 from gradwatch._measure.distributed import local_tensor
 
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, train_steps
 
 WORLD = 2
 STEPS = 4
@@ -84,24 +83,6 @@ def full_state(model: nn.Module) -> dict[str, list[float]]:
     return out
 
 
-def train(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    gw: gradwatch.Watcher | None,
-    after_backward: Callable[[int], None] | None = None,
-) -> None:
-    for step, (x, y) in enumerate(batches):
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if after_backward is not None:
-            after_backward(step)
-        if gw is not None:
-            gw.record_loss(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-
-
 def scenarios(kind: str, rank: int, world: int, out_dir: str) -> dict[str, Any]:
     """Run every scenario on this rank; return what the parent checks (JSON-safe)."""
     batches = full_batches() if kind == "single" else rank_batches(rank, world)
@@ -112,7 +93,7 @@ def scenarios(kind: str, rank: int, world: int, out_dir: str) -> dict[str, Any]:
     model = wrap(make_model(), kind)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     with gradwatch.watch(model, optimizer, logdir=logdir, update_ratio_every=1) as gw:
-        train(model, optimizer, batches, gw)
+        train_steps(model, optimizer, batches, gw)
         result["is_writer"] = gw.is_writer
         result["layers"] = list(gw.index.names)
         if rank == 1:  # an alert only this rank can see (e.g. from rank-local activations)
@@ -134,7 +115,7 @@ def scenarios(kind: str, rank: int, world: int, out_dir: str) -> dict[str, Any]:
         with gradwatch.watch(
             model, optimizer, logdir=f"{logdir}-{name}", clip=clip, update_ratio_every=0
         ):
-            train(model, optimizer, batches, None, after_backward=shard_norm)
+            train_steps(model, optimizer, batches, before_step=shard_norm)
         result[f"{name}_weights"] = full_state(model)
         result[f"{name}_shard_norms"] = shard_norms
 
@@ -152,7 +133,7 @@ def scenarios(kind: str, rank: int, world: int, out_dir: str) -> dict[str, Any]:
 
     nan_logdir = logdir + "-nan"
     with gradwatch.watch(model, optimizer, logdir=nan_logdir, on_nonfinite="skip") as gw:
-        train(model, optimizer, batches[:3], gw, after_backward=corrupt)
+        train_steps(model, optimizer, batches[:3], gw, before_step=corrupt)
     after = full_state(model)
     result["nan_alerts"] = [a.to_dict() for a in gw.alerts]
     result["nan_step_unchanged"] = snapshots[NAN_STEP + 1] == snapshots[NAN_STEP]

@@ -13,22 +13,7 @@ from torch import nn
 import gradwatch
 from gradwatch._cli.logreader import read_run
 
-from .helpers import make_mlp, regression_batches
-
-
-def _train(model, optimizer, batches, gw=None, validate=None) -> list[torch.Tensor]:
-    losses = []
-    for x, y in batches:
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if gw is not None:
-            gw.record_loss(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.detach().clone())
-        if validate is not None:
-            validate()
-    return losses
+from .helpers import make_mlp, regression_batches, train_steps
 
 
 def _bounded_net(seed: int = 0) -> nn.Sequential:
@@ -58,7 +43,7 @@ def test_statistics_in_tensorboard_equal_statistics_computed_by_hand(tmp_path) -
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights fixed: compare at will
     batches = regression_batches(3, batch=16)
     with gradwatch.watch(model, optimizer, logdir=tmp_path, activation_every=2):
-        _train(model, optimizer, batches)
+        train_steps(model, optimizer, batches)
     expected = _hooked_outputs(model, batches[2][0])
     run = read_run(tmp_path)
     for name, out in expected.items():
@@ -122,11 +107,7 @@ def test_validation_forwards_are_not_counted_unless_asked() -> None:
         with gradwatch.watch(
             model, optimizer, activation_every=1, activation_eval=activation_eval
         ) as gw:
-            for x, y in batches:
-                nn.functional.mse_loss(model(x), y).backward()
-                validation()
-                optimizer.step()
-                optimizer.zero_grad()
+            train_steps(model, optimizer, batches, before_step=lambda _: validation())
         return gw.history.latest.activations["std"]
 
     clean = run(False, None)
@@ -141,9 +122,9 @@ def test_watched_run_is_bit_identical_with_activation_hooks(locate: bool) -> Non
     plain, watched = _bounded_net(seed=2), _bounded_net(seed=2)
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
     watched_opt = torch.optim.AdamW(watched.parameters(), lr=1e-2)
-    plain_losses = _train(plain, plain_opt, batches)
+    plain_losses = train_steps(plain, plain_opt, batches)
     with gradwatch.watch(watched, watched_opt, activation_every=1, locate_nonfinite=locate) as gw:
-        watched_losses = _train(watched, watched_opt, batches, gw)
+        watched_losses = train_steps(watched, watched_opt, batches, gw)
     for a, b in zip(plain_losses, watched_losses):
         assert torch.equal(a, b)
     for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items()):
@@ -179,7 +160,7 @@ def test_activation_every_zero_switches_statistics_off(tmp_path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradwatch.watch(model, optimizer, logdir=tmp_path, activation_every=0) as gw:
         assert not any(m._forward_hooks for m in model.modules())
-        _train(model, optimizer, regression_batches(2))
+        train_steps(model, optimizer, regression_batches(2))
     assert all(r.activations is None for r in gw.history)
     assert not [tag for tag in read_run(tmp_path).scalars if tag.startswith("act_")]
 

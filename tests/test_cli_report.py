@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import gradwatch
 from gradwatch._cli import _report
@@ -18,22 +16,17 @@ from gradwatch._cli.logreader import read_run
 from gradwatch._cli.runsummary import summarize
 
 from .cli_helpers import run_cli, run_main
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, watched_run
 
 
 def write_run(logdir: Path, *, nan_at: int | None = None, steps: int = 6) -> gradwatch.Watcher:
-    model = make_mlp(depth=3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gradwatch.watch(model, optimizer, logdir=logdir, flow_image_every=0) as gw:
-        for step, (x, y) in enumerate(regression_batches(steps)):
-            if step == nan_at:
-                x = x.clone()
-                x[0, 0] = float("nan")
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    gw, _ = watched_run(
+        make_mlp(depth=3),
+        regression_batches(steps),
+        nan_at=nan_at,
+        logdir=logdir,
+        flow_image_every=0,
+    )
     return gw
 
 

@@ -15,24 +15,9 @@ import gradwatch
 from gradwatch._cli.logreader import read_run
 from gradwatch._clip import ClipTarget
 
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, train_steps
 
 # ------------------------------------------------------------------ helpers
-
-
-def _train(model, optimizer, batches, gw=None, before_step=None) -> list[torch.Tensor]:
-    losses = []
-    for x, y in batches:
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if gw is not None:
-            gw.record_loss(loss)
-        if before_step is not None:
-            before_step()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.detach().clone())
-    return losses
 
 
 def _steep_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,7 +54,7 @@ def _recorded_norms() -> list[float]:
     model = make_mlp(seed=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     with gradwatch.watch(model, optimizer, update_ratio_every=0) as gw:
-        _train(model, optimizer, _steep_batches(60), gw)
+        train_steps(model, optimizer, _steep_batches(60), gw)
     norms = [r.total_grad_norm for r in gw.history]
     for step, factor in ((30, 40.0), (31, 15.0), (45, 80.0), (52, 5.0)):
         norms[step] *= factor
@@ -92,14 +77,14 @@ def test_clip_number_equals_clip_grad_norm_before_each_step(make_optimizer) -> N
     plain, watched = make_mlp(seed=3), make_mlp(seed=3)
     plain_opt = make_optimizer(plain.parameters())
     watched_opt = make_optimizer(watched.parameters())
-    _train(
+    train_steps(
         plain,
         plain_opt,
         batches,
-        before_step=lambda: torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0),
+        before_step=lambda _: torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0),
     )
     with gradwatch.watch(watched, watched_opt, clip=1.0) as gw:
-        _train(watched, watched_opt, batches, gw)
+        train_steps(watched, watched_opt, batches, gw)
     _assert_models_close(plain, watched)
     assert gw.clipped_steps > 10  # the comparison exercised clipping, not a no-op
     for record in gw.history:
@@ -112,14 +97,14 @@ def test_clip_norm_other_norm_types_equal_torch(norm_type: float) -> None:
     plain, watched = make_mlp(seed=4), make_mlp(seed=4)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.05)
     watched_opt = torch.optim.SGD(watched.parameters(), lr=0.05)
-    _train(
+    train_steps(
         plain,
         plain_opt,
         batches,
-        before_step=lambda: torch.nn.utils.clip_grad_norm_(plain.parameters(), 2.0, norm_type),
+        before_step=lambda _: torch.nn.utils.clip_grad_norm_(plain.parameters(), 2.0, norm_type),
     )
     with gradwatch.watch(watched, watched_opt, clip=gradwatch.ClipNorm(2.0, norm_type)) as gw:
-        _train(watched, watched_opt, batches, gw)
+        train_steps(watched, watched_opt, batches, gw)
     _assert_models_close(plain, watched)
     assert gw.clipped_steps > 0
 
@@ -129,14 +114,14 @@ def test_clip_value_equals_clip_grad_value() -> None:
     plain, watched = make_mlp(seed=6), make_mlp(seed=6)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.05)
     watched_opt = torch.optim.SGD(watched.parameters(), lr=0.05)
-    _train(
+    train_steps(
         plain,
         plain_opt,
         batches,
-        before_step=lambda: torch.nn.utils.clip_grad_value_(plain.parameters(), 0.05),
+        before_step=lambda _: torch.nn.utils.clip_grad_value_(plain.parameters(), 0.05),
     )
     with gradwatch.watch(watched, watched_opt, clip=gradwatch.ClipValue(0.05)) as gw:
-        _train(watched, watched_opt, batches, gw)
+        train_steps(watched, watched_opt, batches, gw)
     for (_, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items()):
         assert torch.equal(a, b)
     assert all(0 < r.clip_coef < 1 for r in gw.history)
@@ -147,12 +132,12 @@ def test_statistics_are_logged_before_clipping_and_coef_is_logged(tmp_path) -> N
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     expected_norms = []
 
-    def record_norm() -> None:
+    def record_norm(step: int) -> None:
         grads = [p.grad for p in model.parameters()]
         expected_norms.append(torch.nn.utils.get_total_norm(grads).item())
 
     with gradwatch.watch(model, optimizer, logdir=tmp_path, clip=0.5) as gw:
-        _train(model, optimizer, _steep_batches(6), gw, before_step=record_norm)
+        train_steps(model, optimizer, _steep_batches(6), gw, before_step=record_norm)
     run = read_run(tmp_path)
     logged = [v for _, v in run.scalars["total/grad_norm"]]
     np.testing.assert_allclose(logged, expected_norms, rtol=1e-5)
@@ -165,7 +150,7 @@ def test_without_clip_no_coefficient_is_logged(tmp_path) -> None:
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
-        _train(model, optimizer, regression_batches(3), gw)
+        train_steps(model, optimizer, regression_batches(3), gw)
     assert "total/clip_coef" not in read_run(tmp_path).scalars
     assert gw.history.latest.clip_coef is None and gw.clipped_steps == 0
 

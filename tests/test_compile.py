@@ -23,7 +23,7 @@ import gradwatch
 from gradwatch._cli.logreader import read_run
 from gradwatch._measure.compile import compiled_modules
 
-from .helpers import regression_batches
+from .helpers import regression_batches, train_steps
 
 BACKEND = "aot_eager"
 STEPS = 12  # crosses two activation-sampling steps (0 and 10) at the default of 10
@@ -69,18 +69,10 @@ def _train(
     """A plain loop; ``forward`` is what is called, ``model`` owns the parameters."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     watcher = gradwatch.watch(forward, optimizer, logdir=logdir, **options) if watched else None
-    losses = []
-    for x, y in regression_batches(STEPS, batch=8):
-        loss = nn.functional.mse_loss(forward(x), y)
-        loss.backward()
-        if watcher is not None:
-            watcher.record_loss(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(forward, optimizer, regression_batches(STEPS, batch=8), watcher)
     if watcher is not None:
         watcher.close()
-    return losses, watcher
+    return [loss.item() for loss in losses], watcher
 
 
 @pytest.mark.parametrize("how", ["torch.compile", "module.compile"])
@@ -168,18 +160,12 @@ def test_training_compiled_after_watch_matches_eager(activation_every: int, grap
     counters.clear()
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
     with gradwatch.watch(
         model, optimizer, locate_nonfinite=True, activation_every=activation_every
     ) as watcher:
         compiled = torch.compile(model, backend=BACKEND)
-        for x, y in regression_batches(STEPS, batch=8):
-            loss = nn.functional.mse_loss(compiled(x), y)
-            loss.backward()
-            watcher.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
+        batches = regression_batches(STEPS, batch=8)
+        losses = [loss.item() for loss in train_steps(compiled, optimizer, batches, watcher)]
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-5, atol=1e-7)
     assert watcher.step_count == STEPS
     assert counters["stats"]["unique_graphs"] == graphs

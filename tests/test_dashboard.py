@@ -20,12 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from torch import nn
 
-import gradwatch
-
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, watched_run
 
 pytestmark = pytest.mark.slow
 
@@ -45,18 +41,9 @@ def _get(url: str, timeout: float = 5.0) -> Any:
 
 def write_unstable_run(logdir: Path) -> None:
     """A short run with a NaN at step 3, so there are scalars, an alert and an image."""
-    model = make_mlp(depth=3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gradwatch.watch(model, optimizer, logdir=logdir, flow_image_every=4) as gw:
-        for step, (x, y) in enumerate(regression_batches(6)):
-            if step == 3:
-                x = x.clone()
-                x[0, 0] = float("nan")
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    watched_run(
+        make_mlp(depth=3), regression_batches(6), nan_at=3, logdir=logdir, flow_image_every=4
+    )
 
 
 class TensorBoardServer:

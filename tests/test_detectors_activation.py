@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-import gradwatch
 from gradwatch import Alert
+
+from .helpers import watched_run
 
 SERIOUS = ("warning", "error")
 
@@ -61,14 +62,8 @@ def regression(batches: int = 6, batch: int = 32, dim: int = 8):
 def train(model: nn.Module, data, loss_fn, steps: int = 12, **options) -> list[Alert]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     options.setdefault("activation_every", 5)
-    with gradwatch.watch(model, optimizer, **options) as gw:
-        for step in range(steps):
-            x, y = data[step % len(data)]
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    batches = [data[step % len(data)] for step in range(steps)]
+    gw, _ = watched_run(model, batches, optimizer=optimizer, loss_fn=loss_fn, **options)
     return gw.alerts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 import gradwatch
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
+
+from .helpers import train_steps
 
 
 def _record(step: int) -> StepRecord:
@@ -62,12 +65,7 @@ def test_watcher_host_memory_is_flat_over_10000_steps(tmp_path) -> None:
     x, y = torch.randn(8, 4), torch.randn(8, 1)
 
     def train(gw: gradwatch.Watcher, steps: int) -> None:
-        for _ in range(steps):
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+        train_steps(model, optimizer, itertools.repeat((x, y), steps), gw)  # losses dropped
 
     with gradwatch.watch(model, optimizer, logdir=tmp_path, history=256) as gw:
         train(gw, 1000)  # fill the history window first

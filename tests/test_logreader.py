@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-import gradwatch
 from gradwatch._cli.logreader import NotAGradwatchLog, read_run
+
+from .helpers import watched_run
 
 
 class _Bomb:
@@ -50,13 +51,8 @@ def test_missing_empty_or_non_directory_is_a_clear_error(tmp_path, kind: str) ->
 def test_round_trip(tmp_path) -> None:
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
-        for _ in range(3):
-            loss = model(torch.randn(4, 3)).pow(2).mean()
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    batches = [(torch.randn(4, 3), torch.zeros(4, 1)) for _ in range(3)]
+    watched_run(model, batches, optimizer=optimizer, logdir=tmp_path)
     run = read_run(tmp_path)
     assert run.has_layout
     assert run.layers() == ["_root_"]

@@ -22,6 +22,8 @@ import gradwatch
 from gradwatch._cli.logreader import read_run
 from gradwatch._sinks.tensorboard import SummaryTemplates, step_scalars
 
+from .helpers import train_steps
+
 
 class OpCounter(TorchDispatchMode):
     """Counts the aten ops dispatched at the top level (what would be kernel launches)."""
@@ -88,19 +90,17 @@ def test_host_memory_is_flat_once_the_history_is_full(tmp_path) -> None:
     x, y = torch.randn(8, 4), torch.randn(8, 1)
     ours = [tracemalloc.Filter(True, "*gradwatch*")]
     sizes = []
+
+    def measure(step: int) -> None:
+        if step + 1 in (50, 200):
+            gc.collect()
+            snapshot = tracemalloc.take_snapshot().filter_traces(ours)
+            sizes.append(sum(s.size for s in snapshot.statistics("filename")))
+
     with gradwatch.watch(model, optimizer, logdir=tmp_path, history=16) as watcher:
         tracemalloc.start()  # after attaching: imports and writer set-up are not the point
         try:
-            for step in range(1, 201):
-                loss = nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                watcher.record_loss(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-                if step in (50, 200):
-                    gc.collect()
-                    snapshot = tracemalloc.take_snapshot().filter_traces(ours)
-                    sizes.append(sum(s.size for s in snapshot.statistics("filename")))
+            train_steps(model, optimizer, [(x, y)] * 200, watcher, after_step=measure)
         finally:
             tracemalloc.stop()
     assert len(watcher.history) == 16

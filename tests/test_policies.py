@@ -13,7 +13,7 @@ from torch import nn
 import gradwatch
 from gradwatch._policies import RollingStats
 
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, train_steps
 
 OPTIMIZERS = [
     pytest.param(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), id="sgd-momentum"),
@@ -88,16 +88,8 @@ def test_skipped_run_equals_a_run_that_never_saw_the_bad_batch(make_optimizer, c
         caplog.at_level(logging.CRITICAL, logger="gradwatch"),
         gradwatch.watch(skipping, skip_opt, on_nonfinite="skip"),
     ):
-        for step, (x, y) in enumerate(batches):
-            nn.functional.mse_loss(skipping(_poisoned(step, bad_step, x)), y).backward()
-            skip_opt.step()
-            skip_opt.zero_grad()
-    for step, (x, y) in enumerate(batches):
-        if step == bad_step:
-            continue
-        nn.functional.mse_loss(twin(x), y).backward()
-        twin_opt.step()
-        twin_opt.zero_grad()
+        train_steps(skipping, skip_opt, batches, nan_at=bad_step)
+    train_steps(twin, twin_opt, [batch for step, batch in enumerate(batches) if step != bad_step])
     _assert_same(skipping.state_dict(), twin.state_dict())
     _assert_same(skip_opt.state_dict()["state"], twin_opt.state_dict()["state"])
 
@@ -143,18 +135,18 @@ def _spike_run(skip_spikes, spike_at: int = 40, factor: float = 30.0):
     model = make_mlp(seed=7)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = regression_batches(50, seed=3)
+    x, y = batches[spike_at]
+    batches[spike_at] = (x, y * factor)  # a corrupted batch: its loss and gradient norm spike
     snapshots = {}
+
+    def before(step: int) -> None:
+        snapshots[step] = _state_snapshot(model, optimizer)
+
+    def after(step: int) -> None:
+        snapshots[step] = (snapshots[step], _state_snapshot(model, optimizer))
+
     with gradwatch.watch(model, optimizer, skip_spikes=skip_spikes, spike_window=32) as gw:
-        for step, (x, y) in enumerate(batches):
-            if step == spike_at:
-                y = y * factor  # a corrupted batch: its loss and gradient norm spike
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            snapshots[step] = _state_snapshot(model, optimizer)
-            optimizer.step()
-            optimizer.zero_grad()
-            snapshots[step] = (snapshots[step], _state_snapshot(model, optimizer))
+        train_steps(model, optimizer, batches, gw, before_step=before, after_step=after)
     return gw, snapshots
 
 

@@ -17,7 +17,7 @@ import gradwatch
 from gradwatch._cli.logreader import read_run
 from gradwatch._sinks import SinkFailureWarning
 
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, train_steps
 
 
 class DiskFullRecords:
@@ -25,21 +25,6 @@ class DiskFullRecords:
 
     def write(self, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def _train(model, optimizer, gw, batches, nan_at: int | None = None) -> list[torch.Tensor]:
-    losses = []
-    for step, (x, y) in enumerate(batches):
-        if step == nan_at:
-            x = x.clone()
-            x[0, 0] = float("nan")
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        gw.record_loss(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.detach())
-    return losses
 
 
 def _tensorboard_sink(gw: gradwatch.Watcher):
@@ -54,16 +39,16 @@ def test_disk_full_writer_gives_one_warning_and_training_continues(tmp_path) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     batches = regression_batches(10)
     with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
-        _train(model, optimizer, gw, batches[:3])
+        train_steps(model, optimizer, batches[:3], gw)
         sink = _tensorboard_sink(gw)
         sink.flush()  # what was written before the disk filled up must survive
         sink._file_writer._records = DiskFullRecords()
         with pytest.warns(SinkFailureWarning, match="No space left") as caught:
-            _train(model, optimizer, gw, batches[3:], nan_at=4)
+            train_steps(model, optimizer, batches[3:], gw, nan_at=4)
     assert len(caught) == 1
     with gradwatch.watch(twin, twin_opt) as twin_gw:
-        _train(twin, twin_opt, twin_gw, batches[:3])
-        _train(twin, twin_opt, twin_gw, batches[3:], nan_at=4)
+        train_steps(twin, twin_opt, batches[:3], twin_gw)
+        train_steps(twin, twin_opt, batches[3:], twin_gw, nan_at=4)
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
     # The in-memory record is complete, and what reached disk before the fault is intact.
@@ -78,10 +63,10 @@ def test_log_directory_removed_mid_run_warns_once(tmp_path) -> None:
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with gradwatch.watch(model, optimizer, logdir=logdir) as gw:
-        _train(model, optimizer, gw, regression_batches(5))
+        train_steps(model, optimizer, regression_batches(5), gw)
         shutil.rmtree(logdir)
         with pytest.warns(SinkFailureWarning, match="was removed") as caught:
-            _train(model, optimizer, gw, regression_batches(60))
+            train_steps(model, optimizer, regression_batches(60), gw)
             gw.close()
     assert len(caught) == 1
     assert gw.history.steps_seen == 65
@@ -115,10 +100,7 @@ def test_real_full_disk_is_survived(tiny_tmpfs) -> None:
         pytest.warns(SinkFailureWarning) as caught,
         gradwatch.watch(model, optimizer, logdir=tiny_tmpfs, flush_secs=1) as gw,
     ):
-        for x, y in batches:
-            nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        train_steps(model, optimizer, batches)
         gw.close()
     assert len(caught) == 1
     assert gw.history.steps_seen == 400

@@ -15,20 +15,7 @@ from torch import nn
 import gradwatch
 from gradwatch._cli.logreader import read_run
 
-from .helpers import make_mlp, regression_batches
-
-
-def _train(model: nn.Module, optimizer: torch.optim.Optimizer, batches, gw=None) -> list[float]:
-    losses = []
-    for x, y in batches:
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        if gw is not None:
-            gw.record_loss(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.detach().clone())
-    return losses
+from .helpers import make_mlp, regression_batches, train_steps, watched_run
 
 
 @pytest.mark.parametrize(
@@ -46,9 +33,9 @@ def test_watched_run_is_bit_identical_to_unwatched_twin(make_optimizer, tmp_path
         make_optimizer(plain.parameters()),
         make_optimizer(watched.parameters()),
     )
-    plain_losses = _train(plain, plain_opt, batches)
+    plain_losses = train_steps(plain, plain_opt, batches)
     with gradwatch.watch(watched, watched_opt, logdir=tmp_path, update_ratio_every=1) as gw:
-        watched_losses = _train(watched, watched_opt, batches, gw)
+        watched_losses = train_steps(watched, watched_opt, batches, gw)
     for a, b in zip(plain_losses, watched_losses):
         assert torch.equal(a, b)
     for (name, a), (_, b) in zip(plain.state_dict().items(), watched.state_dict().items()):
@@ -87,18 +74,7 @@ def test_logged_grad_norms_equal_norms_computed_by_hand(tmp_path) -> None:
 
 @pytest.mark.parametrize("bad_step", [0, 3, 7])
 def test_nan_in_input_at_step_k_raises_nonfinite_alert_at_k(bad_step: int) -> None:
-    model = make_mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gradwatch.watch(model, optimizer) as gw:
-        for step, (x, y) in enumerate(regression_batches(10)):
-            if step == bad_step:
-                x = x.clone()
-                x[0, 0] = float("nan")
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    gw, _ = watched_run(make_mlp(), regression_batches(10), nan_at=bad_step)
     nonfinite = [a for a in gw.alerts if a.kind == "nonfinite"]
     assert nonfinite, gw.alerts
     assert nonfinite[0].step == bad_step
@@ -110,19 +86,14 @@ def test_nan_in_input_at_step_k_raises_nonfinite_alert_at_k(bad_step: int) -> No
 def test_once_weights_are_nan_only_the_nonfinite_alert_speaks() -> None:
     """After a NaN reaches the weights every statistic is garbage: no dead-unit, vanishing
     or not-learning noise may bury the one alert that names the cause."""
-    model = make_mlp(depth=4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     bad_step = 2
-    with gradwatch.watch(model, optimizer, activation_every=1, not_learning_steps=5) as gw:
-        for step, (x, y) in enumerate(regression_batches(30)):
-            if step == bad_step:
-                x = x.clone()
-                x[0, 0] = float("nan")
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            gw.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    gw, _ = watched_run(
+        make_mlp(depth=4),
+        regression_batches(30),
+        nan_at=bad_step,
+        activation_every=1,
+        not_learning_steps=5,
+    )
     broken_from = min(r.step for r in gw.history if not r.weight_finite.all())
     assert broken_from == bad_step + 1  # the NaN gradient's update poisoned the weights
     after = [a for a in gw.alerts if a.step >= broken_from]
@@ -181,7 +152,7 @@ def test_frozen_and_unused_layers_are_reported_as_having_no_gradient(tmp_path) -
         p.requires_grad_(False)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
-        _train(model, optimizer, regression_batches(3), gw)
+        train_steps(model, optimizer, regression_batches(3), gw)
     record = gw.history.latest
     assert not record.has_grad[0] and np.isnan(record.grad_norm[0])
     assert record.has_grad[1:].all() and np.isfinite(record.grad_norm[1:]).all()
@@ -320,7 +291,7 @@ def test_exception_inside_with_block_still_flushes(tmp_path) -> None:
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(KeyboardInterrupt), gradwatch.watch(model, optimizer, logdir=tmp_path):
-        _train(model, optimizer, regression_batches(3))
+        train_steps(model, optimizer, regression_batches(3))
         raise KeyboardInterrupt
     run = read_run(tmp_path)
     assert [s for s, _ in run.scalars["total/grad_norm"]] == [0, 1, 2]
