@@ -8,7 +8,6 @@ not a training loop anyone times), but it never changes what training computes.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -233,11 +232,9 @@ def check(
         if baseline:
             batches = [(_to_device(x, device), _to_device(y, device)) for x, y in batches]
             baseline_losses = _frozen_losses(model, loss_fn, batches)
-        watcher = Watcher(model, optimizer, logdir=logdir, config=config)
-        if baseline_losses is not None:
-            watcher._context = dataclasses.replace(
-                watcher._context, loss_baseline=tuple(baseline_losses)
-            )
+        watcher = Watcher(
+            model, optimizer, logdir=logdir, config=config, loss_baseline=baseline_losses
+        )
         losses: list[Tensor] = []
         stopped: str | None = None
         taken = 0

@@ -1,10 +1,14 @@
 """The :class:`Watcher`: attaches to a model and optimizer, measures every step, owns
 everything it attached, and hands statistics down the pipeline.
 
-Data flows one way (DESIGN.md)::
+Data flows one way (see ``docs/architecture.md``)::
 
-    optimizer step pre-hook ─► per-layer norms on the device (_stats)
-        ─► host copy (_transfer) ─► History ─► detectors ─► AlertBook ─► sinks
+    optimizer step pre-hook ─► step vector on the device (_measure.meter, .step)
+        ─► policies (clip, skip) ─► host copy (_measure.transfer) ─► StepRecord
+        ─► History ─► detectors ─► AlertBook ─► sinks
+
+The watcher only orchestrates: it decides *when* each stage runs and owns what it
+attached; what is measured, and how, belongs to the stages.
 
 The watcher holds the model only through a weak reference and keeps every hook handle
 and writer in one ``ExitStack``, so ``close()`` leaves the model exactly as it found it.
@@ -17,10 +21,10 @@ import contextlib
 import logging
 import os
 import weakref
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,15 +44,14 @@ from gradwatch._history import History
 from gradwatch._measure.activations import ActivationProbe
 from gradwatch._measure.amp import ScalerBridge
 from gradwatch._measure.compile import compiled_modules
-from gradwatch._measure.distributed import AlertRelay, GlobalNorms
+from gradwatch._measure.distributed import AlertRelay, norm_reducer
 from gradwatch._measure.hooks import WatcherHook
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.localize import NonfiniteLocator
-from gradwatch._measure.meter import read_record
+from gradwatch._measure.meter import StepMeter, read_record
 from gradwatch._measure.record import StepRecord
-from gradwatch._measure.stats import LayerNorms, snapshot, update_squared
-from gradwatch._measure.step import PendingStep, StepVector
-from gradwatch._measure.transfer import HostCopy, to_host
+from gradwatch._measure.step import PendingStep
+from gradwatch._measure.transfer import HostCopy
 from gradwatch._policies import StepPolicies
 from gradwatch._sinks import GuardedSink
 from gradwatch._sinks.logging_sink import LoggingSink
@@ -147,11 +150,14 @@ class Watcher:
         *,
         logdir: str | os.PathLike[str] | None = None,
         config: WatchConfig | None = None,
-        reports_amp: bool = False,
+        loss_baseline: Sequence[float] | None = None,
     ) -> None:
-        """See :func:`watch`. ``reports_amp`` is for integrations whose framework runs a
-        GradScaler itself and calls :meth:`step`: they hand each step's scaler verdict
-        to ``_step_found_inf`` so a step the scaler skips is an ``amp_skip``, not a NaN.
+        """See :func:`watch`.
+
+        ``loss_baseline`` is for :func:`gradwatch.check` (``baseline=True``), or anyone
+        who measured the same: the learning-rate-zero baseline, i.e. the loss of step
+        ``i``'s batch with the weights left as they were, indexed by step. The
+        ``not_learning`` detector then judges the loss against it instead of its own noise.
         """
         _validate_model_and_optimizer(model, optimizer)
         self.config = config if config is not None else WatchConfig()
@@ -169,17 +175,22 @@ class Watcher:
                 "watch. Pass the module that owns the trainable parameters."
             )
         self.device = self.index.device()
-        # Distributed: global statistics through one all-reduce per step (_distributed).
-        self._global = GlobalNorms.create(self.index, self.device, self.config.distributed)
-        self.is_writer = self._global is None or self._global.rank == 0
+        # Local norms, or global ones through one all-reduce per step (distributed).
+        reducer = norm_reducer(self.index, self.device, self.config.distributed)
+        self.is_writer = reducer.rank == 0
         #: How many ranks' statistics are combined (1 when watched alone).
-        self.world_size = 1 if self._global is None else self._global.world_size
+        self.world_size = reducer.world_size
         self.logdir = _validate_logdir(logdir, create=self.is_writer)
         self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self.history = History(self.config.history)
         self._trend_due = False  # the trend detectors have yet to judge the latest step
-        self._norms = LayerNorms(self.index, self.device)
+        self._meter = StepMeter(
+            self.index,
+            self.device,
+            reducer,
+            update_ratio_every=self.config.update_ratio_every,
+        )
         self._book = AlertBook()
         self._context = DetectorContext(
             self.index.names,
@@ -187,11 +198,10 @@ class Watcher:
             self.config,
             layer_numel=self.index.layer_numel(),
             holds_sublayers=self.index.holds_sublayers,
+            loss_baseline=None if loss_baseline is None else tuple(map(float, loss_baseline)),
         )
         self._detectors: list[Detector] = default_detectors(self.config)
         self._policies = StepPolicies(self.config, self.index)
-        #: The caller's GradScaler verdict for the next step() (``reports_amp`` only).
-        self._step_found_inf: Tensor | None = None
         self._amp: ScalerBridge | None = None
         self._step = 0
         self._loss: Tensor | float | None = None
@@ -200,7 +210,7 @@ class Watcher:
         self._closed: bool = False
         self._stack = contextlib.ExitStack()
         self._sinks: list[GuardedSink] = []
-        self._relay = AlertRelay.create(self._global)
+        self._relay = AlertRelay.create(reducer)
         try:
             self._add_sink(LoggingSink(), "logging")
             if self._relay is not None and not self.is_writer:
@@ -302,12 +312,21 @@ class Watcher:
                 f"{type(loss).__name__}."
             )
 
-    def step(self) -> None:
+    def step(self, *, found_inf: Tensor | None = None) -> None:
         """Measure this iteration's gradients; for loops without an optimizer.
 
         Call once per iteration after ``backward()`` and before the weights change. With
         an optimizer passed to :func:`watch`, steps are measured automatically at each
         ``optimizer.step()``, so calling this raises.
+
+        Args:
+            found_inf: for loops whose framework runs its own ``GradScaler`` (gradwatch
+                does it for you with ``watch(..., scaler=)``): the scaler's inf/NaN
+                verdict for this step, after ``scaler.unscale_(optimizer)``, as a tensor
+                holding one value, > 0 when inf/NaN was found (e.g. the sum of the
+                scaler's per-device ``found_inf`` flags). A step with a verdict > 0 is
+                reported as an ``amp_skip``, not as ``nonfinite``. It stays on its
+                device and is read with the step's statistics: no host sync.
         """
         self._require_open("step")
         if self._optimizer_ref is not None:
@@ -315,8 +334,19 @@ class Watcher:
                 "Watcher.step() is for loops without an optimizer; this watcher measures "
                 "automatically at each optimizer.step(). Remove the gw.step() call."
             )
+        if found_inf is not None and not (isinstance(found_inf, Tensor) and found_inf.numel() == 1):
+            got = (
+                f"a tensor of shape {tuple(found_inf.shape)}"
+                if isinstance(found_inf, Tensor)
+                else type(found_inf).__name__
+            )
+            raise TypeError(
+                f"step(found_inf=...) expects a tensor holding one value (> 0 when the "
+                f"GradScaler found inf/NaN) or None, got {got}. Pass e.g. "
+                "torch.stack(list(found_inf_per_device.values())).sum()."
+            )
         self._seal_pending()
-        pending = self._measure()
+        pending = self._measure(found_inf)
         self._pending = pending
         if pending.weights_before is None:
             self._seal_pending()
@@ -423,64 +453,33 @@ class Watcher:
             self._seal_pending()
             self._arm_activations()
 
-    def _measure(self) -> PendingStep:
-        """Compute this step's statistics on the device; apply policies that need them."""
+    def _measure(self, found_inf: Tensor | None = None) -> PendingStep:
+        """This step's statistics on the device, then the policies that need them.
+
+        ``found_inf`` is the caller's GradScaler verdict (:meth:`step`); under
+        ``scaler=`` the watched scaler's own verdict is read instead.
+        """
         step = self._step
         self._step += 1
-        params = self.index.params
         optimizer = self._optimizer_ref() if self._optimizer_ref is not None else None
         if self._amp is not None and optimizer is not None:
             self._amp.unscale(optimizer)  # at most once per step; a no-op if the user did
-        grads = [p.grad for p in params]
-        has_grad = np.zeros(self.index.num_layers, dtype=bool)
-        for grad, layer in zip(grads, self.index.param_layer):
-            if grad is not None:  # a host-side attribute check, not a tensor read
-                has_grad[layer] = True
-        loss = self._loss
-        self._loss = None
-        if loss is None or isinstance(loss, float):
-            # A fill kernel with a host scalar argument: no host→device copy, no sync.
-            value = float("nan") if loss is None else loss
-            loss_value = torch.full((1,), value, device=self.device)
-        else:
-            # non_blocking: the loss may live on another device; never wait for it here.
-            loss_value = loss.reshape(1).to(self.device, torch.float32, non_blocking=True)
-        if self._global is None:
-            grad_sq = self._norms.squared(grads)
-            weight_sq = self._norms.squared(params)
-        else:  # one all-reduce; every rank gets the same global numbers
-            grad_sq, weight_sq, loss_value = self._global.reduce_step(
-                grads, params, loss_value, loss is not None
-            )
-        total = grad_sq.sum().sqrt()
-        # Clipping comes after the statistics above, so they are of the unclipped gradient.
-        coef = self._policies.clip(params, total)
-        found_inf, self._step_found_inf = self._step_found_inf, None
-        if self._amp is not None and optimizer is not None:
             found_inf = self._amp.found_inf(optimizer, self.device)
-        vector = StepVector(self.device)
-        vector.add(
-            {
-                "grad_norm": grad_sq.sqrt(),
-                "weight_norm": weight_sq.sqrt(),
-                "total_grad_norm": total.reshape(1),
-                "loss": loss_value,
-            }
-        )
-        vector.add(self._policies.values(coef, found_inf))
-        vector.pack()  # now: the pieces may change after the update (a loss accumulator)
-        pending = PendingStep(step, vector, has_grad, loss is not None, total)
+        loss, self._loss = self._loss, None
+        pending = self._meter.measure(step, loss)
+        # Clipping comes after the statistics above, so they are of the unclipped gradient.
+        coef = self._policies.clip(self.index.params, pending.total_norm)
+        pending.vector.add(self._policies.values(coef, found_inf))
+        # Packed now, not after the update: a piece may be a view of a tensor the caller
+        # changes in place before the step is sealed (a running loss, the scaler's flags).
+        pending.vector.pack()
         if self._probe is not None:
             pending.activations = self._probe.collect()  # removes the hooks; device values
         if self._locator is not None:
             pending.trace = self._locator.take()  # device flags, read only on NaN/inf
         if self._policies.needs_host:
             self._apply_host_policies(pending)
-        every = self.config.update_ratio_every
-        if every and step % every == 0 and not pending.skipped:
-            pending.weights_before = (
-                snapshot(params) if self._global is None else self._global.snapshot(params)
-            )
+        self._meter.before_update(pending)
         return pending
 
     def _apply_host_policies(self, pending: PendingStep) -> None:
@@ -514,25 +513,7 @@ class Watcher:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        vector = pending.vector
-        if pending.weights_before is not None:
-            if self._global is None:
-                update_sq = update_squared(self.index, self._norms, pending.weights_before)
-            else:
-                update_sq = self._global.update_squared(pending.weights_before)
-            pending.weights_before = None
-            weight_norm = vector.get("weight_norm")
-            assert weight_norm is not None
-            tiny = torch.finfo(torch.float32).tiny
-            vector.add({"update_ratio": update_sq.sqrt() / weight_norm.clamp_min(tiny)})
-        if pending.activations is not None:
-            vector.add({"activations": pending.activations.values})
-        vector.pack()  # one cat for what was measured after the update, if anything
-        if vector.host is not None:  # read before the update, and nothing added since
-            self._inflight.append(HostCopy.ready(pending, vector.host))
-        else:
-            assert vector.values is not None
-            self._inflight.append(to_host(pending, vector.values))
+        self._inflight.append(self._meter.seal(pending))
         self._drain(block=False)
 
     def _drain(self, *, block: bool) -> None:

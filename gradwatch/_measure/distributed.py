@@ -47,7 +47,7 @@ from torch import Tensor
 from gradwatch._alerts import Alert
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
-from gradwatch._measure.stats import LayerNorms, snapshot
+from gradwatch._measure.stats import LayerNorms, LocalNorms, NormReducer, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,19 @@ def _contributes(param: Tensor, rank: int) -> bool:
     return rank == 0
 
 
+def norm_reducer(index: LayerIndex, device: torch.device, mode: str) -> NormReducer:
+    """The watcher's :class:`NormReducer`, chosen once at attach time: global statistics
+    in a process group of several ranks (unless ``distributed="off"``), else local."""
+    reducer = GlobalNorms.create(index, device, mode)
+    return reducer if reducer is not None else LocalNorms(index, device)
+
+
 class GlobalNorms:
     """Per-layer squared norms and the loss, summed over the ranks in one all-reduce.
 
-    Built once at attach time from the layer index; ``reduce_step`` is called once per
-    optimizer step by the watcher, on every rank, in the same order (it is a collective).
+    The :class:`NormReducer` of a process group. Built once at attach time from the layer
+    index; ``reduce_step`` is called once per optimizer step by the watcher, on every
+    rank, in the same order (it is a collective).
     """
 
     def __init__(
@@ -241,9 +249,9 @@ class AlertRelay:
         self._held: list[Alert] = []
 
     @classmethod
-    def create(cls, reducer: GlobalNorms | None) -> AlertRelay | None:
+    def create(cls, reducer: NormReducer) -> AlertRelay | None:
         """A relay for this process group, or None (no group, or no store to use)."""
-        if reducer is None:
+        if not isinstance(reducer, GlobalNorms):
             return None
         sequence = next(_SEQUENCE)
         try:

@@ -1,18 +1,101 @@
 """The measuring stage of a step: its statistics as named device pieces, and back.
 
 :class:`StepMeter` turns the model's gradients, weights and the recorded loss into the
-pieces of a step's vector (see ``step``), on the device and without a host sync;
-:func:`read_record` turns the vector's host copy into the :class:`StepRecord` every later
-stage reads, reading each segment by name.
+pieces of a step's vector (see ``step``), on the device and without a host sync, and
+after the update adds the update ratio and starts the vector's host copy;
+:func:`read_record` turns that host copy into the :class:`StepRecord` every later stage
+reads, reading each segment by name.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.localize import locate
 from gradwatch._measure.record import StepRecord
-from gradwatch._measure.step import PendingStep
+from gradwatch._measure.stats import NormReducer
+from gradwatch._measure.step import PendingStep, StepVector
+from gradwatch._measure.transfer import HostCopy, to_host
+
+
+class StepMeter:
+    """Measures each step of one watched model through its :class:`NormReducer`.
+
+    ``update_ratio_every``: every how many steps the update ratio ||dw|| / ||w|| is
+    measured (0: never); it costs a copy of the weights from before the update.
+    """
+
+    def __init__(
+        self,
+        index: LayerIndex,
+        device: torch.device,
+        reducer: NormReducer,
+        *,
+        update_ratio_every: int,
+    ) -> None:
+        self.index = index
+        self.device = device
+        self.reducer = reducer
+        self.update_ratio_every = update_ratio_every
+
+    def measure(self, step: int, loss: Tensor | float | None) -> PendingStep:
+        """Stage the step's norms and loss (before the update, before any clipping)."""
+        params = self.index.params
+        grads = [p.grad for p in params]
+        has_grad = np.zeros(self.index.num_layers, dtype=bool)
+        for grad, layer in zip(grads, self.index.param_layer):
+            if grad is not None:  # a host-side attribute check, not a tensor read
+                has_grad[layer] = True
+        grad_sq, weight_sq, loss_value = self.reducer.reduce_step(
+            grads, params, self._loss_on_device(loss), loss is not None
+        )
+        total = grad_sq.sum().sqrt()
+        vector = StepVector(self.device)
+        vector.add(
+            {
+                "grad_norm": grad_sq.sqrt(),
+                "weight_norm": weight_sq.sqrt(),
+                "total_grad_norm": total.reshape(1),
+                "loss": loss_value,
+            }
+        )
+        return PendingStep(step, vector, has_grad, loss is not None, total)
+
+    def _loss_on_device(self, loss: Tensor | float | None) -> Tensor:
+        """The loss as a float32 ``(1,)`` tensor on the device; NaN when none was recorded."""
+        if loss is None or isinstance(loss, float):
+            # A fill kernel with a host scalar argument: no host→device copy, no sync.
+            value = float("nan") if loss is None else loss
+            return torch.full((1,), value, device=self.device)
+        # non_blocking: the loss may live on another device; never wait for it here.
+        return loss.reshape(1).to(self.device, torch.float32, non_blocking=True)
+
+    def before_update(self, pending: PendingStep) -> None:
+        """Copy the weights when this step measures an update ratio (and is not skipped)."""
+        every = self.update_ratio_every
+        if every and pending.step % every == 0 and not pending.skipped:
+            pending.weights_before = self.reducer.snapshot(self.index.params)
+
+    def seal(self, pending: PendingStep) -> HostCopy:
+        """After the update: add the update ratio and activations, then start the host copy."""
+        vector = pending.vector
+        if pending.weights_before is not None:
+            update_sq = self.reducer.update_squared(pending.weights_before)
+            pending.weights_before = None
+            weight_norm = vector.get("weight_norm")
+            assert weight_norm is not None
+            tiny = torch.finfo(torch.float32).tiny
+            vector.add({"update_ratio": update_sq.sqrt() / weight_norm.clamp_min(tiny)})
+        if pending.activations is not None:
+            vector.add({"activations": pending.activations.values})
+        vector.pack()  # one cat for what was measured after the update, if anything
+        if vector.host is not None:  # read before the update, and nothing added since
+            return HostCopy.ready(pending, vector.host)
+        assert vector.values is not None
+        return to_host(pending, vector.values)
 
 
 def read_record(pending: PendingStep, host: np.ndarray) -> StepRecord:

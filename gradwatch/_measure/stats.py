@@ -6,11 +6,16 @@ The number of kernel launches is O(groups), not O(parameters), and nothing here 
 value back to the host (no ``.item()``, no ``.cpu()``, no Python branching on tensor
 values), so a CUDA stream is never synchronised (compare ``torch.nn.utils.clip_grad``).
 Norms are accumulated in float32 whatever the parameters' dtype (bf16/fp16 included).
+
+A watcher reaches these norms through a :class:`NormReducer`, chosen once at attach time:
+:class:`LocalNorms` here, or ``GlobalNorms`` (``distributed``) when a process group
+makes the statistics global.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -123,3 +128,60 @@ def update_squared(index: LayerIndex, norms: LayerNorms, before: list[Tensor]) -
         with torch.no_grad():  # no autograd, so no per-parameter detach() either
             torch._foreach_sub_(before, list(index.params))
     return norms.squared(before)
+
+
+class NormReducer(Protocol):
+    """Turns this process's tensors into the per-layer squared norms a step records.
+
+    Chosen once at attach time (``distributed.norm_reducer``), so the watcher never asks
+    whether it is distributed. Every method returns float32 device tensors, one value
+    per layer, and never reads a value back to the host.
+    """
+
+    #: This process's rank, and how many ranks' statistics are combined (0 and 1 alone).
+    rank: int
+    world_size: int
+
+    def reduce_step(
+        self,
+        grads: Sequence[Tensor | None],
+        params: Sequence[Tensor],
+        loss: Tensor,
+        has_loss: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-layer squared gradient and weight norms, and the loss (shape ``(1,)``)."""
+        ...
+
+    def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """A detached copy of the parameters, for the update ratio after the update."""
+        ...
+
+    def update_squared(self, before: list[Tensor]) -> Tensor:
+        """Per-layer squared norm of the update since :meth:`snapshot`; consumes ``before``."""
+        ...
+
+
+class LocalNorms:
+    """The :class:`NormReducer` of a model watched alone: its own norms, as they are."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, index: LayerIndex, device: torch.device) -> None:
+        self._index = index
+        self._norms = LayerNorms(index, device)
+
+    def reduce_step(
+        self,
+        grads: Sequence[Tensor | None],
+        params: Sequence[Tensor],
+        loss: Tensor,
+        has_loss: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self._norms.squared(grads), self._norms.squared(params), loss
+
+    def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
+        return snapshot(params)
+
+    def update_squared(self, before: list[Tensor]) -> Tensor:
+        return update_squared(self._index, self._norms, before)

@@ -96,9 +96,6 @@ class GradWatchCallback(pl.Callback):
             None,
             logdir=self.resolve_logdir(trainer),
             config=self.config,
-            # 16-mixed: Lightning's GradScaler unscales before on_before_optimizer_step;
-            # its verdict comes with each step (a skipped step is amp_skip, not a NaN).
-            reports_amp=_scaler(trainer) is not None,
         )
 
     def on_before_backward(
@@ -125,11 +122,14 @@ class GradWatchCallback(pl.Callback):
         if self._loss is not None and self._loss.numel() == 1:
             watcher.record_loss(self._loss)
         self._loss = None
+        # 16-mixed: Lightning's GradScaler unscaled before this hook; its verdict goes with
+        # the step, so a step it skips for inf gradients is an amp_skip, not a NaN.
+        found_inf = None
         scaler = _scaler(trainer)
         if scaler is not None:
             torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # LightningOptimizer
-            watcher._step_found_inf = scaler_found_inf(scaler, torch_optimizer, watcher.device)
-        watcher.step()  # gradients complete (unscaled), not yet clipped by Lightning
+            found_inf = scaler_found_inf(scaler, torch_optimizer, watcher.device)
+        watcher.step(found_inf=found_inf)  # gradients complete (unscaled), not yet clipped
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
