@@ -96,10 +96,6 @@ class ScalerBridge:
         self._after_step = after_step
         self.in_scaler_step = False
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.scaler.is_enabled())
-
     def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         return scaler_state(self.scaler, optimizer)
 
