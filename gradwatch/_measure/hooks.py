@@ -1,21 +1,32 @@
-"""Hook callables that are safe to copy and pickle along with the object they hook.
+"""The hook callables gradwatch registers on the user's model, tensors and optimizer.
 
 ``copy.deepcopy(model)``, ``copy.deepcopy(optimizer)``, ``torch.save(model)`` and
 ``pickle`` copy the hook dictionaries too. A bound method of the Watcher there would drag
-the whole watcher (writers, threads) into the copy, or make pickling fail. A
-:class:`WatcherHook` instead turns into an inert :class:`InertHook` when copied or
-pickled: the copy is simply not watched, and the original stays watched.
+the whole watcher (writers, threads) into the copy, or make pickling fail. Every hook
+here instead turns into an inert :class:`InertHook` when copied or pickled: the copy is
+simply not watched, and the original stays watched.
+
+Two kinds:
+
+* :class:`SafeHook`, every forward, forward-pre, gradient and loss hook: measurement on
+  the user's forward and backward, which must never break them;
+* :class:`WatcherHook`, the optimizer step hooks: they *are* the watched step (policies
+  raise from them on purpose), so they hold the watcher and let errors through.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 class InertHook:
-    """What a copied or unpickled :class:`WatcherHook` becomes: a hook that does nothing."""
+    """What a copied or unpickled gradwatch hook becomes: a hook that does nothing."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -34,8 +45,87 @@ class CopyInertHook:
         return (InertHook, ())
 
 
+class SafeHook(CopyInertHook):
+    """Calls ``owner.<method>(*bound, *hook_args)``, safely; returns None (changes nothing).
+
+    * The owner is held weakly: a hook left behind (a tensor kept past its step, a
+      handle never removed) keeps nothing alive, and does nothing once the owner is gone.
+    * Inert while the forward is traced (:func:`being_traced`): its bookkeeping never
+      becomes ops, graph breaks or recompiles of the user's graph.
+    * An exception is swallowed (a measurement must never break the user's forward or
+      backward), logged once per owner and method with its traceback, and ``on_error``,
+      a method of the owner called with ``*bound``, drops what was half measured.
+    """
+
+    __slots__ = ("_bound", "_function", "_method", "_on_error", "_owner")
+
+    def __init__(self, owner: object, method: str, *bound: Any, on_error: str | None = None):
+        self._owner = weakref.ref(owner)
+        self._method = method
+        # The class's function, looked up once: this runs per module call.
+        self._function = getattr(type(owner), method)
+        self._bound = bound
+        self._on_error = on_error
+
+    def __call__(self, *args: Any) -> None:
+        if _is_compiling() or _is_tracing():  # being_traced(), inlined: per module call
+            return
+        owner = self._owner()
+        if owner is None:
+            return
+        try:
+            self._function(owner, *self._bound, *args)
+        except Exception:
+            self._failed(owner)
+
+    def _failed(self, owner: object) -> None:
+        """Called inside the ``except`` clause: the exception is the current one."""
+        if self._on_error is not None:
+            try:
+                getattr(owner, self._on_error)(*self._bound)
+            except Exception:
+                logger.debug("gradwatch: %s.%s failed", type(owner).__name__, self._on_error)
+        where = f"{type(owner).__name__}.{self._method}"
+        if _first_failure(owner, self._method):
+            logger.warning(
+                "gradwatch: %s failed and was skipped (training goes on without that "
+                "measurement; later failures of it are logged at DEBUG level)",
+                where,
+                exc_info=True,
+            )
+        else:
+            logger.debug("gradwatch: %s failed again", where, exc_info=True)
+
+    def __repr__(self) -> str:
+        owner = self._owner()
+        name = type(owner).__name__ if owner is not None else "(gone)"
+        return f"<gradwatch safe hook {name}.{self._method}>"
+
+
+#: Per owner, the methods whose failure has been logged (owners are held weakly).
+_REPORTED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _first_failure(owner: object, method: str) -> bool:
+    """Whether this is the first failure of ``owner.<method>`` (and remember it)."""
+    try:
+        reported = _REPORTED.setdefault(owner, set())
+    except TypeError:  # an unhashable owner: every failure counts as the first
+        return True
+    if method in reported:
+        return False
+    reported.add(method)
+    return True
+
+
 class WatcherHook(CopyInertHook):
-    """Calls ``getattr(owner, method)`` on each invocation; becomes inert when copied."""
+    """Calls ``getattr(owner, method)`` on each invocation; becomes inert when copied.
+
+    Unlike :class:`SafeHook` it holds the owner strongly (an optimizer hook is what keeps
+    ``gradwatch.watch(model, optimizer)`` alive when its result is not kept), runs
+    eagerly rather than not at all inside a compiled ``optimizer.step``, and lets errors
+    through: a ``raise`` policy stops training from here on purpose.
+    """
 
     __slots__ = ("method", "owner")
 
@@ -58,7 +148,13 @@ def being_traced() -> bool:
     become ops of the user's graph (and ``jit.trace``'s check that two traces agree is
     not upset by a hook that records one and not the other).
     """
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return _is_compiling() or _is_tracing()
+
+
+# Module-level names, so that SafeHook can inline being_traced() (Dynamo recognises the
+# functions themselves, whatever name they are called by).
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
 
 
 _untraced: Any = None
