@@ -11,9 +11,12 @@
   out loss spikes (e.g. OLMo-core's ``SkipStepOptimizer``: rolling window of 128 steps,
   6 sigma). Deciding *before* the update needs this step's loss and norm on the host:
   the one host sync it costs per step (shared with ``on_nonfinite="skip"|"raise"``).
+- **skip**: a step dropped by ``skip_spikes`` or ``on_nonfinite="skip"`` has every
+  ``.grad`` set to None before the update (:meth:`StepPolicies.skip`).
 - **count**: clipped and skipped steps, for :attr:`gradwatch.Watcher.clipped_steps` etc.
 
-The non-finite policy itself stays in the watcher (``_apply_host_policies``).
+Whether a non-finite step is skipped or raised is decided in the watcher
+(``_apply_host_policies``), which also orders the alerts and the history around it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gradwatch._clip import Clipper, ClipTarget, resolve_clip
 from gradwatch._config import WatchConfig
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
+from gradwatch._measure.step import PendingStep
 
 SPIKE_REMEDY = (
     "look at the batch of that step (bad or duplicated data), lower the learning rate or "
@@ -118,6 +122,7 @@ class StepPolicies:
             else None
         )
         self.needs_host = config.on_nonfinite != "warn" or self.spikes is not None
+        self._params = index.params
         self._layer_names = index.names
         self._param_layer = index.param_layer
         self.clipped_steps = 0
@@ -146,6 +151,13 @@ class StepPolicies:
         if found_inf is not None:
             values["amp_found_inf"] = found_inf.reshape(1)
         return values
+
+    def skip(self, pending: PendingStep) -> None:
+        """Drop this step: with every ``.grad`` set to None, torch optimizers leave both the
+        parameters and their state (moments, step counters) untouched."""
+        for param in self._params:
+            param.grad = None
+        pending.skipped = True
 
     def check_spike(self, record: StepRecord) -> Alert | None:
         if self.spikes is None or record.amp_skipped:

@@ -324,9 +324,10 @@ class Watcher:
                 does it for you with ``watch(..., scaler=)``): the scaler's inf/NaN
                 verdict for this step, after ``scaler.unscale_(optimizer)``, as a tensor
                 holding one value, > 0 when inf/NaN was found (e.g. the sum of the
-                scaler's per-device ``found_inf`` flags). A step with a verdict > 0 is
-                reported as an ``amp_skip``, not as ``nonfinite``. It stays on its
-                device and is read with the step's statistics: no host sync.
+                scaler's per-device flags, ``sum(scaler._found_inf_per_device(optimizer)
+                .values())``). A step with a verdict > 0 is reported as an ``amp_skip``,
+                not as ``nonfinite``, and ``on_nonfinite`` does not act on it. The tensor
+                stays on its device and is read with the step's statistics: no host sync.
         """
         self._require_open("step")
         if self._optimizer_ref is not None:
@@ -334,17 +335,7 @@ class Watcher:
                 "Watcher.step() is for loops without an optimizer; this watcher measures "
                 "automatically at each optimizer.step(). Remove the gw.step() call."
             )
-        if found_inf is not None and not (isinstance(found_inf, Tensor) and found_inf.numel() == 1):
-            got = (
-                f"a tensor of shape {tuple(found_inf.shape)}"
-                if isinstance(found_inf, Tensor)
-                else type(found_inf).__name__
-            )
-            raise TypeError(
-                f"step(found_inf=...) expects a tensor holding one value (> 0 when the "
-                f"GradScaler found inf/NaN) or None, got {got}. Pass e.g. "
-                "torch.stack(list(found_inf_per_device.values())).sum()."
-            )
+        _check_found_inf(found_inf)
         self._seal_pending()
         pending = self._measure(found_inf)
         self._pending = pending
@@ -494,19 +485,12 @@ class Watcher:
                     self._drain(block=True)  # earlier steps first: the history stays in order
                     self._consume(record)
                     raise NonFiniteError(alert)
-                self._skip(pending)
+                self._policies.skip(pending)
                 return
         spike = self._policies.check_spike(record)
         if spike is not None:
-            self._skip(pending)
+            self._policies.skip(pending)
             self._publish(spike)
-
-    def _skip(self, pending: PendingStep) -> None:
-        """Drop this step: with every .grad set to None, torch optimizers leave both the
-        parameters and their state (moments, step counters) untouched."""
-        for p in self.index.params:
-            p.grad = None
-        pending.skipped = True
 
     def _seal_pending(self) -> None:
         """Finish the pending step (update ratio), then start its copy to the host."""
@@ -563,6 +547,24 @@ class Watcher:
             return
         for sink in self._sinks:
             sink.write_alert(alert)
+
+
+def _check_found_inf(found_inf: object) -> None:
+    """``step(found_inf=)`` takes a tensor holding one value, or None (a host-side check)."""
+    if found_inf is None:
+        return
+    if not isinstance(found_inf, Tensor):
+        raise TypeError(
+            f"step(found_inf=...) expects a torch.Tensor (> 0 when the GradScaler found "
+            f"inf/NaN) or None, got {type(found_inf).__name__}. Pass the scaler's verdict "
+            "as a tensor, e.g. sum(scaler._found_inf_per_device(optimizer).values())."
+        )
+    if found_inf.numel() != 1:
+        raise ValueError(
+            f"step(found_inf=...) expects a tensor holding one value, got one of shape "
+            f"{tuple(found_inf.shape)}. Sum the per-device flags first, e.g. "
+            "sum(scaler._found_inf_per_device(optimizer).values())."
+        )
 
 
 def watch(
