@@ -1,0 +1,552 @@
+"""Attention-logit growth and entropy collapse, sampled per attention module.
+
+At a high learning rate the queries and keys of some attention layers can grow
+together, so the pre-softmax logits q·k/√d grow quadratically; once they reach tens to
+thousands the softmax is one-hot (its entropy collapses), the gradient through it
+vanishes and the loss diverges (Dehghani et al. 2023; Wortsman et al. 2023, "Small-scale
+proxies for large-scale Transformer training instabilities"). This probe measures, on a
+sampled step and per attention module, the largest attention logit and the mean
+attention entropy.
+
+How the logits are seen. Attention has no module of its own to hook: it is a call to
+``F.scaled_dot_product_attention`` (SDPA), or a matmul followed by a softmax, made inside
+a module's forward. So while an attention module (``nn.MultiheadAttention``, or a class
+named ``*Attention*``: Hugging Face's, timm's, most model code's; the roles of
+:mod:`gradwatch._measure.model`) runs its forward on a sampled step, a
+:class:`torch.overrides.TorchFunctionMode` watches the torch calls it makes:
+
+* ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
+  enable_gqa)``: the scores are recomputed from q and k (scale as given, default
+  1/√E; masks and causality applied as SDPA does; fewer key heads than query heads
+  repeated as ``enable_gqa`` does) when there are at most :data:`EXACT_ELEMENTS` of
+  them; above that, a full score matrix would cost as much as the attention itself, and
+  the cheap bound max‖q‖·max‖k‖·scale per head (plus the largest additive mask value)
+  is reported instead, marked as a bound, without entropy;
+* a softmax over the last dimension of a 4-D (batch, heads, queries, keys) tensor, or
+  of a 3-D one inside an attention module (``nn.MultiheadAttention`` with
+  ``need_weights=True``: ``bmm`` then softmax): the eager attention paths. The input is
+  the logits (mask included), the output the probabilities, both already computed.
+
+``nn.MultiheadAttention`` calls ``F.multi_head_attention_forward``, one Python function
+that itself dispatches on torch-function modes, so the mode would see that one call and
+none of the SDPA or softmax calls inside it; it is run instead as a copy whose only
+difference is that its own dispatch check answers "no", with the mode active inside.
+
+The calls are attributed to the innermost attention module running (a stack kept by
+forward pre-hooks and always-called forward hooks); a model with no module recognised
+as attention is watched as a whole, under the root module's name ``""``.
+
+Per call: the largest logit over the positions that take part (masked positions are
+-inf, or a large negative number: anything at or below :data:`MASKED_BELOW` counts as
+masked; NaN and +inf count, they are the divergence); the mean over query rows of the
+entropy of the attention distribution; and the mean over rows of ln(number of keys taking
+part), the entropy of a uniform distribution over them, which normalises the entropy
+(causal rows see fewer keys). Per module: the maximum over its calls, the mean over all
+its rows. All in float32, under ``torch.no_grad()``, on the device, in slices of at most
+:data:`EXACT_ELEMENTS` values, without host syncs and without drawing random numbers (a
+dropout in the model draws exactly the numbers it would draw unwatched).
+
+Only training forwards count (gradients enabled, module in training mode) unless
+``include_eval=True``. A forward traced by ``torch.compile`` is not watched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import types
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from gradwatch._measure.hooks import SafeHook, being_traced
+from gradwatch._measure.model import ATTENTION, ModelMap
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10+; only read by type checkers
+
+logger = logging.getLogger(__name__)
+
+#: Largest score matrix (batch·heads·queries·keys) recomputed exactly from q and k, and
+#: the slice size of every float32 computation here (64 MiB).
+EXACT_ELEMENTS = 2**24
+#: Logits at or below this count as masked. Masks add -inf, ``finfo.min`` of the dtype,
+#: or, in older code, -10000; a logit this negative that is not masked only occurs in a
+#: model whose largest logits are already huge.
+MASKED_BELOW = -5e3
+
+_SDPA = F.scaled_dot_product_attention
+_SDPA_ARGS = (
+    "query",
+    "key",
+    "value",
+    "attn_mask",
+    "dropout_p",
+    "is_causal",
+    "scale",
+    "enable_gqa",
+)
+#: Compared by identity: a function handed to a mode need not be hashable.
+_SOFTMAXES = (F.softmax, torch.softmax, torch.special.softmax, Tensor.softmax)
+_MHA_FORWARD = F.multi_head_attention_forward
+
+
+@dataclasses.dataclass
+class AttentionSample:
+    """One sampled step's attention statistics, per attention module, on the device.
+
+    Attributes:
+        modules: names of the attention modules that made attention calls, in execution
+            order (the root module is ``""``).
+        max_logit: float32 (modules,): the largest pre-softmax logit of each module's
+            calls; NaN when every position was masked. An upper bound where ``bounded``.
+        entropy: float32 (modules,): mean attention entropy over all query rows of the
+            module's calls, in nats; NaN when no probabilities were at hand (bound path).
+        max_entropy: float32 (modules,): mean over the same rows of ln(keys taking
+            part), the entropy of uniform attention: ``entropy / max_entropy`` is 1 for
+            uniform attention and 0 for one-hot. ln(key length) where ``entropy`` is NaN.
+        bounded: per module, whether some call's logit is the bound max‖q‖·max‖k‖·scale
+            rather than the exact maximum.
+    """
+
+    modules: tuple[str, ...]
+    max_logit: Tensor
+    entropy: Tensor
+    max_entropy: Tensor
+    bounded: tuple[bool, ...]
+
+    @property
+    def entropy_fraction(self) -> Tensor:
+        """``entropy / max_entropy``: 1 uniform, 0 one-hot (NaN where unknown)."""
+        return self.entropy / self.max_entropy
+
+
+@dataclasses.dataclass
+class CallStats:
+    """What one attention call contributes: device scalars and host facts."""
+
+    max_logit: Tensor  # -inf when every position was masked
+    entropy_sum: Tensor | None  # sums over the query rows with a key taking part
+    log_keys_sum: Tensor | None
+    rows: Tensor | None
+    keys: int  # the key length, a shape
+    bounded: bool = False
+
+
+# ---------------------------------------------------------------- the statistics
+def softmax_stats(logits: Tensor, probs: Tensor | None = None) -> CallStats:
+    """Statistics of a softmax over the last dimension, from its input (and output).
+
+    ``probs`` is the softmax's output when it has been computed already; otherwise the
+    probabilities are computed here, slice by slice.
+    """
+    keys = int(logits.shape[-1])
+    flat = logits.detach().reshape(-1, keys)
+    flat_probs = probs.detach().reshape(-1, keys) if probs is not None else None
+    step = max(1, EXACT_ELEMENTS // keys)
+    top = flat.new_full((), float("-inf"), dtype=torch.float32)
+    entropy_sum = flat.new_zeros((), dtype=torch.float32)
+    log_keys_sum = flat.new_zeros((), dtype=torch.float32)
+    rows = flat.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start : start + step].float()
+        top = torch.maximum(top, chunk.amax())
+        taking_part = (chunk > MASKED_BELOW).sum(dim=-1)
+        seen = taking_part > 0  # rows with every key masked say nothing
+        if flat_probs is not None:
+            p = flat_probs[start : start + step].float()
+        else:
+            p = torch.softmax(chunk, dim=-1)
+        entropy = torch.special.entr(p).sum(dim=-1)  # entr(0) = 0: masked keys add nothing
+        entropy_sum = entropy_sum + torch.where(seen, entropy, 0.0).sum()
+        log_keys_sum = log_keys_sum + torch.where(seen, taking_part.float().log(), 0.0).sum()
+        rows = rows + seen.sum()
+    top = torch.where(top <= MASKED_BELOW, float("-inf"), top)  # NaN stays NaN
+    return CallStats(top, entropy_sum, log_keys_sum, rows, keys)
+
+
+def sdpa_stats(
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> CallStats:
+    """Statistics of one ``F.scaled_dot_product_attention`` call, from its arguments.
+
+    Exact when the score matrix has at most :data:`EXACT_ELEMENTS` entries, else the
+    bound max‖q‖·max‖k‖·scale per head (plus the mask's largest value).
+    """
+    q, k = query.detach(), key.detach()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    length, keys = int(q.shape[-2]), int(k.shape[-2])
+    batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3]) if q.dim() >= 3 else ()
+    heads = int(q.shape[-3]) if q.dim() >= 3 else 1
+    if math.prod(batch) * heads * length * keys > EXACT_ELEMENTS:
+        return _sdpa_bound(q, k, attn_mask, scale)
+    k = _repeat_key_heads(k, q)
+    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(scale)
+    if is_causal:  # SDPA's causal mask is aligned to the top left
+        allowed = torch.ones(length, keys, dtype=torch.bool, device=q.device).tril_()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:  # True takes part
+            scores = scores.masked_fill(~attn_mask.detach(), float("-inf"))
+        else:
+            scores = scores + attn_mask.detach().float()
+    return softmax_stats(scores)
+
+
+def _repeat_key_heads(k: Tensor, q: Tensor) -> Tensor:
+    """Keys with fewer heads than the queries (grouped-query attention), repeated per
+    group as ``enable_gqa=True`` does: query head h reads key head h // group."""
+    if q.dim() < 3 or k.dim() < 3 or k.shape[-3] in (q.shape[-3], 1):
+        return k
+    group, rest = divmod(int(q.shape[-3]), int(k.shape[-3]))
+    if rest:
+        raise ValueError(f"{q.shape[-3]} query heads cannot share {k.shape[-3]} key heads")
+    return k.repeat_interleave(group, dim=-3)
+
+
+def _sdpa_bound(q: Tensor, k: Tensor, attn_mask: Tensor | None, scale: float) -> CallStats:
+    """max over heads of max‖q‖·max‖k‖·scale: Cauchy-Schwarz, one pass over q and k."""
+    q_norms = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32)
+    k_norms = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32)
+    if q.dim() >= 3 and k.dim() >= 3:
+        # (..., heads, rows) -> (heads,), keys repeated per query group as in GQA.
+        q_top = q_norms.amax(dim=-1).reshape(-1, q.shape[-3]).amax(dim=0)
+        k_top = k_norms.amax(dim=-1).reshape(-1, k.shape[-3]).amax(dim=0)
+        if k_top.shape[0] not in (q_top.shape[0], 1):
+            k_top = k_top.repeat_interleave(q_top.shape[0] // k_top.shape[0])
+        bound = (q_top * k_top).amax() * scale
+    else:
+        bound = q_norms.amax() * k_norms.amax() * scale
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        bound = bound + attn_mask.detach().float().amax()
+    return CallStats(bound, None, None, None, int(k.shape[-2]), bounded=True)
+
+
+# ------------------------------------------------------------------- the probe
+@dataclasses.dataclass
+class _Frame:
+    """One attention module's forward in progress."""
+
+    name: str
+    counting: bool  # a training forward, or include_eval
+    attention: bool  # recognised as attention (False: the whole model, watched as a fallback)
+
+
+@dataclasses.dataclass
+class _Accumulator:
+    """One module's calls in this step, combined on the device."""
+
+    max_logit: Tensor
+    entropy_sum: Tensor | None
+    log_keys_sum: Tensor | None
+    rows: Tensor | None
+    keys: int
+    bounded: bool
+
+    def add(self, call: CallStats) -> None:
+        self.max_logit = torch.maximum(self.max_logit, call.max_logit)
+        self.bounded = self.bounded or call.bounded
+        self.keys = call.keys
+        if call.rows is None:
+            return
+        if self.rows is None or self.entropy_sum is None or self.log_keys_sum is None:
+            self.entropy_sum, self.log_keys_sum, self.rows = (
+                call.entropy_sum,
+                call.log_keys_sum,
+                call.rows,
+            )
+            return
+        assert call.entropy_sum is not None and call.log_keys_sum is not None
+        self.entropy_sum = self.entropy_sum + call.entropy_sum
+        self.log_keys_sum = self.log_keys_sum + call.log_keys_sum
+        self.rows = self.rows + call.rows
+
+
+class _ThreadState(threading.local):
+    """The attention modules running in this thread, and the mode watching them."""
+
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+        self.mode: _AttentionMode | None = None
+
+
+class AttentionProbe:
+    """Watches the attention calls of one sampled step and gathers what they showed.
+
+    ``model`` may be a module or an already built
+    :class:`~gradwatch._measure.model.ModelMap` (its attention role says which modules
+    are attention); the probe holds the modules weakly, and its hooks and mode hold the
+    probe weakly.
+    """
+
+    def __init__(self, model: nn.Module | ModelMap, *, include_eval: bool = False) -> None:
+        self.include_eval = include_eval
+        model_map = ModelMap.of(model)
+        attention = model_map.with_role(ATTENTION)
+        self.fallback = not attention
+        watched = attention or (model_map.root,)
+        self._modules: list[tuple[str, weakref.ref[nn.Module]]] = [
+            (info.name, info.ref) for info in watched
+        ]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seen: dict[str, _Accumulator] = {}
+        self._state = _ThreadState()
+        self._modes: weakref.WeakSet[_AttentionMode] = weakref.WeakSet()
+        self._warned = False
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Names of the watched modules: the attention modules, or the root (``""``)."""
+        return tuple(name for name, _ in self._modules)
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Install the forward pre-hooks and hooks (idempotent)."""
+        if self._handles:
+            return
+        self._seen = {}
+        for name, ref in self._modules:
+            module = ref()
+            if module is None:
+                continue
+            enter = SafeHook(self, "_enter", name, not self.fallback)
+            leave = SafeHook(self, "_leave", name)
+            self._handles.append(module.register_forward_pre_hook(enter))
+            # always_call: a forward that raises still leaves, and the mode is removed.
+            self._handles.append(module.register_forward_hook(leave, always_call=True))
+
+    def disarm(self) -> None:
+        """Remove the hooks (idempotent); what they measured is kept until collected."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        for mode in list(self._modes):
+            mode.retired = True  # one left on another thread's stack stops watching
+        state = self._state
+        state.frames.clear()
+        if state.mode is not None:
+            _remove_mode(state.mode)
+            state.mode = None
+
+    def collect(self) -> AttentionSample | None:
+        """Remove the hooks and return what they measured (None if no attention ran)."""
+        self.disarm()
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return None
+        device = next(iter(seen.values())).max_logit.device
+        nan = torch.full((), float("nan"), device=device)
+        tops, entropies, maxima = [], [], []
+        for acc in seen.values():
+            top = acc.max_logit.to(device, non_blocking=True)
+            tops.append(torch.where(top == float("-inf"), nan, top))  # everything masked
+            uniform = torch.full((), math.log(max(acc.keys, 1)), device=device)
+            if acc.rows is None or acc.entropy_sum is None or acc.log_keys_sum is None:
+                entropies.append(nan)
+                maxima.append(uniform)
+                continue
+            rows = acc.rows.to(device, non_blocking=True)
+            entropies.append(acc.entropy_sum.to(device, non_blocking=True) / rows)
+            log_keys = acc.log_keys_sum.to(device, non_blocking=True) / rows
+            maxima.append(torch.where(rows > 0, log_keys, uniform))
+        return AttentionSample(
+            modules=tuple(seen),
+            max_logit=torch.stack(tops),
+            entropy=torch.stack(entropies),
+            max_entropy=torch.stack(maxima),
+            bounded=tuple(acc.bounded for acc in seen.values()),
+        )
+
+    # ------------------------------------------------------------------ hooks
+    def _enter(self, name: str, attention: bool, module: nn.Module, args: Any) -> None:
+        counting = self.include_eval or (module.training and torch.is_grad_enabled())
+        state = self._state
+        state.frames.append(_Frame(name, counting, attention))
+        if state.mode is None:
+            mode = _AttentionMode(self)
+            mode.__enter__()
+            state.mode = mode
+            self._modes.add(mode)
+
+    def _leave(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        state = self._state
+        frames = state.frames
+        while frames:  # the innermost frame of this name, and any left open inside it
+            if frames.pop().name == name:
+                break
+        if not frames and state.mode is not None:
+            _remove_mode(state.mode)
+            state.mode = None
+
+    def _observe(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> None:
+        """Called by the mode after an SDPA or softmax call inside a watched module."""
+        frames = self._state.frames
+        if not frames or not frames[-1].counting:
+            return
+        frame = frames[-1]
+        with torch.no_grad():
+            call = (
+                self._sdpa(args, kwargs)
+                if func is _SDPA
+                else self._softmax(frame, args, kwargs, out)
+            )
+        if call is None:
+            return
+        acc = self._seen.get(frame.name)
+        if acc is None:
+            # The first call of this module at this step: dict order is execution order.
+            self._seen[frame.name] = _Accumulator(
+                call.max_logit,
+                call.entropy_sum,
+                call.log_keys_sum,
+                call.rows,
+                call.keys,
+                call.bounded,
+            )
+        elif acc.max_logit.device == call.max_logit.device:
+            acc.add(call)
+
+    @staticmethod
+    def _sdpa(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallStats | None:
+        params = dict(zip(_SDPA_ARGS, args))
+        params.update(kwargs)
+        q, k = params.get("query"), params.get("key")
+        if not (_plain(q) and _plain(k)) or q.dim() < 2 or q.numel() == 0 or k.numel() == 0:
+            return None
+        mask = params.get("attn_mask")
+        if mask is not None and type(mask) is not Tensor:
+            return None  # a mask of a tensor subclass: its meaning is its own
+        return sdpa_stats(q, k, mask, bool(params.get("is_causal", False)), params.get("scale"))
+
+    @staticmethod
+    def _softmax(
+        frame: _Frame, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> CallStats | None:
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not _plain(x) or not isinstance(dim, int) or not isinstance(out, Tensor):
+            return None
+        # (batch, heads, queries, keys), or (batch·heads, queries, keys) inside a module
+        # known to be attention: a softmax over the keys.
+        if not (x.dim() == 4 or (x.dim() == 3 and frame.attention)):
+            return None
+        if dim % x.dim() != x.dim() - 1 or out.shape != x.shape or x.numel() == 0:
+            return None
+        return softmax_stats(x, out)
+
+    def _failed(self, error: Exception) -> None:
+        """A statistic failed: the call went through unchanged; say so once per probe."""
+        level = logging.DEBUG if self._warned else logging.WARNING
+        self._warned = True
+        logger.log(level, "gradwatch: attention statistics failed and were skipped: %r", error)
+
+
+def _plain(value: Any) -> TypeGuard[Tensor]:
+    """A plain floating-point tensor: not a subclass (DTensor, fake), not nested."""
+    return (
+        type(value) in (Tensor, nn.Parameter) and value.is_floating_point() and not value.is_nested
+    )
+
+
+class _AttentionMode(TorchFunctionMode):
+    """Passes every torch call through unchanged; reports SDPA and softmax calls.
+
+    Holds the probe weakly. ``retired`` makes it a pure pass-through (a mode that could
+    not be taken off its stack).
+    """
+
+    def __init__(self, probe: AttentionProbe) -> None:
+        super().__init__()
+        self.probe = weakref.ref(probe)
+        self.retired = False
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is _MHA_FORWARD and not self.retired:
+            inner = _reentrant_mha_forward()
+            if inner is not None:
+                with self:  # watch the calls inside it
+                    return inner(*args, **kwargs)
+        out = func(*args, **kwargs)
+        watched = func is _SDPA or any(func is softmax for softmax in _SOFTMAXES)
+        if self.retired or not watched or being_traced():
+            return out
+        probe = self.probe()
+        if probe is not None:
+            try:
+                probe._observe(func, args, kwargs, out)
+            except Exception as error:  # a statistic must never break the user's forward
+                probe._failed(error)
+        return out
+
+
+def _remove_mode(mode: _AttentionMode) -> None:
+    """Take ``mode`` off this thread's stack if it is on top; otherwise retire it.
+
+    Something pushed inside the attention forward and not popped sits above it: popping
+    would remove that instead.
+    """
+    try:
+        top = torch.overrides._get_current_function_mode()
+    except AttributeError:  # a torch without the helper: trust the nesting
+        top = mode
+    if top is mode:
+        mode.__exit__(None, None, None)
+    else:
+        mode.retired = True
+        logger.debug("gradwatch: the attention mode is not on top of the stack; retired")
+
+
+def _reentrant_mha_forward() -> Callable[..., Any] | None:
+    """``F.multi_head_attention_forward`` with its torch-function dispatch check off.
+
+    The function starts with ``if has_torch_function(...): return
+    handle_torch_function(...)``, which under any mode hands the whole call to the mode,
+    with the mode off. The copy runs the same code (same results, same random draws)
+    with that one global answering False, so the mode, kept on, sees the SDPA or
+    softmax inside. Made afresh for each call (a dict copy, microseconds), so that it
+    reads ``torch.nn.functional``'s globals as they are now, patches included. None when
+    the function is not laid out that way.
+    """
+    function: Any = _MHA_FORWARD
+    if not isinstance(function, types.FunctionType):
+        return None
+    if "has_torch_function" not in function.__code__.co_names:
+        return None
+    namespace = dict(function.__globals__)
+    namespace["has_torch_function"] = _never
+    copy = types.FunctionType(
+        function.__code__,
+        namespace,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return copy
+
+
+def _never(*args: Any) -> bool:
+    return False
