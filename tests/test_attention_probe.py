@@ -421,3 +421,39 @@ def test_multihead_attention_training_with_dropout_is_bit_identical() -> None:
     plain, watched = run(False), run(True)
     for name in plain:
         assert torch.equal(plain[name], watched[name]), name
+
+
+def test_statistics_in_slices_equal_statistics_in_one_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(12)
+    scores = torch.randn(2, 3, 5, 6) * 4
+    scores[0, 0, 1] = float("-inf")  # a row with every key masked
+    scores[1, :, :, 4:] = torch.finfo(torch.float32).min  # padding, as Hugging Face masks
+    whole = attention_module.softmax_stats(scores)
+    monkeypatch.setattr(attention_module, "SLICE_ELEMENTS", 13)  # two rows per slice
+    sliced = attention_module.softmax_stats(scores)
+    for a, b in zip(
+        (whole.max_logit, whole.entropy_sum, whole.log_keys_sum, whole.rows),
+        (sliced.max_logit, sliced.entropy_sum, sliced.log_keys_sum, sliced.rows),
+    ):
+        assert a is not None and b is not None
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    assert whole.rows is not None and whole.rows.item() == 2 * 3 * 5 - 1
+    assert whole.max_logit.item() == scores.max().item()
+
+
+def test_evaluation_forwards_keep_the_fast_path_of_multihead_attention() -> None:
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        expected = mha(x, x, x)[0]
+        probe = AttentionProbe(mha)
+        probe.arm()
+        seen = []
+        mha.register_forward_pre_hook(
+            lambda *_: seen.append(torch.overrides._get_current_function_mode())
+        )
+        assert torch.equal(mha(x, x, x)[0], expected)
+        assert seen == [None]  # no mode: the fast path is still open
+        assert probe.collect() is None

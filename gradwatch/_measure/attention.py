@@ -43,7 +43,7 @@ entropy of the attention distribution; and the mean over rows of ln(number of ke
 part), the entropy of a uniform distribution over them, which normalises the entropy
 (causal rows see fewer keys). Per module: the maximum over its calls, the mean over all
 its rows. All in float32, under ``torch.no_grad()``, on the device, in slices of at most
-:data:`EXACT_ELEMENTS` values, without host syncs and without drawing random numbers (a
+:data:`SLICE_ELEMENTS` values, without host syncs and without drawing random numbers (a
 dropout in the model draws exactly the numbers it would draw unwatched).
 
 Only training forwards count (gradients enabled, module in training mode) unless
@@ -74,9 +74,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Largest score matrix (batch·heads·queries·keys) recomputed exactly from q and k, and
-#: the slice size of every float32 computation here (64 MiB).
+#: Largest score matrix (batch·heads·queries·keys) recomputed exactly from q and k
+#: (64 MiB in float32).
 EXACT_ELEMENTS = 2**24
+#: The statistics of a score matrix are computed in slices of at most this many values
+#: (16 MiB in float32): the temporaries on a sampled step stay small next to the
+#: attention's own.
+SLICE_ELEMENTS = 2**22
 #: Logits at or below this count as masked. Masks add -inf, ``finfo.min`` of the dtype,
 #: or, in older code, -10000; a logit this negative that is not masked only occurs in a
 #: model whose largest logits are already huge.
@@ -150,23 +154,29 @@ def softmax_stats(logits: Tensor, probs: Tensor | None = None) -> CallStats:
     keys = int(logits.shape[-1])
     flat = logits.detach().reshape(-1, keys)
     flat_probs = probs.detach().reshape(-1, keys) if probs is not None else None
-    step = max(1, EXACT_ELEMENTS // keys)
+    step = max(1, SLICE_ELEMENTS // keys)
     top = flat.new_full((), float("-inf"), dtype=torch.float32)
     entropy_sum = flat.new_zeros((), dtype=torch.float32)
     log_keys_sum = flat.new_zeros((), dtype=torch.float32)
     rows = flat.new_zeros((), dtype=torch.float32)
     for start in range(0, flat.shape[0], step):
         chunk = flat[start : start + step].float()
-        top = torch.maximum(top, chunk.amax())
-        taking_part = (chunk > MASKED_BELOW).sum(dim=-1)
+        row_max = chunk.amax(dim=-1)
+        top = torch.maximum(top, row_max.amax())
+        # Summed into int32: into int64 or float32 is several times slower on CPU.
+        taking_part = (chunk > MASKED_BELOW).sum(dim=-1, dtype=torch.int32).float()
         seen = taking_part > 0  # rows with every key masked say nothing
         if flat_probs is not None:
             p = flat_probs[start : start + step].float()
         else:
             p = torch.softmax(chunk, dim=-1)
-        entropy = torch.special.entr(p).sum(dim=-1)  # entr(0) = 0: masked keys add nothing
+        # H = -sum p·log p = lse - sum p·s, with lse = max s - log(max p): two cheap
+        # reductions and one dot product per row instead of a log per element. Masked
+        # logits are clamped to a finite value where p is 0, so they add exactly 0.
+        lse = row_max - p.amax(dim=-1).log()
+        entropy = lse - torch.linalg.vecdot(p, chunk.clamp_min(MASKED_BELOW))
         entropy_sum = entropy_sum + torch.where(seen, entropy, 0.0).sum()
-        log_keys_sum = log_keys_sum + torch.where(seen, taking_part.float().log(), 0.0).sum()
+        log_keys_sum = log_keys_sum + torch.where(seen, taking_part.log(), 0.0).sum()
         rows = rows + seen.sum()
     top = torch.where(top <= MASKED_BELOW, float("-inf"), top)  # NaN stays NaN
     return CallStats(top, entropy_sum, log_keys_sum, rows, keys)
@@ -194,14 +204,25 @@ def sdpa_stats(
     k = _repeat_key_heads(k, q)
     scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(scale)
     if is_causal:  # SDPA's causal mask is aligned to the top left
-        allowed = torch.ones(length, keys, dtype=torch.bool, device=q.device).tril_()
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        above = torch.ones(length, keys, dtype=torch.bool, device=q.device).triu_(1)
+        scores = _add_mask(
+            scores, torch.zeros_like(above, dtype=scores.dtype).masked_fill_(above, -math.inf)
+        )
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:  # True takes part
-            scores = scores.masked_fill(~attn_mask.detach(), float("-inf"))
-        else:
-            scores = scores + attn_mask.detach().float()
+        mask = attn_mask.detach()
+        if mask.dtype == torch.bool:  # True takes part
+            mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill_(~mask, -math.inf)
+        scores = _add_mask(scores, mask.float())
     return softmax_stats(scores)
+
+
+def _add_mask(scores: Tensor, mask: Tensor) -> Tensor:
+    """``scores + mask``, in place (the scores are this module's own) unless the mask
+    broadcasts them to a larger shape. An additive mask, mask-sized to build, is
+    cheaper to apply than a boolean one broadcast over the scores."""
+    if torch.broadcast_shapes(scores.shape, mask.shape) == scores.shape:
+        return scores.add_(mask)
+    return scores + mask
 
 
 def _repeat_key_heads(k: Tensor, q: Tensor) -> Tensor:
@@ -376,7 +397,9 @@ class AttentionProbe:
         counting = self.include_eval or (module.training and torch.is_grad_enabled())
         state = self._state
         state.frames.append(_Frame(name, counting, attention))
-        if state.mode is None:
+        # Only around forwards that count: an evaluation forward keeps, for instance,
+        # nn.MultiheadAttention's fast path, which any active mode turns off.
+        if counting and state.mode is None:
             mode = _AttentionMode(self)
             mode.__enter__()
             state.mode = mode
@@ -388,7 +411,7 @@ class AttentionProbe:
         while frames:  # the innermost frame of this name, and any left open inside it
             if frames.pop().name == name:
                 break
-        if not frames and state.mode is not None:
+        if state.mode is not None and not any(frame.counting for frame in frames):
             _remove_mode(state.mode)
             state.mode = None
 
