@@ -79,3 +79,42 @@ def test_watcher_hook_becomes_inert_when_copied() -> None:
     assert isinstance(clone, InertHook) and clone() is None
     assert isinstance(pickle.loads(pickle.dumps(hook)), InertHook)
     assert owner.calls == 1
+
+
+def test_safe_hook_holds_its_owner_weakly_swallows_errors_and_logs_them_once(caplog) -> None:
+    import gc
+    import logging
+    import weakref
+
+    from gradwatch._measure.hooks import SafeHook
+
+    class Owner:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int]] = []
+            self.dropped: list[str] = []
+
+        def work(self, tag: str, value: int) -> None:
+            if value < 0:
+                raise ValueError("a measurement failed")
+            self.calls.append((tag, value))
+
+        def drop(self, tag: str) -> None:
+            self.dropped.append(tag)
+
+    owner = Owner()
+    hook = SafeHook(owner, "work", "t", on_error="drop")
+    assert hook(1) is None and owner.calls == [("t", 1)]
+    with caplog.at_level(logging.DEBUG, logger="gradwatch"):
+        assert hook(-1) is None and hook(-2) is None  # swallowed
+    assert owner.dropped == ["t", "t"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Owner.work" in warnings[0].getMessage()
+    assert isinstance(copy.deepcopy(hook), InertHook)
+    # Another owner, never failed (a logged traceback holds the frames that held it).
+    other = Owner()
+    hook = SafeHook(other, "work", "u")
+    gone = weakref.ref(other)
+    del other
+    gc.collect()
+    assert gone() is None  # the hook kept nothing alive...
+    assert hook(1) is None  # ...and does nothing now

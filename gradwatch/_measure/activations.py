@@ -2,7 +2,7 @@
 
 Which modules are hooked (decided once, at attach time):
 
-* every *layer* (a module owning parameters directly, as in :mod:`gradwatch._layers`):
+* every *layer* (a module owning parameters directly, as in :mod:`gradwatch._measure.layers`):
   its output is the pre-activation of what follows (``Linear``, ``Conv*``) or a
   normalised signal (``LayerNorm``, ``BatchNorm``);
 * every parameter-free module that is one of torch's activation classes (``ReLU``,
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradwatch._measure.hooks import CopyInertHook, being_traced
-from gradwatch._measure.layers import strip_wrapper_prefix, unwrap_model
+from gradwatch._measure.hooks import SafeHook
+from gradwatch._measure.model import ACTIVATION, NORM, TORCH_LINEAR_LIKE, ModelMap, ModuleInfo
 
 #: The statistics each hooked module reports, in the order of the device vector.
 STATS: tuple[str, ...] = ("mean", "std", "batch_std", "saturated", "dead", "nonfinite")
@@ -57,45 +57,6 @@ ROLE_BOUNDED = "bounded"
 ROLE_RECTIFIER = "rectifier"
 ROLE_ACTIVATION = "activation"
 ROLE_LAYER = "layer"
-
-_MIXING: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.modules.conv._ConvNd,
-)
-_NORM: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.RReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.LogSigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardsigmoid,
-    nn.Hardswish,
-    nn.Softsign,
-    nn.Softplus,
-    nn.Tanhshrink,
-    nn.Softshrink,
-    nn.Hardshrink,
-    nn.Threshold,
-    nn.GLU,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,19 +88,24 @@ def is_rectifier(module: nn.Module) -> bool:
     return isinstance(module, nn.LeakyReLU) and float(module.negative_slope) == 0.0
 
 
-def role_of(module: nn.Module, owns_params: bool) -> str | None:
-    """The role of a module, or None when it is not hooked."""
-    if isinstance(module, _MIXING):
+def role_of(info: ModuleInfo, module: nn.Module) -> str | None:
+    """The role of a module, or None when it is not hooked.
+
+    Mixing is torch's linear-like classes only: Hugging Face's ``Conv1D``, linear-like
+    in the model map too, stays a plain ``layer`` here, as the activation detectors'
+    thresholds were set without it.
+    """
+    if isinstance(module, TORCH_LINEAR_LIKE):
         return ROLE_MIXING
-    if isinstance(module, _NORM):
+    if info.has(NORM):
         return ROLE_NORM
     if bounds_of(module) is not None:
         return ROLE_BOUNDED
     if is_rectifier(module):
         return ROLE_RECTIFIER
-    if isinstance(module, _ACTIVATIONS):
+    if info.has(ACTIVATION):
         return ROLE_ACTIVATION
-    if owns_params:
+    if info.owns_any_param:
         return ROLE_LAYER
     return None
 
@@ -347,24 +313,18 @@ class ActivationProbe:
     argument and close over nothing but the probe and a name.
     """
 
-    def __init__(self, model: nn.Module, *, include_eval: bool = False) -> None:
+    def __init__(self, model: nn.Module | ModelMap, *, include_eval: bool = False) -> None:
         self.include_eval = include_eval
         self._modules: list[tuple[weakref.ref[nn.Module], _Target]] = []
-        for name, module in unwrap_model(model).named_modules():
-            owns = next(module.parameters(recurse=False), None) is not None
-            role = role_of(module, owns)
-            if role is None:
+        for info in ModelMap.of(model).modules:
+            module = info.module
+            role = role_of(info, module) if module is not None else None
+            if module is None or role is None:
                 continue
-            target = _Target(strip_wrapper_prefix(name), role, bounds_of(module))
-            self._modules.append((weakref.ref(module), target))
+            self._modules.append((info.ref, _Target(info.name, role, bounds_of(module))))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seen: dict[str, _Accumulator] = {}
         self._scratch = ScratchBuffers()
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """Names of the hooked modules, in ``named_modules()`` order."""
-        return tuple(target.name for _, target in self._modules)
 
     @property
     def armed(self) -> bool:
@@ -379,7 +339,9 @@ class ActivationProbe:
             module = ref()
             if module is None:
                 continue
-            hook = _Hook(weakref.ref(self), target)
+            # Not traced into a torch.compile graph: its bookkeeping would cost graph
+            # breaks and recompiles (see _measure/compile.py); compiled code is not sampled.
+            hook = SafeHook(self, "_observe", target, on_error="_forget")
             self._handles.append(module.register_forward_hook(hook))
 
     def disarm(self) -> None:
@@ -411,7 +373,7 @@ class ActivationProbe:
             values=torch.cat(parts),
         )
 
-    def _observe(self, module: nn.Module, target: _Target, output: Any) -> None:
+    def _observe(self, target: _Target, module: nn.Module, args: Any, output: Any) -> None:
         if not self.include_eval and (not module.training or not torch.is_grad_enabled()):
             return  # validation / inference forwards are not the training signal
         tensor = _first_tensor(output)
@@ -428,27 +390,6 @@ class ActivationProbe:
             acc.total = acc.total + stats  # on the device; averaged in collect()
             acc.calls += 1
 
-
-class _Hook(CopyInertHook):
-    """A forward hook that holds the probe weakly, so a hook left behind keeps nothing alive."""
-
-    __slots__ = ("probe", "target")
-
-    def __init__(self, probe: weakref.ref[ActivationProbe], target: _Target) -> None:
-        self.probe = probe
-        self.target = target
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if being_traced():
-            # Not traced into a torch.compile graph: its bookkeeping would cost graph
-            # breaks and recompiles (see _compile). Compiled (or jit-traced) code is not
-            # sampled.
-            return
-        probe = self.probe()
-        if probe is None:
-            return
-        try:
-            probe._observe(module, self.target, output)
-        except Exception:  # a statistic must never break the user's forward
-            probe._seen.pop(self.target.name, None)
-
+    def _forget(self, target: _Target) -> None:
+        """A hook failed part-way: drop the module's statistics of this step."""
+        self._seen.pop(target.name, None)

@@ -22,20 +22,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from gradwatch._measure.layers import strip_wrapper_prefix
+from gradwatch._measure.model import ModelMap
 
 
-def compiled_modules(model: nn.Module) -> list[str]:
+def compiled_modules(model: nn.Module | ModelMap) -> list[str]:
     """Names (as in the unwrapped model) of the modules of ``model`` that are compiled.
 
     A module counts when it is ``torch.compile(module)``'s wrapper (it has ``_orig_mod``)
-    or was compiled in place with ``module.compile()``.
+    or was compiled in place with ``module.compile()``
+    (:func:`gradwatch._measure.model.is_compiled`); the model walk notes them.
     """
-    names: list[str] = []
-    for name, module in model.named_modules():
-        wrapper = isinstance(getattr(module, "_orig_mod", None), nn.Module)
-        if wrapper or getattr(module, "_compiled_call_impl", None) is not None:
-            stripped = strip_wrapper_prefix(name)
-            if stripped not in names:
-                names.append(stripped)
-    return names
+    return list(ModelMap.of(model).compiled)

@@ -1,9 +1,10 @@
 """Which modules count as layers, and which parameters belong to each.
 
 A *layer* is a module that owns parameters directly (``named_parameters(recurse=False)``),
-named as in ``model.named_modules()`` (DESIGN.md). A parameter shared by several modules
-(tied embeddings, weight sharing) belongs to the first module that owns it in
-``named_modules()`` order, so it is counted once in every norm.
+named as in ``model.named_modules()`` (see :mod:`gradwatch._measure.model`, whose walk
+this index is read from). A parameter shared by several modules (tied embeddings, weight
+sharing) belongs to the first module that owns it in ``named_modules()`` order, so it is
+counted once in every norm.
 """
 
 from __future__ import annotations
@@ -14,37 +15,7 @@ import functools
 import torch
 from torch import nn
 
-#: TensorBoard tag used for parameters owned directly by the root module (whose
-#: qualified name is the empty string).
-ROOT_TAG = "_root_"
-
-
-def strip_wrapper_prefix(name: str) -> str:
-    """Drop prefixes added by wrappers (DDP's ``module.``, torch.compile's ``_orig_mod.``)."""
-    for prefix in ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-        name = name.replace("." + prefix, ".")
-    if name in ("module", "_orig_mod"):
-        return ""
-    return name
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    seen: set[int] = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        if type(model).__name__ == "DistributedDataParallel":
-            inner = getattr(model, "module", None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                continue
-    return model
+from gradwatch._measure.model import ModelMap, tag_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,48 +51,30 @@ class LayerIndex:
             counts[layer] += p.numel()
         return tuple(counts)
 
-    def tag(self, layer: int) -> str:
-        """The TensorBoard tag suffix of a layer."""
-        return self.names[layer] or ROOT_TAG
-
     @functools.cached_property
     def tags(self) -> tuple[str, ...]:
         """Every layer's TensorBoard tag suffix (computed once: sinks read it each step)."""
-        return tuple(name or ROOT_TAG for name in self.names)
+        return tuple(tag_of(name) for name in self.names)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> LayerIndex:
-        names: list[str] = []
-        types: list[str] = []
+    def from_model(cls, model: nn.Module | ModelMap) -> LayerIndex:
+        """The layers of ``model``, or of a walk already made (:class:`ModelMap`)."""
+        layers = ModelMap.of(model).layers
         params: list[nn.Parameter] = []
         param_names: list[str] = []
         param_layer: list[int] = []
-        holds_sublayers: list[bool] = []
-        seen: set[int] = set()
-        for module_name, module in unwrap_model(model).named_modules():
-            owned = [
-                (name, p) for name, p in module.named_parameters(recurse=False) if id(p) not in seen
-            ]
-            if not owned:
-                continue
-            layer = len(names)
-            names.append(strip_wrapper_prefix(module_name))
-            types.append(type(module).__name__)
-            holds_sublayers.append(
-                any(True for child in module.children() for _ in child.parameters())
-            )
-            for name, p in owned:
-                seen.add(id(p))
+        for layer, info in enumerate(layers):
+            for local, p in info.params:
                 params.append(p)
-                param_names.append(f"{names[-1]}.{name}" if names[-1] else name)
+                param_names.append(f"{info.name}.{local}" if info.name else local)
                 param_layer.append(layer)
         return cls(
-            tuple(names),
+            tuple(info.name for info in layers),
             tuple(params),
             tuple(param_names),
             tuple(param_layer),
-            tuple(types),
-            tuple(holds_sublayers),
+            tuple(info.type_name for info in layers),
+            tuple(info.has_parameterised_children for info in layers),
         )
 
     def device(self) -> torch.device:

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._measure.hooks import CopyInertHook, being_traced
-from gradwatch._measure.layers import strip_wrapper_prefix, unwrap_model
+from gradwatch._measure.hooks import SafeHook
+from gradwatch._measure.model import CONTAINER, ModelMap, sentence_name
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ logger = logging.getLogger(__name__)
 #: matter: a producer is the *first* module to go non-finite). Bounds memory if steps
 #: are never taken.
 MAX_CHECKS_PER_STEP = 200_000
-
-
-#: Modules whose forward only chains children (no code of their own to produce NaN).
-_CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 class _Kind(enum.IntEnum):
@@ -77,13 +73,22 @@ class _Event:
 
 
 @dataclasses.dataclass
+class _GradRoles:
+    """What the gradient of one checked tensor is checked for: every (kind, call) role
+    the tensor played, in the step (``generation``) its gradient hook was added in."""
+
+    generation: int
+    roles: list[tuple[_Kind, int]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class _Seen:
-    """A tensor checked this step (weakly held), its slots, and its gradient hook."""
+    """A tensor checked this step (weakly held), its slots, and its gradient's roles."""
 
     ref: weakref.ref[Tensor]
     version: int  # an in-place change after the check means checking again
     slots: tuple[int, ...]
-    hook: _GradHook | None = None
+    grad: _GradRoles | None = None  # set once a gradient hook is on the tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +107,10 @@ class StepTrace:
     values: Tensor | None
 
 
-def _quote(name: str) -> str:
-    return repr(name) if name else "the root module"
-
-
 class NonfiniteLocator:
     """Owns the localisation hooks of one model; hand its handles to the watcher's stack."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module | ModelMap) -> None:
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self._calls: list[_Call] = []
         self._events: list[_Event] = []
@@ -120,18 +121,15 @@ class NonfiniteLocator:
         # True from the first gradient of a backward pass to its end: forward calls then
         # are activation-checkpoint recomputations of calls already recorded.
         self._in_backward = False
-        self._ref = ref = weakref.ref(self)
-        for name, module in unwrap_model(model).named_modules():
-            if type(module) in _CONTAINERS:
-                continue  # only chains its children: their hooks see the same tensors
-            qualified = strip_wrapper_prefix(name)
-            type_name = type(module).__name__
-            self.handles.append(
-                module.register_forward_pre_hook(
-                    _PreHook(ref, qualified, type_name), with_kwargs=True
-                )
-            )
-            self.handles.append(module.register_forward_hook(_PostHook(ref), always_call=True))
+        after = SafeHook(self, "_after")  # the same for every module
+        for info in ModelMap.of(model).modules:
+            module = info.module
+            if module is None or info.has(CONTAINER):
+                continue  # a container only chains its children: they see the same tensors
+            # Hooks are inert while traced (torch.compile, jit.trace): not a real call.
+            before = SafeHook(self, "_before", info.name, info.type_name)
+            self.handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(after, always_call=True))
 
     def remove(self) -> None:
         handles, self.handles = self.handles, []
@@ -170,15 +168,15 @@ class NonfiniteLocator:
                 self._seen[id(tensor)] = seen
             slots.extend(seen.slots)
             if tensor.requires_grad:
-                if seen.hook is None:
-                    seen.hook = _GradHook(self._ref, self._generation)
-                    tensor.register_hook(seen.hook)
-                seen.hook.roles.append((grad_kind, call))
+                if seen.grad is None:
+                    seen.grad = _GradRoles(self._generation)
+                    tensor.register_hook(SafeHook(self, "_grad", seen.grad))
+                seen.grad.roles.append((grad_kind, call))
         self._events.append(_Event(kind, call, tuple(slots)))
 
-    def _grad(self, hook: _GradHook, grad: Tensor) -> None:
-        if hook.generation != self._generation or not grad.numel():
-            return  # a gradient of an older step, or nothing to check
+    def _grad(self, checked: _GradRoles, grad: Tensor | None) -> None:
+        if grad is None or checked.generation != self._generation or not grad.numel():
+            return  # nothing to check, or a gradient of an older step
         if not self._in_backward:
             # Runs when this backward pass (or autograd.grad call) is over; the flag is
             # set only once that is certain, so a failure cannot leave it stuck.
@@ -190,13 +188,13 @@ class NonfiniteLocator:
         # A tensor that a call returns as it was given (nn.Identity, a block passing its
         # mask along) is both that call's output and its input: the gradient reaches the
         # call's output before the call passes it on, so its GOUT roles come first.
-        for kind, call in sorted(hook.roles, key=lambda role: role[0] != _Kind.GOUT):
+        for kind, call in sorted(checked.roles, key=lambda role: role[0] != _Kind.GOUT):
             self._events.append(_Event(kind, call, slots))
 
     def _backward_done(self) -> None:
         self._in_backward = False
 
-    def _before(self, name: str, type_name: str, args: Any, kwargs: Any) -> None:
+    def _before(self, name: str, type_name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
         if not torch.is_grad_enabled() or self._in_backward:
             # Evaluation forwards, a submodule called under no_grad inside a training
             # forward, and activation-checkpoint recomputations during backward are not
@@ -210,7 +208,7 @@ class NonfiniteLocator:
         self._stack.append(call)
         self._forward(_Kind.IN, call, _float_tensors((args, kwargs)))
 
-    def _after(self, output: Any) -> None:
+    def _after(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self._stack:
             return
         call = self._stack.pop()
@@ -293,7 +291,7 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
                 call.name,
                 "backward",
                 f"The first non-finite value was produced in the backward pass by "
-                f"{_quote(call.name)} ({call.type_name}): the gradient reaching its output "
+                f"{sentence_name(call.name)} ({call.type_name}): the gradient reaching its output "
                 "was finite, the gradient it passed to its inputs was not (e.g. sqrt or "
                 "log at 0, a division by a value near 0).",
             )
@@ -313,8 +311,8 @@ def resolve(trace: StepTrace) -> NonfiniteOrigin | None:
             where.name,
             "backward",
             f"The first non-finite gradient was produced in the backward pass of code "
-            f"inside {_quote(where.name)} ({where.type_name}) that is not a submodule "
-            f"(a functional op consuming the output of {_quote(call.name)}).",
+            f"inside {sentence_name(where.name)} ({where.type_name}) that is not a submodule "
+            f"(a functional op consuming the output of {sentence_name(call.name)}).",
         )
     return None
 
@@ -407,7 +405,7 @@ class _ForwardSearch:
                 call.name,
                 "forward",
                 f"The first non-finite value was produced in the forward pass by "
-                f"{_quote(call.name)} ({call.type_name}): its inputs were finite, its "
+                f"{sentence_name(call.name)} ({call.type_name}): its inputs were finite, its "
                 "output was not; the layers after it only propagated it.",
             )
         if call.parent is None:
@@ -415,7 +413,7 @@ class _ForwardSearch:
                 None,
                 "input",
                 f"The model's input was already non-finite when it reached "
-                f"{_quote(call.name)} ({call.type_name}): no module produced it, the "
+                f"{sentence_name(call.name)} ({call.type_name}): no module produced it, the "
                 "data did; check the batch (and its preprocessing) for NaN/inf.",
             )
         parent = self.calls[call.parent]
@@ -423,9 +421,9 @@ class _ForwardSearch:
             parent.name,
             "forward",
             f"The first non-finite value was produced inside the forward of "
-            f"{_quote(parent.name)} ({parent.type_name}) by code that is not a "
+            f"{sentence_name(parent.name)} ({parent.type_name}) by code that is not a "
             f"submodule (a functional op such as torch.log or a division, or a "
-            f"non-finite buffer), before it called {_quote(call.name)}.",
+            f"non-finite buffer), before it called {sentence_name(call.name)}.",
         )
 
 
@@ -448,7 +446,7 @@ def _forward_origin(search: _ForwardSearch) -> NonfiniteOrigin | None:
         return dataclasses.replace(
             origin,
             sentence=f"{origin.sentence} (A value holding only -inf reached "
-            f"{_quote(search.calls[taken.call].name)} earlier and was taken for an "
+            f"{sentence_name(search.calls[taken.call].name)} earlier and was taken for an "
             f"intentional mask; if it is not one: {search.describe(taken).sentence})",
         )
     takers = [c for s in bad for c in search.takers.get(s, ()) if c != event.call]
@@ -525,58 +523,3 @@ def _leaves(tree: Any) -> list[Any]:
 
 #: Leaves that are certainly not pytree containers.
 _FLAT = (Tensor, int, float, bool, str, type(None))
-
-
-class _PreHook(CopyInertHook):
-    __slots__ = ("locator", "name", "type_name")
-
-    def __init__(self, locator: weakref.ref[NonfiniteLocator], name: str, type_name: str):
-        self.locator = locator
-        self.name = name
-        self.type_name = type_name
-
-    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if being_traced():
-            return  # not traced into a graph (torch.compile, jit.trace): not a real call
-        locator = self.locator()
-        if locator is not None:
-            try:
-                locator._before(self.name, self.type_name, args, kwargs)
-            except Exception:  # localisation must never break the user's forward
-                logger.debug("gradwatch: localisation pre-hook failed", exc_info=True)
-
-
-class _PostHook(CopyInertHook):
-    __slots__ = ("locator",)
-
-    def __init__(self, locator: weakref.ref[NonfiniteLocator]):
-        self.locator = locator
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if being_traced():
-            return  # not traced into a graph (torch.compile, jit.trace): not a real call
-        locator = self.locator()
-        if locator is not None:
-            try:
-                locator._after(output)
-            except Exception:  # localisation must never break the user's forward
-                logger.debug("gradwatch: localisation hook failed", exc_info=True)
-
-
-class _GradHook(CopyInertHook):
-    """Checks the gradient of one tensor once, for every (kind, call) role it plays."""
-
-    __slots__ = ("generation", "locator", "roles")
-
-    def __init__(self, locator: weakref.ref[NonfiniteLocator], generation: int):
-        self.locator = locator
-        self.generation = generation
-        self.roles: list[tuple[_Kind, int]] = []
-
-    def __call__(self, grad: Tensor) -> None:
-        locator = self.locator()
-        if locator is not None and grad is not None:
-            try:
-                locator._grad(self, grad)
-            except Exception:  # localisation must never break the user's backward
-                logger.debug("gradwatch: localisation gradient hook failed", exc_info=True)

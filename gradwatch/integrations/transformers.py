@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
-from gradwatch._measure.hooks import CopyInertHook, being_traced
+from gradwatch._measure.hooks import SafeHook
 from gradwatch._watcher import Watcher
 from gradwatch.integrations._common import check_logdir, missing_framework
 
@@ -144,7 +144,9 @@ class GradWatchCallback(TrainerCallback):
         self.watcher = Watcher(
             model, _torch_optimizer(optimizer), logdir=self.resolve_logdir(args), config=config
         )
-        self._loss_hook = model.register_forward_hook(_LossHook(self), with_kwargs=True)
+        # Inert in a copy of the model and while traced (Trainer(torch_compile=True)).
+        hook = SafeHook(self, "_observe_loss", on_error="_drop_loss")
+        self._loss_hook = model.register_forward_hook(hook, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         watcher = self.watcher
@@ -166,7 +168,9 @@ class GradWatchCallback(TrainerCallback):
         self._finish()
 
     # ---------------------------------------------------------------- internals
-    def _observe_loss(self, module: nn.Module, kwargs: dict[str, Any], output: Any) -> None:
+    def _observe_loss(
+        self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any
+    ) -> None:
         """Sum the training forwards' ``loss`` outputs (evaluation forwards are skipped)."""
         if not module.training or not torch.is_grad_enabled():
             return
@@ -179,6 +183,10 @@ class GradWatchCallback(TrainerCallback):
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_count += 1
 
+    def _drop_loss(self) -> None:
+        """Reading a loss failed: record none for this step rather than a partial sum."""
+        self._loss_sum, self._loss_count = None, 0
+
     def _finish(self) -> None:
         """Close the watcher, remove the loss hook, give the Trainer its clipping back."""
         if self._loss_hook is not None:
@@ -190,24 +198,6 @@ class GradWatchCallback(TrainerCallback):
             args, max_norm = self._restore
             args.max_grad_norm = max_norm
             self._restore = None
-
-
-class _LossHook(CopyInertHook):
-    """Forward hook on the model: hands the output's loss to the callback. Removed when
-    training ends; inert in a copy of the model (``copy.deepcopy``, ``torch.save``)."""
-
-    __slots__ = ("callback",)
-
-    def __init__(self, callback: GradWatchCallback) -> None:
-        self.callback = callback
-
-    def __call__(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        if being_traced():
-            return  # kept out of traced graphs (Trainer(torch_compile=True), jit.trace)
-        try:
-            self.callback._observe_loss(module, kwargs, output)
-        except Exception:  # the loss record must never break the user's forward
-            self.callback._loss_sum, self.callback._loss_count = None, 0
 
 
 def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
