@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from gradwatch._names import display_name
+
 Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
 SEVERITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -67,7 +69,7 @@ class Alert:
         """Human text for the layer: its name, ``(root module)`` or ``(model)``."""
         if self.layer is None:
             return "(model)"
-        return self.layer or "(root module)"
+        return display_name(self.layer)
 
     def format(self) -> str:
         """One readable line, plus the remedy."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from gradwatch._alerts import SEVERITY_RANK, Alert
 from gradwatch._format import fmt, json_number
+from gradwatch._names import display_name
 
 
 def _fmt(value: float) -> str:
@@ -141,7 +142,7 @@ class Report:
         header = ("layer", "type", "grad norm", "weight norm", "grad/weight", "max grad norm")
         rows = [
             (
-                layer.name or "(root module)",
+                display_name(layer.name),
                 layer.type,
                 _fmt(layer.final_grad_norm),
                 _fmt(layer.final_weight_norm),

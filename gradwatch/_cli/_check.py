@@ -19,6 +19,7 @@ from typing import Any
 from gradwatch._cli._errors import UsageError
 from gradwatch._cli._output import Output
 from gradwatch._format import fmt
+from gradwatch._names import display_name
 
 
 def _positive_int(text: str) -> int:
@@ -166,7 +167,7 @@ def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) 
     out.heading("Layers (input side first; norms at the last step)")
     rows = [
         [
-            layer.name or "(root module)",
+            display_name(layer.name),
             layer.type,
             fmt(layer.final_grad_norm),
             fmt(layer.final_weight_norm),

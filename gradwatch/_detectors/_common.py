@@ -9,12 +9,13 @@ import numpy as np
 from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
+from gradwatch._names import quoted_name
 
 #: MAD x this = a standard deviation for normally distributed data.
 MAD_TO_SD = 1.4826
 
 def layer_label(context: DetectorContext, layer: int) -> str:
-    return repr(context.layer_names[layer]) if context.layer_names[layer] else "(root module)"
+    return quoted_name(context.layer_names[layer])
 
 
 def weight_floor(context: DetectorContext, weight_norm: np.ndarray) -> np.ndarray:

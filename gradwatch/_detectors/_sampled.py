@@ -6,6 +6,7 @@ import numpy as np
 
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
+from gradwatch._names import sentence_name
 
 
 def sampled_records(history: History, n: int) -> list[StepRecord]:
@@ -63,5 +64,5 @@ def grade(values: dict[str, float], threshold: float) -> tuple[str, float, list[
 
 def list_names(names: list[str], limit: int = 4) -> str:
     """``'a', 'b', 'c' and 2 more``."""
-    shown = ", ".join(repr(name) if name else "the root module" for name in names[:limit])
+    shown = ", ".join(sentence_name(name) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

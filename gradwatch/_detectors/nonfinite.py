@@ -8,6 +8,7 @@ from gradwatch._alerts import Alert
 from gradwatch._detectors._base import DetectorContext
 from gradwatch._history import History
 from gradwatch._measure.record import StepRecord
+from gradwatch._names import display_name
 
 REMEDY = (
     "lower the learning rate, clip gradients (gradwatch.watch(..., clip=1.0)), check the "
@@ -48,7 +49,7 @@ def nonfinite_alert(record: StepRecord, context: DetectorContext) -> Alert | Non
     where = ""
     if layer is not None:
         value = record.grad_norm[layer] if what == "gradient" else record.weight_norm[layer]
-        name = context.layer_names[layer] or "(root module)"
+        name = display_name(context.layer_names[layer])
         where = f" The first affected layer in depth order is {name!r} ({what} norm {value})."
     value_out = float(record.loss) if record.loss is not None and not record.loss_finite else None
     if value_out is None and layer is not None:

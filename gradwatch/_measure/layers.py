@@ -15,7 +15,8 @@ import functools
 import torch
 from torch import nn
 
-from gradwatch._measure.model import ModelMap, tag_of
+from gradwatch._measure.model import ModelMap
+from gradwatch._names import tag_of
 
 
 @dataclasses.dataclass(frozen=True)

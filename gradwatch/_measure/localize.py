@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from gradwatch._measure.hooks import SafeHook
-from gradwatch._measure.model import CONTAINER, ModelMap, sentence_name
+from gradwatch._measure.model import CONTAINER, ModelMap
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
+from gradwatch._names import sentence_name
 
 logger = logging.getLogger(__name__)
 

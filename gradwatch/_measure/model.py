@@ -7,10 +7,8 @@ shared by several modules counts to the first that owns it, so it is counted onc
 every norm), whether it is compiled, and its structural roles (linear-like,
 normalisation, activation, attention, recurrent, embedding, plain container).
 :class:`~gradwatch._measure.layers.LayerIndex`, the activation probe and the NaN
-locator all read this one map instead of walking the model each.
-
-This module is also the one owner of how the root module (qualified name ``""``) is
-spelled: its TensorBoard tag, its name in tables and alerts, and in sentences.
+locator all read this one map instead of walking the model each. How a module's name
+is written (its tag, ``(root module)``) is :mod:`gradwatch._names`'s.
 """
 
 from __future__ import annotations
@@ -20,34 +18,6 @@ import functools
 import weakref
 
 from torch import nn
-
-#: TensorBoard tag of the root module (whose qualified name is the empty string).
-ROOT_TAG = "_root_"
-#: The root module's name in tables, alert locations and quoted layer names.
-ROOT_DISPLAY_NAME = "(root module)"
-#: The root module named inside a sentence ("produced by the root module").
-ROOT_IN_SENTENCE = "the root module"
-
-
-def tag_of(name: str) -> str:
-    """The TensorBoard tag suffix of a module: its qualified name, or ``_root_``."""
-    return name or ROOT_TAG
-
-
-def display_name(name: str) -> str:
-    """A module's name as tables and alerts show it: its name, or ``(root module)``."""
-    return name or ROOT_DISPLAY_NAME
-
-
-def quoted_name(name: str) -> str:
-    """``'block.0'`` quoted, or ``(root module)`` (already set apart by its brackets)."""
-    return repr(name) if name else ROOT_DISPLAY_NAME
-
-
-def sentence_name(name: str) -> str:
-    """``'block.0'`` quoted, or ``the root module``, to name a module inside a sentence."""
-    return repr(name) if name else ROOT_IN_SENTENCE
-
 
 # ------------------------------------------------------------------------ roles
 #: A weighted sum of its inputs, whose weights set the signal's gain: ``Linear``,

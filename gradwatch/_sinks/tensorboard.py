@@ -21,8 +21,8 @@ from typing import Any
 from gradwatch._alerts import Alert
 from gradwatch._history import History
 from gradwatch._measure.layers import LayerIndex
-from gradwatch._measure.model import tag_of
 from gradwatch._measure.record import StepRecord
+from gradwatch._names import tag_of
 
 logger = logging.getLogger(__name__)
 
