@@ -49,6 +49,7 @@ from gradwatch._measure.hooks import WatcherHook
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.localize import NonfiniteLocator
 from gradwatch._measure.meter import StepMeter, read_record
+from gradwatch._measure.model import ModelMap
 from gradwatch._measure.record import StepRecord
 from gradwatch._measure.step import PendingStep
 from gradwatch._measure.transfer import HostCopy
@@ -168,7 +169,9 @@ class Watcher:
                 "model is already being watched by an open gradwatch Watcher. Close that "
                 "one first (watcher.close() or leave its `with` block), or keep using it."
             )
-        self.index = LayerIndex.from_model(model)
+        # The one walk over the model: the layer index and every probe read it.
+        self._model_map = ModelMap.of(model)
+        self.index = LayerIndex.from_model(self._model_map)
         if not self.index.params:
             raise ValueError(
                 f"model ({type(model).__name__}) has no parameters, so there is nothing to "
@@ -397,7 +400,7 @@ class Watcher:
     ) -> tuple[ActivationProbe | None, NonfiniteLocator | None]:
         """Activation sampling and NaN localisation, both owned by ``self._stack``."""
         probe = locator = None
-        compiled = compiled_modules(model) if self.config.activation_every else []
+        compiled = compiled_modules(self._model_map) if self.config.activation_every else []
         if compiled:
             # Hooks added and removed every few steps would make torch.compile recompile.
             logger.info(
@@ -406,10 +409,10 @@ class Watcher:
                 ", ".join(repr(name or type(model).__name__) for name in compiled),
             )
         elif self.config.activation_every:
-            probe = ActivationProbe(model, include_eval=self.config.activation_eval)
+            probe = ActivationProbe(self._model_map, include_eval=self.config.activation_eval)
             self._stack.callback(probe.disarm)
         if self.config.locate_nonfinite:
-            locator = NonfiniteLocator(model)
+            locator = NonfiniteLocator(self._model_map)
             self._stack.callback(locator.remove)
         self._probe = probe
         self._arm_activations()
