@@ -7,6 +7,7 @@ import itertools
 import os
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -58,6 +59,7 @@ def test_column_series_match_the_records_across_the_wrap() -> None:
     assert np.isnan(history.series("loss", 2)[0])
 
 
+@pytest.mark.slow
 def test_watcher_host_memory_is_flat_over_10000_steps(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))

@@ -41,6 +41,7 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+@pytest.mark.slow
 def test_fixture_passes_healthy_fails_unhealthy_and_writes_logs(
     project: pytest.Pytester,
 ) -> None:

@@ -90,6 +90,7 @@ def tiny_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_survived(tiny_tmpfs) -> None:
     # A wide model so that a few hundred steps of scalars overflow 96 KiB.
     torch.manual_seed(0)
@@ -119,6 +120,7 @@ def _run_script(code: str, tmp_path, timeout: float = 120) -> subprocess.Complet
     )
 
 
+@pytest.mark.slow
 def test_alert_survives_a_killed_process(tmp_path) -> None:
     logdir = tmp_path / "run"
     result = _run_script(
@@ -142,6 +144,7 @@ def test_alert_survives_a_killed_process(tmp_path) -> None:
     assert run.alerts and run.alerts[0][0] == 0 and "nonfinite" in run.alerts[0][1]
 
 
+@pytest.mark.slow
 def test_interpreter_exit_flushes_an_unclosed_watcher_without_hanging(tmp_path) -> None:
     logdir = tmp_path / "run"
     result = _run_script(
