@@ -1,17 +1,32 @@
-"""Reading a gradwatch TensorBoard log directory back, with TensorBoard's own reader.
+"""Reading a gradwatch TensorBoard log directory back, one run at a time.
 
-Only event files are parsed (protobuf records, through TensorBoard's
-``EventAccumulator``); nothing read from a log directory is unpickled or executed.
+Event files are parsed record by record (:mod:`gradwatch._cli.eventrecords` frames them,
+TensorBoard's ``Event`` protobuf is the payload); nothing read from a log directory is
+unpickled or executed, and only regular files are opened (a FIFO named like an event file
+would block forever).
+
+A directory can hold several runs: re-running a job with the same ``logdir`` adds one
+event file per run, and a file can even hold two runs one after the other. They are never
+merged: each gradwatch event file is a run, and so is every stretch of one where the
+per-layer steps start again (or a new custom-scalars layout begins, which gradwatch writes
+first thing in every run). Event files written by someone else in the same directory
+(Lightning's or the Hugging Face Trainer's own scalars) belong to the gradwatch run they
+overlap in time. :func:`read_run` returns the newest run unless told which, and says how
+many there are.
+
+Damaged records are skipped and counted, never fatal (see :class:`FileDamage`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from gradwatch._cli.eventrecords import FileDamage, read_records
 from gradwatch._sinks.flowplot import FlowData
 from gradwatch._sinks.tensorboard import parse_alert_markdown
 
@@ -19,15 +34,47 @@ from gradwatch._sinks.tensorboard import parse_alert_markdown
 GRADWATCH_PREFIXES: tuple[str, ...] = ("grad_norm/", "weight_norm/", "update_ratio/")
 #: The tag TensorBoard's custom-scalars plugin stores its layout under.
 LAYOUT_TAG = "custom_scalars__config__"
+#: The tag gradwatch writes its alerts under (markdown text, one per alert).
+ALERT_TAG = "alerts"
 
 
 class NotAGradwatchLog(ValueError):
     """The directory is missing, empty, or was not written by gradwatch."""
 
 
+class NoSuchRun(ValueError):
+    """The run asked for (``gradwatch report --run N``) is not in the directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One run of a log directory, as listed by ``gradwatch report``.
+
+    Attributes:
+        index: its number, 1 for the oldest (what ``--run`` takes).
+        file: the event file it was read from (no directory).
+        started: the wall time (seconds since the epoch) of its first record.
+        first_step: its first per-layer step, or None when it logged none.
+        last_step: its last per-layer step, or None.
+        steps: how many distinct steps it logged.
+        alerts: how many alerts it holds.
+    """
+
+    index: int
+    file: str
+    started: float
+    first_step: int | None
+    last_step: int | None
+    steps: int
+    alerts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
 class RunLog:
-    """What a log directory holds: scalar series by tag, alert texts and image tags.
+    """What one run of a log directory holds: scalar series by tag, alerts, image tags.
 
     Attributes:
         logdir: the directory read.
@@ -35,6 +82,11 @@ class RunLog:
         alerts: ``(step, markdown text)`` of every alert, in step order.
         has_layout: whether the custom-scalars layout is there.
         images: tags of image summaries (e.g. ``gradient_flow``).
+        layout_categories: titles of the custom-scalars layout's categories.
+        run: which run of the directory this is (None when it holds no gradwatch run).
+        runs: every gradwatch run of the directory, oldest first.
+        damage: per event file with damaged records, what was skipped.
+        skipped_files: event files not read at all, each with why (``name (reason)``).
     """
 
     scalars: dict[str, list[tuple[int, float]]]
@@ -43,6 +95,10 @@ class RunLog:
     logdir: str = ""
     images: tuple[str, ...] = ()
     layout_categories: tuple[str, ...] = ()
+    run: RunInfo | None = None
+    runs: tuple[RunInfo, ...] = ()
+    damage: tuple[FileDamage, ...] = ()
+    skipped_files: tuple[str, ...] = ()
 
     @property
     def written_by_gradwatch(self) -> bool:
@@ -112,13 +168,19 @@ def run_directories(path: str) -> list[str]:
     return sorted(found)
 
 
-def read_run(logdir: str | os.PathLike[str]) -> RunLog:
-    """Read the event files of one gradwatch run in ``logdir`` into a :class:`RunLog`.
+def read_run(logdir: str | os.PathLike[str], run: int | None = None) -> RunLog:
+    """Read one gradwatch run of ``logdir`` into a :class:`RunLog`.
+
+    Args:
+        logdir: the directory given to gradwatch.
+        run: which run when the directory holds several: 1 for the oldest, ``-1`` (or
+            None, the default) for the newest; ``RunLog.runs`` lists them all.
 
     Raises:
         NotAGradwatchLog: the directory is missing or not a directory, holds no event
             files, holds several runs in subdirectories (the message lists them), or its
             events were not written by gradwatch.
+        NoSuchRun: ``run`` is not the number of one of its runs.
     """
     path = os.fspath(logdir)
     if not os.path.exists(path):
@@ -139,66 +201,221 @@ def read_run(logdir: str | os.PathLike[str]) -> RunLog:
             f"subdirectories ({shown}); pass one of them, e.g. "
             f"{os.path.join(path, names[0])!r}"
         )
-    run = _accumulate(path)
-    if not run.written_by_gradwatch:
-        found = ", ".join(sorted(run.scalars)[:5]) or "no scalars"
+    files, skipped = _event_files(path)
+    if not files:
+        raise NotAGradwatchLog(
+            f"{path!r} holds no readable event files (skipped: {', '.join(skipped)})"
+        )
+    parts: list[_Part] = []
+    damage: list[FileDamage] = []
+    for name in files:
+        file_damage = FileDamage(name)
+        try:
+            parts += _read_file(os.path.join(path, name), file_damage)
+        except OSError as error:  # unreadable (permissions, vanished): say so, read the rest
+            skipped.append(f"{name} ({error.strerror or error})")
+            continue
+        if file_damage.records or file_damage.incomplete_tail:
+            damage.append(file_damage)
+    found = _runs(parts)
+    common = {"logdir": path, "damage": tuple(damage), "skipped_files": tuple(skipped)}
+    if not found:
+        log = _merge(parts, **common)
+        found_tags = ", ".join(sorted(log.scalars)[:5]) or "no scalars"
+        lost = sum(d.records for d in damage)
+        note = f"; {lost} damaged record(s) were skipped" if lost else ""
+        if skipped:
+            note += f"; files not read: {', '.join(skipped)}"
         raise NotAGradwatchLog(
             f"{path!r} holds TensorBoard events but none written by gradwatch (no "
-            f"grad_norm/<layer> or weight_norm/<layer> scalars; found: {found})"
+            f"grad_norm/<layer> or weight_norm/<layer> scalars; found: {found_tags}){note}"
         )
-    return run
+    infos = tuple(_info(i + 1, own) for i, (own, _) in enumerate(found))
+    chosen = _choose(run, len(found))
+    own, companions = found[chosen]
+    return _merge([own, *companions], run=infos[chosen], runs=infos, **common)
 
 
-def _accumulate(path: str) -> RunLog:
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
-
-    accumulator = event_accumulator.EventAccumulator(
-        path,
-        size_guidance={
-            event_accumulator.SCALARS: 0,
-            event_accumulator.TENSORS: 0,
-            event_accumulator.IMAGES: 1,
-        },
-    )
-    accumulator.Reload()
-    tags = accumulator.Tags()
-    scalars = {
-        tag: [(event.step, float(event.value)) for event in accumulator.Scalars(tag)]
-        for tag in tags.get("scalars", [])
-    }
-    alerts: list[tuple[int, str]] = []
-    tensor_tags = tags.get("tensors", [])
-    if "alerts" in tensor_tags:
-        for event in accumulator.Tensors("alerts"):
-            array = np.asarray(tensor_util.make_ndarray(event.tensor_proto)).reshape(-1)
-            for item in array:
-                text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-                alerts.append((event.step, text))
-    categories: tuple[str, ...] = ()
-    if LAYOUT_TAG in tensor_tags:
-        categories = _layout_categories(accumulator.Tensors(LAYOUT_TAG))
-    return RunLog(
-        scalars=scalars,
-        alerts=sorted(alerts, key=lambda a: a[0]),
-        has_layout=LAYOUT_TAG in tensor_tags,
-        logdir=path,
-        images=tuple(tags.get("images", [])),
-        layout_categories=categories,
+def _choose(run: int | None, count: int) -> int:
+    """The list position of run number ``run`` (1-based; negative from the newest)."""
+    if run is None:
+        return count - 1
+    if 1 <= run <= count:
+        return run - 1
+    if -count <= run <= -1:
+        return count + run
+    raise NoSuchRun(
+        f"there is no run {run}: the directory holds {count} run(s); pick 1 to {count} "
+        "(1 is the oldest; -1 the newest)"
     )
 
 
-def _layout_categories(events: Any) -> tuple[str, ...]:
+def _event_files(path: str) -> tuple[list[str], list[str]]:
+    """Names of the regular event files in ``path`` (sorted), and the others skipped."""
+    files, skipped = [], []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if "tfevents" not in entry.name or entry.is_dir():
+                continue
+            if entry.is_file():  # follows a symlink; a FIFO, socket or device is not a file
+                files.append(entry.name)
+            else:
+                skipped.append(f"{entry.name} (not a regular file)")
+    return sorted(files), sorted(skipped)
+
+
+@dataclasses.dataclass
+class _Part:
+    """The records of one run found in one event file (or a whole file of another writer)."""
+
+    file: str
+    log: RunLog = dataclasses.field(
+        default_factory=lambda: RunLog(scalars={}, alerts=[], has_layout=False)
+    )
+    started: float | None = None
+    ended: float = 0.0
+    last_layer_step: int | None = None
+    order: int = 0
+
+    def span(self) -> tuple[float, float]:
+        start = self.started if self.started is not None else self.ended
+        return start, self.ended
+
+    @property
+    def empty(self) -> bool:
+        log = self.log
+        return not (log.scalars or log.alerts or log.has_layout or log.images)
+
+
+def _read_file(path: str, damage: FileDamage) -> list[_Part]:
+    """The runs (and other writers' records) of one event file, in file order."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    with open(path, "rb") as handle:
+        data = handle.read()
+    name = os.path.basename(path)
+    parts = [_Part(name)]
+    for payload in read_records(data, damage):
+        try:
+            event = Event.FromString(payload)
+        except DecodeError:  # a sound frame around a broken Event (e.g. a non-UTF-8 tag)
+            damage.skipped(len(payload))
+            continue
+        part = parts[-1]
+        if event.WhichOneof("what") == "summary":
+            values = event.summary.value
+            starts_run = any(v.tag == LAYOUT_TAG for v in values)
+            per_layer = any(v.tag.startswith(GRADWATCH_PREFIXES) for v in values)
+            last = part.last_layer_step
+            if last is not None and (starts_run or (per_layer and event.step <= last)):
+                part = _Part(name, order=len(parts))  # the steps restarted: a new run
+                parts.append(part)
+            _add_summary(part, event, damage)
+            if per_layer:
+                part.last_layer_step = event.step
+        if part.started is None:
+            part.started = event.wall_time
+        part.ended = max(part.ended, event.wall_time)
+    return [part for part in parts if not part.empty]
+
+
+def _add_summary(part: _Part, event: Any, damage: FileDamage) -> None:
+    log = part.log
+    step = int(event.step)
+    for value in event.summary.value:
+        kind = value.WhichOneof("value")
+        if kind == "simple_value":
+            log.scalars.setdefault(value.tag, []).append((step, float(value.simple_value)))
+        elif kind == "image":
+            if value.tag not in log.images:
+                log.images += (value.tag,)
+        elif kind == "tensor" and value.tag == ALERT_TAG:
+            for raw in value.tensor.string_val:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:  # keep the alert; show what cannot be decoded
+                    text = raw.decode("utf-8", errors="replace")
+                    damage.records += 1
+                    damage.repaired += 1
+                log.alerts.append((step, text))
+        elif kind == "tensor" and value.tag == LAYOUT_TAG:
+            log.has_layout = True
+            log.layout_categories += _layout_categories(value.tensor.string_val)
+
+
+def _layout_categories(raws: Iterable[bytes]) -> tuple[str, ...]:
     """Titles of the custom-scalars layout's categories (a protobuf, parsed, not run)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     titles: list[str] = []
-    for event in events:
-        for raw in event.tensor_proto.string_val:
-            layout = layout_pb2.Layout()
-            try:
-                layout.ParseFromString(raw)
-            except Exception:  # a damaged layout record: ignore it, keep reading the run
-                continue
-            titles += [category.title for category in layout.category]
+    for raw in raws:
+        layout = layout_pb2.Layout()
+        try:
+            layout.ParseFromString(raw)
+        except Exception:  # a damaged layout record: ignore it, keep reading the run
+            continue
+        titles += [category.title for category in layout.category]
     return tuple(titles)
+
+
+def _runs(parts: list[_Part]) -> list[tuple[_Part, list[_Part]]]:
+    """The gradwatch runs, oldest first, each with the other writers' parts it overlaps."""
+    own = sorted(
+        (part for part in parts if part.log.written_by_gradwatch),
+        key=lambda part: (part.span()[0], part.file, part.order),
+    )
+    found: list[tuple[_Part, list[_Part]]] = [(part, []) for part in own]
+    if not found:
+        return []
+    for other in (part for part in parts if not part.log.written_by_gradwatch):
+        best = max(
+            range(len(found)),
+            key=lambda i: (_overlap(other.span(), found[i][0].span()), i),  # ties: newer
+        )
+        found[best][1].append(other)
+    return found
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """How long two time spans overlap; negative: the gap between them."""
+    return min(a[1], b[1]) - max(a[0], b[0])
+
+
+def _info(index: int, part: _Part) -> RunInfo:
+    steps = part.log.steps()
+    return RunInfo(
+        index=index,
+        file=part.file,
+        started=part.span()[0],
+        first_step=steps[0] if steps else None,
+        last_step=steps[-1] if steps else None,
+        steps=len(steps),
+        alerts=len(part.log.alerts),
+    )
+
+
+def _merge(parts: list[_Part], **fields: Any) -> RunLog:
+    """One :class:`RunLog` of ``parts`` (a run and its companions), series step-sorted."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    alerts: list[tuple[int, str]] = []
+    images: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    has_layout = False
+    for part in parts:
+        for tag, series in part.log.scalars.items():
+            scalars.setdefault(tag, []).extend(series)
+        alerts += part.log.alerts
+        images += tuple(tag for tag in part.log.images if tag not in images)
+        categories += part.log.layout_categories
+        has_layout = has_layout or part.log.has_layout
+    for series in scalars.values():
+        series.sort(key=lambda item: item[0])  # stable: a step's order of writing is kept
+    return RunLog(
+        scalars=scalars,
+        alerts=sorted(alerts, key=lambda alert: alert[0]),
+        has_layout=has_layout,
+        images=images,
+        layout_categories=categories,
+        **fields,
+    )

@@ -7,6 +7,7 @@ event files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -50,7 +51,11 @@ def series_summary(series: list[tuple[int, float]]) -> dict[str, Any] | None:
 
 
 def summarize(run: RunLog) -> dict[str, Any]:
-    """Everything ``gradwatch report`` shows, as plain JSON-safe data."""
+    """Everything ``gradwatch report`` shows, as plain JSON-safe data.
+
+    ``run`` says which run of the directory this is (``index`` of ``count``, 1 the
+    oldest) and ``runs`` lists them all; ``damaged`` says what could not be read.
+    """
     steps = run.steps()
     layers = []
     for name in run.layer_order():
@@ -81,4 +86,17 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "alert_counts": by_severity,
         "has_layout": run.has_layout,
         "images": list(run.images),
+        "run": None if run.run is None else {**run.run.to_dict(), "count": len(run.runs)},
+        "runs": [info.to_dict() for info in run.runs],
+        "damaged": damage_summary(run),
+    }
+
+
+def damage_summary(run: RunLog) -> dict[str, Any]:
+    """Damaged records skipped (or kept repaired) and files not read, over the directory."""
+    return {
+        "records": sum(d.records for d in run.damage),
+        "bytes": sum(d.bytes for d in run.damage),
+        "files": [dataclasses.asdict(d) for d in run.damage],
+        "skipped_files": list(run.skipped_files),
     }

@@ -1,0 +1,109 @@
+"""``gradwatch report`` and ``gradwatch check`` on hostile inputs: several runs in one log
+directory, user code that exits or writes to file descriptor 1, damaged event files.
+
+Every log here is written by gradwatch itself (or copied/damaged from one it wrote), and
+the CLI runs as the real console script where the point is what a CI job would see.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gradwatch._cli.logreader import read_run
+from gradwatch._cli.runsummary import summarize
+
+from .cli_helpers import run_cli, run_main
+from .helpers import make_mlp, regression_batches, watched_run
+
+
+def write_run(logdir: Path, steps: int, *, nan_at: int | None = None, seed: int = 0) -> None:
+    watched_run(
+        make_mlp(depth=2, seed=seed),
+        regression_batches(steps),
+        nan_at=nan_at,
+        logdir=logdir,
+        flow_image_every=0,
+    )
+
+
+def event_files(logdir: Path) -> list[Path]:
+    return sorted(path for path in logdir.iterdir() if "tfevents" in path.name)
+
+
+# ---------------------------------------------------------------- 1. several runs, one dir
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's CI recipe run twice: a NaN run, then a healthy re-run, one logdir."""
+    logdir = tmp_path_factory.mktemp("rerun")
+    write_run(logdir, 6, nan_at=2)
+    write_run(logdir, 4, seed=1)
+    assert len(event_files(logdir)) == 2
+    return logdir
+
+
+def test_several_runs_in_one_directory_are_never_merged(two_runs: Path) -> None:
+    summary = summarize(read_run(two_runs))
+    # The newest run (the healthy re-run) alone: its 4 steps, its losses, no alert of run 1.
+    assert summary["steps"] == {"count": 4, "first": 0, "last": 3}
+    assert summary["alerts"] == []
+    assert summary["totals"]["loss"]["nonfinite"] == 0
+    assert summary["run"]["index"] == 2 and summary["run"]["count"] == 2
+    assert [run["steps"] for run in summary["runs"]] == [6, 4]
+    older = summarize(read_run(two_runs, run=1))
+    assert older["steps"] == {"count": 6, "first": 0, "last": 5}
+    assert [alert["kind"] for alert in older["alerts"]] == ["nonfinite"]
+
+
+def test_report_says_which_run_it_shows_and_how_to_pick(
+    two_runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_main(["report", str(two_runs)], capsys)
+    assert status == 0
+    assert "2 runs" in out and "--run 1" in out and "newest" in out
+    assert "steps 0-3 (4 logged)" in out
+    status, out, _ = run_main(["report", str(two_runs), "--run", "1"], capsys)
+    assert status == 0 and "steps 0-5 (6 logged)" in out
+    assert "[error] nonfinite at step 2" in out
+    status, _, err = run_main(["report", str(two_runs), "--run", "3"], capsys)
+    assert status == 2 and "--run 3" in err and "1 to 2" in err
+
+
+@pytest.mark.slow
+def test_report_console_script_on_a_rerun_directory(two_runs: Path) -> None:
+    result = run_cli("report", str(two_runs), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["steps"]["count"] == 4 and summary["alerts"] == []
+    assert summary["run"]["count"] == 2
+    assert "2 runs" in result.stderr  # said where a JSON reader's log shows it
+
+
+def test_two_hundred_runs_are_counted_not_collapsed(two_runs: Path, tmp_path: Path) -> None:
+    """Copies of real runs with their own names, as a job re-run 200 times leaves them."""
+    older, newer = event_files(two_runs)
+    for i in range(200):
+        source = newer if i == 199 else older
+        shutil.copy(source, tmp_path / f"events.out.tfevents.{1000 + i}.host.{i}.0.gradwatch")
+    summary = summarize(read_run(tmp_path))
+    assert summary["run"] == {**summary["run"], "index": 200, "count": 200}
+    assert summary["steps"] == {"count": 4, "first": 0, "last": 3}
+    assert len(summary["runs"]) == 200
+
+
+def test_steps_that_restart_within_one_file_are_separate_runs(
+    two_runs: Path, tmp_path: Path
+) -> None:
+    """Two runs' records in one file (one appended to the other): steps restart at 0."""
+    older, newer = event_files(two_runs)
+    joined = tmp_path / "events.out.tfevents.1.host.1.0.gradwatch"
+    joined.write_bytes(older.read_bytes() + newer.read_bytes())
+    summary = summarize(read_run(tmp_path))
+    assert summary["run"]["count"] == 2
+    assert summary["steps"] == {"count": 4, "first": 0, "last": 3}
+    assert summarize(read_run(tmp_path, run=1))["steps"]["count"] == 6
