@@ -40,7 +40,7 @@ SEGMENTS: tuple[str, ...] = (
     "update_ratio",  # (layers,) ||dw|| / ||w||, after the update (update_ratio_every)
     "activations",  # (n,) sampled steps: ActivationSample.values, see its layouts
 )
-_ORDER = {name: position for position, name in enumerate(SEGMENTS)}
+_DECLARED = frozenset(SEGMENTS)
 
 
 class StepVector:
@@ -64,7 +64,7 @@ class StepVector:
     def add(self, pieces: Mapping[str, Tensor]) -> None:
         """Stage named 1-d pieces for the next :meth:`pack` (nothing runs on the device)."""
         for name, piece in pieces.items():
-            if name not in _ORDER:
+            if name not in _DECLARED:
                 raise KeyError(f"{name!r} is not a step vector segment; declare it in SEGMENTS")
             if name in self._spans or name in self._staged:
                 raise ValueError(f"step vector segment {name!r} was already added")
@@ -72,15 +72,20 @@ class StepVector:
 
     def pack(self) -> None:
         """Append the staged pieces to the device vector: one ``torch.cat``, if any."""
-        if not self._staged:
+        staged = self._staged
+        if not staged:
             return
-        staged = sorted(self._staged.items(), key=lambda item: _ORDER[item[0]])
         self._staged = {}
         parts = [] if self.values is None else [self.values]
         start = 0 if self.values is None else int(self.values.shape[0])  # a shape: no sync
-        for name, piece in staged:
-            # non_blocking: a piece may come from another device; never wait for it here.
-            parts.append(piece.to(self._device, torch.float32, non_blocking=True))
+        for name in SEGMENTS:  # the declared order, whatever order the pieces came in
+            piece = staged.get(name)
+            if piece is None:
+                continue
+            if piece.device != self._device or piece.dtype != torch.float32:
+                # non_blocking: a piece may come from another device; never wait here.
+                piece = piece.to(self._device, torch.float32, non_blocking=True)
+            parts.append(piece)
             stop = start + int(piece.shape[0])
             self._spans[name] = slice(start, stop)
             start = stop
