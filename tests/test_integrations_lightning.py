@@ -12,11 +12,10 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-import gradwatch  # noqa: E402
 from gradwatch._cli.logreader import read_run  # noqa: E402
 from gradwatch.integrations.lightning import GradWatchCallback  # noqa: E402
 
-from .helpers import regression_batches  # noqa: E402
+from .helpers import regression_batches, watched_run  # noqa: E402
 
 pytestmark = [
     # Lightning's advice for real runs (more dataloader workers, a GPU, ...), not faults.
@@ -105,13 +104,7 @@ def _fit(
 def _plain_loop_tags(tmp_path: Path, steps: int) -> set[str]:
     module = Regressor()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
-    with gradwatch.watch(module, optimizer, logdir=tmp_path) as watcher:
-        for x, y in _loader(steps):
-            loss = nn.functional.mse_loss(module(x), y)
-            loss.backward()
-            watcher.record_loss(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+    watched_run(module, _loader(steps), optimizer=optimizer, logdir=tmp_path)
     return set(read_run(tmp_path).scalars)
 
 
