@@ -89,6 +89,9 @@ class LogitProbe:
 
     def __init__(self, model: nn.Module, *, include_eval: bool = False) -> None:
         self.include_eval = include_eval
+        #: Sizes of the logits' last two dimensions when last seen (host ints from the
+        #: shape), for reading a cross-entropy's class count after backward() freed it.
+        self.class_dims: tuple[int, ...] = ()
         self._model = weakref.ref(unwrap_model(model))
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._reset()
@@ -135,6 +138,7 @@ class LogitProbe:
         logits = find_logits(output)
         if logits is None:
             return
+        self.class_dims = tuple(int(size) for size in logits.shape[-2:])
         with torch.no_grad():
             total, lse_max, abs_max, tokens = logit_sums(logits)
             if self._sums is not None and self._sums[0].device == total.device:

@@ -23,9 +23,11 @@ masking, views, dtype casts) may appear, and a sum of per-element losses must be
 somewhere (a mean) for the value to be per element. Anything else, MSE, a custom loss,
 cross-entropy plus a weight penalty, gives None.
 
-Call it once (or on the first steps), before ``backward()`` frees the graph's saved
-tensors; afterwards it returns None. Under saved-tensor hooks that offload activations
-(``torch.autograd.graph.save_on_cpu``), reading the one saved tensor's shape unpacks it.
+Before ``backward()`` frees the graph's saved tensors the class count comes from them;
+afterwards (``record_loss`` is called after ``backward()``) from the sizes of the model's
+logits, which the caller passes as ``class_dims``; without them it returns None. Under saved-tensor
+hooks that offload activations (``torch.autograd.graph.save_on_cpu``), reading the one
+saved tensor's shape unpacks it.
 """
 
 from __future__ import annotations
@@ -103,18 +105,21 @@ class _Unrecognised(Exception):
     """A node the walk does not know: the loss is not a recognised kind."""
 
 
-def chance_loss(loss: Tensor) -> float | None:
+def chance_loss(loss: Tensor, class_dims: tuple[int, ...] = ()) -> float | None:
     """ln C for a cross-entropy over C classes, ln 2 for a binary one, else None.
 
-    Never raises: anything unexpected (no graph, freed saved tensors, a new autograd
-    node layout) gives None.
+    After ``backward()`` the saved tensor that gives C is freed, but the graph's node
+    types still say what the loss is: ``class_dims``, the sizes of the model's logits'
+    last two dimensions (from the logit probe), then give C (the last for a (..., C)
+    input, the one before it for a 2-d loss over (N, C, H, W)). Never raises: anything
+    unexpected (no graph, a new autograd node layout) gives None.
     """
     try:
         root = getattr(loss, "grad_fn", None)
         if root is None:
             return None
         classes: set[int] = set()
-        _walk(root, classes)
+        _walk(root, classes, class_dims)
         if len(classes) != 1:
             return None  # nothing recognised, or terms over different class counts
         count = classes.pop()
@@ -126,7 +131,7 @@ def chance_loss(loss: Tensor) -> float | None:
         return None
 
 
-def _walk(root: Any, classes: set[int]) -> None:
+def _walk(root: Any, classes: set[int], class_dims: tuple[int, ...] = ()) -> None:
     """Visit the graph above the loss; record class counts; raise on anything foreign.
 
     Each pending entry is ``(node, depth, normalised)``: ``normalised`` says a mean or a
@@ -143,13 +148,13 @@ def _walk(root: Any, classes: set[int]) -> None:
             raise _Unrecognised
         name = type(node).__name__
         if name in _NLL:
-            classes.add(_nll_classes(node, normalised))
+            classes.add(_nll_classes(node, normalised, name, class_dims))
         elif name == _LOG_SOFTMAX:
             # Reached without an NLL: the soft-target / label-smoothing branch,
             # -sum(target * log_softmax), which must be a mean to be per element.
             if not normalised:
                 raise _Unrecognised
-            classes.add(int(node._saved_result.shape[int(node._saved_dim)]))
+            classes.add(_saved_size(node, "_saved_result", int(node._saved_dim), class_dims))
         elif name in (_BCE_LOGITS, _BCE):
             if not (normalised or int(node._saved_reduction) == _REDUCTION_MEAN):
                 raise _Unrecognised
@@ -163,15 +168,35 @@ def _walk(root: Any, classes: set[int]) -> None:
             raise _Unrecognised
 
 
-def _nll_classes(node: Any, normalised: bool) -> int:
+def _nll_classes(node: Any, normalised: bool, name: str, class_dims: tuple[int, ...]) -> int:
     """The class count of an NLL node fed by a log-softmax."""
     if not (normalised or int(node._saved_reduction) == _REDUCTION_MEAN):
         raise _Unrecognised  # a sum over elements: its chance level grows with the batch
     if _through_reshapes(node.next_functions[0][0]) != _LOG_SOFTMAX:
         raise _Unrecognised  # log-probabilities from elsewhere may not be normalised
-    # The input is (C,) or (N, C, d1, ...): the class dimension is 1 from rank 2 on.
-    shape = node._saved_self.shape
-    return int(shape[1] if len(shape) >= 2 else shape[0])
+    try:
+        # The input is (C,) or (N, C, d1, ...): the class dimension is 1 from rank 2 on.
+        shape = node._saved_self.shape
+        return int(shape[1] if len(shape) >= 2 else shape[0])
+    except RuntimeError:  # freed by backward(): the logits' shape tells instead
+        return _hinted(class_dims, spatial=name != "NllLossBackward0")
+
+
+def _saved_size(node: Any, attribute: str, dim: int, class_dims: tuple[int, ...]) -> int:
+    try:
+        return int(getattr(node, attribute).shape[dim])
+    except RuntimeError:  # freed by backward()
+        return _hinted(class_dims, spatial=False)
+
+
+def _hinted(class_dims: tuple[int, ...], *, spatial: bool) -> int:
+    """The class count from the logits' last two sizes; unknown without them."""
+    if not class_dims:
+        raise _Unrecognised
+    # A 2-d loss's input is (N, C, H, W): W is last, C is not among the last two.
+    if spatial:
+        raise _Unrecognised
+    return class_dims[-1]
 
 
 def _through_reshapes(node: Any) -> str | None:
