@@ -216,6 +216,22 @@ def sdpa_stats(
     return softmax_stats(scores)
 
 
+def _first_sequence(
+    q: Tensor, k: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The first sequence of a (batch, heads, length, dim) call.
+
+    Every sequence of the batch goes through the same query and key weights, whose
+    growth is what attention-logit growth is; the largest logit of one sequence shows
+    it as well as the batch's, at 1/batch of the cost of recomputing the scores.
+    """
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] <= 1:
+        return q, k, mask
+    if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
+        mask = mask[:1]
+    return q[:1], k[:1], mask
+
+
 def _add_mask(scores: Tensor, mask: Tensor) -> Tensor:
     """``scores + mask``, in place (the scores are this module's own) unless the mask
     broadcasts them to a larger shape. An additive mask, mask-sized to build, is
@@ -309,9 +325,19 @@ class AttentionProbe:
     :class:`~gradwatch._measure.model.ModelMap` (its attention role says which modules
     are attention); the probe holds the modules weakly, and its hooks and mode hold the
     probe weakly.
+
+    ``first_sequence``: recompute the scores of SDPA calls for the first sequence of the
+    batch only (see :func:`_first_sequence`), 1/batch of the cost; the Watcher uses it.
     """
 
-    def __init__(self, model: nn.Module | ModelMap, *, include_eval: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module | ModelMap,
+        *,
+        include_eval: bool = False,
+        first_sequence: bool = False,
+    ) -> None:
+        self.first_sequence = first_sequence
         self.include_eval = include_eval
         model_map = ModelMap.of(model)
         attention = model_map.with_role(ATTENTION)
@@ -445,8 +471,7 @@ class AttentionProbe:
         elif acc.max_logit.device == call.max_logit.device:
             acc.add(call)
 
-    @staticmethod
-    def _sdpa(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallStats | None:
+    def _sdpa(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallStats | None:
         params = dict(zip(_SDPA_ARGS, args))
         params.update(kwargs)
         q, k = params.get("query"), params.get("key")
@@ -455,6 +480,8 @@ class AttentionProbe:
         mask = params.get("attn_mask")
         if mask is not None and type(mask) is not Tensor:
             return None  # a mask of a tensor subclass: its meaning is its own
+        if self.first_sequence:
+            q, k, mask = _first_sequence(q, k, mask)
         return sdpa_stats(q, k, mask, bool(params.get("is_causal", False)), params.get("scale"))
 
     @staticmethod
