@@ -107,3 +107,105 @@ def test_steps_that_restart_within_one_file_are_separate_runs(
     assert summary["run"]["count"] == 2
     assert summary["steps"] == {"count": 4, "first": 0, "last": 3}
     assert summarize(read_run(tmp_path, run=1))["steps"]["count"] == 6
+
+
+# ------------------------------------------------ 2. and 3. user code during `check`
+
+EXITS_WHILE_TRAINING = """
+import sys
+import torch
+from torch import nn
+
+CODE = {code}
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(16, 8)
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(1)
+        if len(calls) == 3:
+            sys.exit(CODE)  # the user's training code gives up
+        return nn.functional.mse_loss(out, y)
+
+    return model, [(x, x.sum(dim=1, keepdim=True))], loss_fn
+"""
+
+
+@pytest.mark.parametrize("code", [0, 5, None])
+def test_sys_exit_in_training_code_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code
+) -> None:
+    """A CI gate must not pass because the user's code called sys.exit(0) mid-check."""
+    (tmp_path / "exits.py").write_text(EXITS_WHILE_TRAINING.format(code=code))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    status, out, err = run_main(["check", "exits.py:build", "--steps", "5"], capsys)
+    assert status == 2, (out, err)
+    assert out == ""
+    assert "SystemExit" in err and f"sys.exit({code})" in err
+    assert "after 2 of 5 steps" in err or "step 3" in err
+
+
+@pytest.mark.slow
+def test_sys_exit_0_console_script_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "exits.py").write_text(EXITS_WHILE_TRAINING.format(code=0))
+    result = run_cli("check", "exits.py:build", "--steps", "5", "--json", cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "gradwatch check: error: " in result.stderr and "SystemExit" in result.stderr
+
+
+NOISY = """
+import logging
+import os
+import sys
+import threading
+import time
+
+import torch
+from torch import nn
+
+
+def _chatter():
+    while True:  # a logger thread that outlives the report
+        print("thread: still printing")
+        sys.stdout.flush()
+        time.sleep(0.001)
+
+
+def build():
+    torch.manual_seed(0)
+    logging.basicConfig(stream=sys.__stdout__, level=logging.INFO, force=True)
+    print("to sys.__stdout__", file=sys.__stdout__, flush=True)
+    os.write(1, b"os.write to fd 1, as a C extension does\\n")
+    threading.Thread(target=_chatter, daemon=True).start()
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    x = torch.randn(64, 8)
+
+    def loss_fn(out, y):
+        os.write(1, b"loss_fn writes to fd 1\\n")
+        return nn.functional.mse_loss(out, y)
+
+    data = [(x, 10 * x.sum(dim=1, keepdim=True))]
+    # Diverges: gradwatch logs its alerts through `logging`, i.e. to sys.__stdout__ here.
+    return model, data, loss_fn, torch.optim.SGD(model.parameters(), lr=0.5)
+"""
+
+
+@pytest.mark.slow
+def test_json_parses_whatever_the_target_writes_to_file_descriptor_1(tmp_path: Path) -> None:
+    (tmp_path / "noisy.py").write_text(NOISY)
+    result = run_cli("check", "noisy.py:build", "--steps", "8", "--json", cwd=tmp_path)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    data = json.loads(result.stdout)  # nothing but the report on stdout
+    assert data["cli"]["exit_status"] == 1 and data["alerts"]
+    for line in ("to sys.__stdout__", "os.write to fd 1", "loss_fn writes", "thread: still"):
+        assert line in result.stderr
+    assert "gradwatch" in result.stderr  # the library's own log lines, sent to stderr
+    text = run_cli("check", "noisy.py:build", "--steps", "8", cwd=tmp_path)
+    assert text.stdout.startswith("gradwatch check noisy.py:build: UNHEALTHY")
+    assert "thread: still" not in text.stdout and "fd 1" not in text.stdout

@@ -1,8 +1,9 @@
 """The ``gradwatch`` command line, thin over the library.
 
 Exit status is the CI contract (public, stated in the README): 0 healthy, 1 unhealthy,
-2 usage error (bad command line, bad target, unreadable log directory). Subcommands live
-in their own modules; each adds its parser and a ``run(args) -> int``.
+2 usage error or no verdict (bad command line, bad target, unreadable log directory, a
+check the target stopped, even with ``sys.exit(0)``). Subcommands live in their own
+modules; each adds its parser and a ``run(args) -> int``.
 
 argparse (the standard library) parses the command line, so the CLI needs no extra
 dependency; ``rich`` (colour, tables, progress) and ``matplotlib`` (``report --plot``)

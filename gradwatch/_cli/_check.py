@@ -2,18 +2,18 @@
 
 Exit status: 0 healthy, 1 unhealthy (an alert at or above ``--fail-on`` whose kind is not
 ``--ignore``d), 2 usage error: a bad target, an import error in the user's file, a
-function returning the wrong shape, or an exception while training (each reported with
-the user's traceback). Anything the user's code prints goes to stderr, so stdout holds
-only the report (and ``--json`` output always parses).
+function returning the wrong shape, or an exception while training, ``SystemExit``
+included (each reported with the user's traceback): a check that did not finish has no
+verdict. Anything the user's code writes to stdout goes to stderr, down to file
+descriptor 1 (:mod:`gradwatch._cli._stdout`), so stdout holds only the report (and
+``--json`` output always parses).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import sys
 from typing import Any
 
 from gradwatch._cli._errors import UsageError
@@ -88,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ignore: {error}") from None
 
     import gradwatch
+    from gradwatch._cli._stdout import report_only_stdout
 
-    # The user's prints must not mix with the report (or break --json): send them to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    # Whatever the user's code writes to stdout (print, sys.__stdout__, os.write(1, ...),
+    # a thread that outlives the check) goes to stderr; the report alone goes to stdout.
+    with report_only_stdout() as stdout:
         inputs = load_target(args.target)
-        try:
-            with step_progress(args.steps):
+        with step_progress(args.steps) as taken:
+            try:
                 report = gradwatch.check(
                     inputs.model,
                     inputs.data,
@@ -103,32 +105,45 @@ def run(args: argparse.Namespace) -> int:
                     baseline=args.baseline,
                     logdir=args.logdir,
                 )
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:
-            gradwatch_dir = gradwatch.__path__[0]
-            raise UsageError(
-                f"checking {args.target} failed with {type(error).__name__}: {error}",
-                user_traceback(error, skip_prefixes=(gradwatch_dir,)),
-            ) from None
-    failing = failing_alerts(report.alerts, fail_on=args.fail_on, ignore=ignore)
-    status = 1 if failing else 0
-    if args.json:
-        data = report.to_dict()
-        data["cli"] = {
-            "healthy": not failing,
-            "exit_status": status,
-            "fail_on": args.fail_on,
-            "ignore": ignore,
-            "failing": len(failing),
-            "target": args.target,
-            "logdir": args.logdir,
-        }
-        json.dump(data, sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        render(report, Output.for_stream(sys.stdout), failing=len(failing), args=args)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # SystemExit too: a check cut short fails
+                raise UsageError(
+                    _training_failed(error, args, taken.done),
+                    user_traceback(error, skip_prefixes=(gradwatch.__path__[0],)),
+                ) from None
+        failing = failing_alerts(report.alerts, fail_on=args.fail_on, ignore=ignore)
+        status = 1 if failing else 0
+        if args.json:
+            data = report.to_dict()
+            data["cli"] = {
+                "healthy": not failing,
+                "exit_status": status,
+                "fail_on": args.fail_on,
+                "ignore": ignore,
+                "failing": len(failing),
+                "target": args.target,
+                "logdir": args.logdir,
+            }
+            json.dump(data, stdout, indent=2, allow_nan=False)
+            stdout.write("\n")
+        else:
+            render(report, Output.for_stream(stdout), failing=len(failing), args=args)
     return status
+
+
+def _training_failed(error: BaseException, args: argparse.Namespace, done: int) -> str:
+    """Why the check has no verdict. ``sys.exit()`` in the user's code is named as such:
+    whatever its code, a check that did not finish fails (exit status 2), so a CI gate
+    never passes on it."""
+    where = f"after {done} of {args.steps} steps"
+    if isinstance(error, SystemExit):
+        return (
+            f"checking {args.target} did not finish: the training code called "
+            f"sys.exit({error.code!r}) (SystemExit) {where}. A check that does not finish "
+            "has no verdict, so it fails."
+        )
+    return f"checking {args.target} failed with {type(error).__name__}: {error} ({where})"
 
 
 def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) -> None:

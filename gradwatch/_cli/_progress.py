@@ -1,17 +1,26 @@
-"""A progress bar for ``gradwatch check``, on stderr and only on a terminal.
+"""Counting ``gradwatch check``'s optimizer steps, with a progress bar on a terminal.
 
-It counts optimizer steps with torch's global optimizer step post-hook
+Steps are counted with torch's global optimizer step post-hook
 (``torch.optim.optimizer.register_optimizer_step_post_hook``), so it works whether the
-target brought its own optimizer or ``check()`` built the default Adam. The hook is
-removed when the bar closes.
+target brought its own optimizer or ``check()`` built the default Adam; the count says
+how far a check got when the target stops it. The bar is drawn on stderr, and only on a
+terminal. The hook is removed when the block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
+
+
+@dataclasses.dataclass
+class StepCount:
+    """Optimizer steps taken so far inside :func:`step_progress` (capped at the total)."""
+
+    done: int = 0
 
 
 def _plain_bar(stream: IO[str], total: int) -> Any:
@@ -23,22 +32,21 @@ def _plain_bar(stream: IO[str], total: int) -> Any:
 
 
 @contextlib.contextmanager
-def step_progress(total: int, *, stream: IO[str] | None = None) -> Iterator[None]:
-    """Show ``step i/total`` while the block trains; nothing unless ``stream`` is a TTY."""
-    stream = sys.stderr if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    if not (isatty and isatty()):
-        yield
-        return
+def step_progress(total: int, *, stream: IO[str] | None = None) -> Iterator[StepCount]:
+    """Count the optimizer steps the block takes; show ``step i/total`` if ``stream``
+    (default stderr) is a terminal."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from gradwatch._cli._output import wants_color
 
-    done = 0
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    shown = bool(isatty and isatty())
+    count = StepCount()
     progress: Any = None
     task: Any = None
     plain = None
-    if wants_color(stream):
+    if shown and wants_color(stream):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -52,24 +60,23 @@ def step_progress(total: int, *, stream: IO[str] | None = None) -> Iterator[None
         )
         task = progress.add_task("check", total=total)
         progress.start()
-    else:
+    elif shown:
         plain = _plain_bar(stream, total)
 
     def on_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-        nonlocal done
-        done = min(done + 1, total)
+        count.done = min(count.done + 1, total)
         if progress is not None:
-            progress.update(task, completed=done)
+            progress.update(task, completed=count.done)
         elif plain is not None:
-            plain(done)
+            plain(count.done)
 
     handle = register_optimizer_step_post_hook(on_step)
     try:
-        yield
+        yield count
     finally:
         handle.remove()
         if progress is not None:
             progress.stop()
-        elif done:
+        elif plain is not None and count.done:
             stream.write("\r" + " " * 40 + "\r")
             stream.flush()
