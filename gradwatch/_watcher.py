@@ -48,10 +48,13 @@ from gradwatch._measure.distributed import AlertRelay, norm_reducer
 from gradwatch._measure.hooks import WatcherHook
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.localize import NonfiniteLocator
+from gradwatch._measure.loss_kind import chance_loss
 from gradwatch._measure.meter import StepMeter, read_record
 from gradwatch._measure.model import ModelMap
+from gradwatch._measure.optimizer import OptimizerFacts, current_lr
 from gradwatch._measure.record import StepRecord
 from gradwatch._measure.step import PendingStep
+from gradwatch._measure.structure import StructureProbes
 from gradwatch._measure.transfer import HostCopy
 from gradwatch._policies import StepPolicies
 from gradwatch._sinks import GuardedSink
@@ -201,11 +204,15 @@ class Watcher:
             self.config,
             layer_numel=self.index.layer_numel(),
             holds_sublayers=self.index.holds_sublayers,
+            optimizer=OptimizerFacts.of(optimizer),
             loss_baseline=None if loss_baseline is None else tuple(map(float, loss_baseline)),
         )
         self._detectors: list[Detector] = default_detectors(self.config)
         self._policies = StepPolicies(self.config, self.index)
         self._amp: ScalerBridge | None = None
+        self._structure: StructureProbes | None = None
+        #: ln(classes) once the recorded loss is recognised as a cross-entropy.
+        self._chance_loss: float | None = None
         self._step = 0
         self._loss: Tensor | float | None = None
         self._pending: PendingStep | None = None
@@ -305,6 +312,10 @@ class Watcher:
                     f"{tuple(loss.shape)}. Reduce it first (loss.mean()) or pass the value."
                 )
             self._loss = loss.detach()
+            if self._chance_loss is None and self._structure is not None:
+                # The loss's kind, from its autograd graph's node types (host objects,
+                # no tensor read); the class count from the logits' sizes.
+                self._chance_loss = chance_loss(loss, self._structure.class_dims)
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             # Kept as a Python float and filled in on the device by _measure(): a host
             # tensor here would cost a host→device copy every step.
@@ -411,6 +422,12 @@ class Watcher:
         elif self.config.activation_every:
             probe = ActivationProbe(self._model_map, include_eval=self.config.activation_eval)
             self._stack.callback(probe.disarm)
+            # Attention logits, output logits and gradients through time ride on the
+            # same sampled steps.
+            self._structure = StructureProbes(
+                self._model_map, include_eval=self.config.activation_eval
+            )
+            self._stack.callback(self._structure.disarm)
         if self.config.locate_nonfinite:
             locator = NonfiniteLocator(self._model_map)
             self._stack.callback(locator.remove)
@@ -422,6 +439,8 @@ class Watcher:
         """Install the activation hooks when the coming step is a sampled one."""
         if self._probe is not None and self._step % self.config.activation_every == 0:
             self._probe.arm()
+            if self._structure is not None:
+                self._structure.arm()
 
     def _require_open(self, what: str) -> None:
         if self._closed:
@@ -469,6 +488,10 @@ class Watcher:
         pending.vector.pack()
         if self._probe is not None:
             pending.activations = self._probe.collect()  # removes the hooks; device values
+        if self._structure is not None:
+            pending.structure = self._structure.collect()  # likewise
+        pending.lr = current_lr(optimizer)  # a Python float from param_groups: no sync
+        pending.chance_loss = self._chance_loss
         if self._locator is not None:
             pending.trace = self._locator.take()  # device flags, read only on NaN/inf
         if self._policies.needs_host:

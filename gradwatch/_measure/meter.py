@@ -91,6 +91,8 @@ class StepMeter:
             vector.add({"update_ratio": update_sq.sqrt() / weight_norm.clamp_min(tiny)})
         if pending.activations is not None:
             vector.add({"activations": pending.activations.values})
+        if pending.structure is not None:
+            vector.add(pending.structure.pieces())
         vector.pack()  # one cat for what was measured after the update, if anything
         if vector.host is not None:  # read before the update, and nothing added since
             return HostCopy.ready(pending, vector.host)
@@ -126,6 +128,8 @@ def read_record(pending: PendingStep, host: np.ndarray) -> StepRecord:
         clip_coef=None if clip_coef is None else float(clip_coef[0]),
         skipped=pending.skipped,
         amp_skipped=found_inf is not None and bool(found_inf[0] > 0),
+        lr=pending.lr,
+        chance_loss=pending.chance_loss,
     )
     sample = pending.activations
     activations = vector.read(host, "activations") if sample is not None else None
@@ -133,6 +137,8 @@ def read_record(pending: PendingStep, host: np.ndarray) -> StepRecord:
         record.activations = sample.to_host(activations)
         record.activation_layers = sample.layers
         record.activation_roles = sample.roles
+    if pending.structure is not None:
+        pending.structure.fill(record, vector, host)
     if pending.trace is not None:
         record.nonfinite_origin = locate(pending.trace, record)
     return record

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from gradwatch._measure.activations import ActivationSample
 from gradwatch._measure.localize import StepTrace
+from gradwatch._measure.record import StepRecord
 
 #: The named segments a step vector may hold, in packing order. Each is a 1-d float32
 #: piece; "layers" means one value per layer of the :class:`~gradwatch._measure.layers.
@@ -39,6 +41,11 @@ SEGMENTS: tuple[str, ...] = (
     "amp_found_inf",  # (1,) > 0 when the GradScaler found inf/NaN (policy; under AMP)
     "update_ratio",  # (layers,) ||dw|| / ||w||, after the update (update_ratio_every)
     "activations",  # (n,) sampled steps: ActivationSample.values, see its layouts
+    "attention_logit_max",  # (attention modules,) sampled steps: largest q·k/√d
+    "attention_entropy",  # (attention modules,) sampled steps: entropy / ln(keys)
+    "output_logits",  # (3,) sampled steps: log-sum-exp mean and max, largest |logit|
+    "recurrent_first",  # (recurrent modules,) sampled: input gradient at the first step
+    "recurrent_last",  # (recurrent modules,) sampled: input gradient at the last step
 )
 _DECLARED = frozenset(SEGMENTS)
 
@@ -121,6 +128,15 @@ class StepVector:
         return self._host
 
 
+class SampledStatistics(Protocol):
+    """Statistics a probe took on a sampled step: named pieces for the step vector, and
+    how to write them, once on the host, into the record (see ``structure``)."""
+
+    def pieces(self) -> dict[str, Tensor]: ...
+
+    def fill(self, record: StepRecord, vector: StepVector, host: np.ndarray) -> None: ...
+
+
 @dataclasses.dataclass
 class PendingStep:
     """One step between its measurement and its host copy.
@@ -140,3 +156,8 @@ class PendingStep:
     skipped: bool = False
     activations: ActivationSample | None = None
     trace: StepTrace | None = None
+    #: The structure probes' sample (attention, output logits, recurrence), when taken.
+    structure: SampledStatistics | None = None
+    #: Host facts of the step: the optimizer's learning rate, the loss's chance level.
+    lr: float | None = None
+    chance_loss: float | None = None
