@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -165,3 +166,33 @@ def test_interpreter_exit_flushes_an_unclosed_watcher_without_hanging(tmp_path) 
     )
     assert result.returncode == 0, result.stderr
     assert [s for s, _ in read_run(logdir).scalars["total/grad_norm"]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["unlink the event file", "rm -rf dir; mkdir dir"])
+def test_event_file_deleted_mid_run_is_reopened_with_one_warning(
+    tmp_path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Alerts and steps after the deletion go to a new event file, not to the unlinked one."""
+    logdir = tmp_path / "run"
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = regression_batches(40)
+    with gradwatch.watch(model, optimizer, logdir=logdir, flow_image_every=0) as gw:
+        train_steps(model, optimizer, batches[:5], gw)
+        if how == "unlink the event file":
+            (event_file,) = logdir.glob("*tfevents*")
+            event_file.unlink()
+        else:
+            shutil.rmtree(logdir)
+            logdir.mkdir()
+        with caplog.at_level(logging.WARNING, logger="gradwatch"):
+            train_steps(model, optimizer, batches[5:], gw, nan_at=20)  # an alert at step 25
+            gw.close()
+    reopened = [r for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    assert len(reopened) == 1, [r.getMessage() for r in caplog.records]
+    run = read_run(logdir)
+    assert [a.step for a in gw.alerts if a.kind == "nonfinite"] == [25]
+    assert [step for step, text in run.alerts if "nonfinite" in text] == [25]
+    steps = [s for s, _ in run.scalars["total/grad_norm"]]
+    assert steps[-35:] == list(range(5, 40))  # every step after the deletion is on disk
+    assert run.has_layout and len(run.runs) == 1

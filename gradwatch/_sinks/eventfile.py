@@ -6,17 +6,31 @@ summaries. What this module owns is the thread: the training thread only puts ev
 on a bounded queue, and a failure on disk (full disk, vanished directory) is kept and
 re-raised on the caller's next call, where the sink guard turns it into one warning,
 instead of escaping the thread as a traceback.
+
+It also notices when its file is deleted or replaced under it (``rm`` of the file,
+``rm -rf dir; mkdir dir``): writes would go on into an unlinked file and be lost without
+a word. After every flush, the writer thread compares the open file with what the path
+names now (one ``fstat`` and one ``stat``); if they differ it opens a new event file in
+the same directory, writes the header again and every record since the last flush that
+was confirmed on disk, and logs one warning. Records are kept for this only between two
+flushes, and a flush comes at least every :attr:`EventFileWriter.REWRITE_BYTES` (8 KiB),
+so the memory held stays a few KiB.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _counter = itertools.count()
 
@@ -31,13 +45,29 @@ class _Flush:
 _STOP = object()
 
 
+def _new_path(logdir: str) -> str:
+    name = (
+        f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
+        f"{os.getpid()}.{next(_counter)}.gradwatch"
+    )
+    return os.path.join(logdir, name)
+
+
 class EventFileWriter:
     """Appends ``Event`` protos to one new event file under ``logdir``.
 
     The training thread appends to a deque (no lock hand-off, no thread wake-up per
     event); the writer thread wakes every ``poll_secs``, or at once for a flush, a close
-    or a full buffer, and writes what has piled up.
+    or a full buffer, and writes what has piled up. ``header`` summaries (the
+    custom-scalars layout) are written at step 0 first in the file, and again first in
+    any file opened to replace a deleted one.
     """
+
+    #: Records written since the last flush are kept (to write again if the file turns
+    #: out deleted); past this many bytes the writer thread flushes. That is the size of
+    #: the file object's own buffer, which reaches the OS at this size anyway: the kept
+    #: records stay a few KiB, and the flushes cost no more system calls than before.
+    REWRITE_BYTES = io.DEFAULT_BUFFER_SIZE
 
     def __init__(
         self,
@@ -46,18 +76,13 @@ class EventFileWriter:
         flush_secs: float = 30.0,
         max_pending: int = 2048,
         poll_secs: float = 0.25,
+        header: Sequence[Any] = (),
     ) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event_cls = Event
-        name = (
-            f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_counter)}.gradwatch"
-        )
-        self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
-        self._records = RecordWriter(self._file)
+        self.logdir = logdir
+        self._header = tuple(header)
         self._flush_secs = flush_secs
         self._poll_secs = poll_secs
         self._max_pending = max_pending
@@ -65,13 +90,29 @@ class EventFileWriter:
         self._wake = threading.Event()
         self.error: BaseException | None = None
         self._closed = False
-        version = Event(wall_time=time.time(), file_version="brain.Event:2")
-        self._records.write(version.SerializeToString())
-        self._file.flush()
+        # Serialised records written since the last flush, and their size.
+        self._unflushed: list[bytes] = []
+        self._unflushed_bytes = 0
+        self._open(_new_path(logdir))
         self._thread = threading.Thread(
             target=self._run, name="gradwatch-event-writer", daemon=True
         )
         self._thread.start()
+
+    def _open(self, path: str) -> None:
+        """Start a new event file: the version record and the header, flushed."""
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._records = RecordWriter(self._file)
+        now = time.time()
+        version = self._event_cls(wall_time=now, file_version="brain.Event:2")
+        self._records.write(version.SerializeToString())
+        for summary in self._header:
+            event = self._event_cls(wall_time=now, step=0, summary=summary)
+            self._records.write(event.SerializeToString())
+        self._file.flush()
 
     # ------------------------------------------------------------ training thread
     def add_summary(self, summary: Any, step: int) -> None:
@@ -123,12 +164,14 @@ class EventFileWriter:
             while self._pending:
                 item = self._pending.popleft()
                 try:
-                    if isinstance(item, self._event_cls):
-                        if self.error is None:
-                            self._records.write(item.SerializeToString())
-                        continue
-                    self._file.flush()  # a _Flush marker or _STOP
-                    last_flush = time.monotonic()
+                    if not isinstance(item, self._event_cls):  # a _Flush marker or _STOP
+                        self._flush_file()
+                        last_flush = time.monotonic()
+                    elif self.error is None:
+                        self._write(item.SerializeToString())
+                        if self._unflushed_bytes >= self.REWRITE_BYTES:
+                            self._flush_file()  # bounds what is kept for a rewrite
+                            last_flush = time.monotonic()
                 except Exception as error:  # kept for the training thread to report once
                     if self.error is None:
                         self.error = error
@@ -139,8 +182,55 @@ class EventFileWriter:
                     return
             if time.monotonic() - last_flush >= self._flush_secs:
                 try:
-                    self._file.flush()
+                    self._flush_file()
                 except Exception as error:
                     if self.error is None:
                         self.error = error
                 last_flush = time.monotonic()
+
+    def _write(self, record: bytes) -> None:
+        self._records.write(record)
+        self._unflushed.append(record)
+        self._unflushed_bytes += len(record)
+
+    def _flush_file(self) -> None:
+        """Flush, then make sure the flushed records are in the file the path names."""
+        self._file.flush()
+        if self._file_replaced():
+            self._reopen()
+        self._unflushed.clear()
+        self._unflushed_bytes = 0
+
+    def _file_replaced(self) -> bool:
+        """Is the open file no longer the one at ``self.path`` (deleted or replaced)?"""
+        try:
+            opened = os.fstat(self._file.fileno())
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):  # cannot tell (permissions, closed): carry on
+            return False
+        return opened.st_nlink == 0 or (opened.st_dev, opened.st_ino) != (
+            current.st_dev,
+            current.st_ino,
+        )
+
+    def _reopen(self) -> None:
+        """Continue in a new event file: header, then the records since the last flush."""
+        if not os.path.isdir(self.logdir):
+            raise FileNotFoundError(f"the log directory {self.logdir!r} was removed")
+        old_path = self.path
+        self._file.close()
+        self._open(_new_path(self.logdir))
+        for record in self._unflushed:
+            self._records.write(record)
+        self._file.flush()
+        logger.warning(
+            "gradwatch: the event file %s was deleted or replaced while this run was "
+            "writing it; continuing in a new event file, %s (the %d record(s) written "
+            "since the last flush were written there again; what the deleted file held "
+            "is gone with it).",
+            old_path,
+            os.path.basename(self.path),
+            len(self._unflushed),
+        )

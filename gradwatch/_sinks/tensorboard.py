@@ -220,9 +220,13 @@ class TensorBoardSink:
         self._summary_cls = Summary
         self._templates = SummaryTemplates(Summary)
         self.logdir = os.fspath(logdir)
-        self._file_writer: Any = EventFileWriter(self.logdir, flush_secs=flush_secs)
-        self._file_writer.add_summary(summaries.custom_scalars(custom_scalars_layout()), 0)
-        self._file_writer.flush()
+        # The layout is the file's header: written again first if the file must be
+        # replaced (deleted mid-run, see EventFileWriter), so every file has its charts.
+        self._file_writer: Any = EventFileWriter(
+            self.logdir,
+            flush_secs=flush_secs,
+            header=[summaries.custom_scalars(custom_scalars_layout())],
+        )
         self._steps_written = 0
         self._history: History | None = history
         self._flow_every: int = flow_image_every if history is not None else 0
