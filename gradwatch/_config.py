@@ -52,7 +52,9 @@ class WatchConfig:
             ``0`` switches it off. A sampled step keeps one transient copy of the
             parameters between the measurement and the update (freed right after).
         history: how many steps of statistics the host-side ring buffer keeps for the
-            detectors and the report. Memory is bounded by it, however long the run.
+            detectors and the report. Memory is bounded by it, however long the run. It
+            must hold what the detectors read (see ``_history_needs``: 20 steps with the
+            defaults); a shorter one is refused rather than silently disabling them.
         on_nonfinite: what a NaN/inf in gradients, weights or loss does: ``"warn"``
             raises an alert and carries on; ``"skip"`` also leaves the parameters and
             optimizer state untouched for that step; ``"raise"`` stops training with
@@ -248,11 +250,62 @@ class WatchConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.spike_warmup > self.spike_window:  # the one rule across two options
+        if self.spike_warmup > self.spike_window:
             raise ValueError(
                 f"spike_warmup ({self.spike_warmup}) must be <= spike_window "
                 f"({self.spike_window}): the window must hold the warm-up steps."
             )
+        self._check_history()
+
+    def _history_needs(self) -> list[tuple[int, str]]:
+        """How many steps the detectors need the history to hold, each with who needs it.
+
+        A detector reads its window from the history; a shorter history would not make
+        it judge on fewer steps, it would make it never judge (a run then passes as
+        healthy). Needs implied by these (``vanishing``'s 5 steps, ``exploding``'s 4,
+        ``poor_init``'s 3) are covered: ``trend_window`` >= 3 and
+        ``not_learning_steps`` >= 4.
+        """
+        needs = [
+            (
+                self.trend_window,
+                f"the trend detectors (exploding growth, vanishing) look at the last "
+                f"trend_window ({self.trend_window}) steps",
+            ),
+            (
+                self.not_learning_steps,
+                f"not_learning judges once not_learning_steps ({self.not_learning_steps}) "
+                "steps from step 0 are in the history",
+            ),
+            (
+                self.spike_warmup + 1,
+                f"loss_spike and grad_spike need spike_warmup ({self.spike_warmup}) earlier "
+                "steps besides the current one",
+            ),
+        ]
+        if self.activation_every:
+            needs.append(
+                (
+                    self.activation_every + 1,
+                    "saturation and dead_units compare two sampled steps, activation_every "
+                    f"({self.activation_every}) steps apart",
+                )
+            )
+        return needs
+
+    def _check_history(self) -> None:
+        unmet = [(need, why) for need, why in self._history_needs() if need > self.history]
+        if not unmet:
+            return
+        minimum = max(need for need, _ in unmet)
+        default = type(self).__dataclass_fields__["history"].default
+        raise ValueError(
+            f"history={self.history} is too short for what the detectors are set to read "
+            "(a detector whose window does not fit judges on less than asked, or never): "
+            f"{'; '.join(why for _, why in unmet)}. Use history >= {minimum} "
+            f"(the default is {default}; memory stays bounded by it), or lower "
+            "the options named."
+        )
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
