@@ -7,8 +7,11 @@ the CLI runs as the real console script where the point is what a CI job would s
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -209,3 +212,155 @@ def test_json_parses_whatever_the_target_writes_to_file_descriptor_1(tmp_path: P
     text = run_cli("check", "noisy.py:build", "--steps", "8", cwd=tmp_path)
     assert text.stdout.startswith("gradwatch check noisy.py:build: UNHEALTHY")
     assert "thread: still" not in text.stdout and "fd 1" not in text.stdout
+
+
+# ---------------------------------------------------------------- 6. damaged event files
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """``(start, end)`` of every TFRecord frame of a sound event file."""
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        end = pos + 12 + length + 4
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+def framed(payload: bytes) -> bytes:
+    """``payload`` framed as TensorBoard's own writer frames a record."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    RecordWriter(buffer).write(payload)
+    return buffer.getvalue()
+
+
+def scalar_event(tag: bytes, step: int) -> bytes:
+    """A serialised Event holding one scalar under ``tag`` (bytes: may be bad UTF-8)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    good = Event(step=step, summary=Summary(value=[Summary.Value(tag="x" * len(tag))]))
+    return good.SerializeToString().replace(b"x" * len(tag), tag)
+
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def sound_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    logdir = tmp_path_factory.mktemp("sound")
+    write_run(logdir, STEPS, nan_at=STEPS - 5)  # one alert, near the end
+    return event_files(logdir)[0]
+
+
+def damaged_copy(sound_run: Path, tmp_path: Path, damage) -> Path:
+    data = sound_run.read_bytes()
+    logdir = tmp_path / "damaged"
+    logdir.mkdir()
+    (logdir / sound_run.name).write_bytes(damage(data, frames(data)))
+    return logdir
+
+
+def middle(spans: list[tuple[int, int]]) -> tuple[int, int]:
+    return spans[len(spans) // 2]
+
+
+def huge_length(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """A record whose length header (with a correct CRC) claims 2**60 bytes."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    header = struct.pack("<Q", 1 << 60)
+    bogus = header + struct.pack("<I", masked_crc32c(header)) + b"\0" * 64
+    start, _ = middle(spans)
+    return data[:start] + bogus + data[start:]
+
+
+def flipped_byte(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """One byte flipped inside a step's record in the middle of the file."""
+    start, end = middle(spans)
+    at = (start + end) // 2
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def smashed_header(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """A record's length header overwritten: no frame boundary to step over."""
+    start, _ = middle(spans)
+    return data[:start] + b"\xde\xad\xbe\xef" * 3 + data[start + 12 :]
+
+
+def bad_utf8_tag(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    start, _ = middle(spans)
+    return data[:start] + framed(scalar_event(b"grad_norm/\xff\xfe", 3)) + data[start:]
+
+
+def bad_utf8_alert(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    from gradwatch._sinks.tensorboard import text_summary
+
+    summary = text_summary("alerts", "**ERROR** `nonfinite` at step 7 in `0`: x\n\ny\n\n*Try:* z")
+    summary.value[0].tensor.string_val[0] = b"**ERROR** `nonfinite` at step 7 \xff\xfe"
+    start, _ = middle(spans)
+    return data[:start] + framed(Event(step=7, summary=summary).SerializeToString()) + data[start:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "lost_steps"),
+    [
+        (huge_length, 0),
+        (flipped_byte, 1),
+        (smashed_header, 1),
+        (bad_utf8_tag, 0),
+        (bad_utf8_alert, 0),
+    ],
+)
+def test_damaged_records_are_skipped_counted_and_reported(
+    sound_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, lost_steps: int
+) -> None:
+    logdir = damaged_copy(sound_run, tmp_path, damage)
+    summary = summarize(read_run(logdir))
+    # Everything around the damage was read: the steps after it and the final alert too.
+    assert summary["steps"]["count"] == STEPS - lost_steps
+    assert summary["steps"]["last"] == STEPS - 1
+    assert "nonfinite" in [alert["kind"] for alert in summary["alerts"]]
+    assert summary["damaged"]["records"] == 1
+    assert summary["damaged"]["files"][0]["file"] == sound_run.name
+    status, out, err = run_main(["report", str(logdir)], capsys)
+    assert status == 0, err  # a readable run keeps its exit status
+    assert "skipped 1 damaged record(s)" in out
+    status, out, err = run_main(["report", str(logdir), "--json"], capsys)
+    assert status == 0 and json.loads(out)["damaged"]["records"] == 1
+    assert "skipped 1 damaged record(s)" in err
+
+
+def test_an_alert_with_invalid_utf8_is_kept_readable(sound_run: Path, tmp_path: Path) -> None:
+    logdir = damaged_copy(sound_run, tmp_path, bad_utf8_alert)
+    texts = [text for step, text in read_run(logdir).alerts if step == 7]
+    assert texts == ["**ERROR** `nonfinite` at step 7 \ufffd\ufffd"]
+
+
+def test_a_file_cut_mid_record_is_not_damage(sound_run: Path, tmp_path: Path) -> None:
+    """A live (or killed) writer leaves its last record unfinished: that is no damage."""
+    logdir = damaged_copy(sound_run, tmp_path, lambda data, spans: data[: spans[-1][1] - 5])
+    run = read_run(logdir)
+    assert run.damage[0].records == 0 and run.damage[0].incomplete_tail
+    assert summarize(run)["damaged"]["records"] == 0
+
+
+@pytest.mark.slow
+def test_a_fifo_named_like_an_event_file_never_hangs_report(
+    sound_run: Path, tmp_path: Path
+) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    shutil.copy(sound_run, logdir / sound_run.name)
+    os.mkfifo(logdir / "events.out.tfevents.0.fifo")
+    result = run_cli("report", str(logdir), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"steps 0-{STEPS - 1}" in result.stdout
+    assert "not read: events.out.tfevents.0.fifo (not a regular file)" in result.stdout
