@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +366,25 @@ def test_a_fifo_named_like_an_event_file_never_hangs_report(
     assert result.returncode == 0, result.stderr
     assert f"steps 0-{STEPS - 1}" in result.stdout
     assert "not read: events.out.tfevents.0.fifo (not a regular file)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "hole",
+    [bytes(16 << 20), random.Random(0).randbytes(1 << 20)],
+    ids=["16 MiB of zeros", "1 MiB of noise"],
+)
+def test_a_large_hole_is_stepped_over_quickly(sound_run: Path, tmp_path: Path, hole) -> None:
+    """A zero-filled block (what a crash can leave) or garbage between two records: the
+    search for the next sound record runs at C speed, not one CRC per byte (about 2 s
+    per MiB, minutes here)."""
+
+    def with_hole(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+        start, _ = middle(spans)
+        return data[:start] + hole + data[start:]
+
+    logdir = damaged_copy(sound_run, tmp_path, with_hole)
+    began = time.perf_counter()
+    run = read_run(logdir)
+    assert time.perf_counter() - began < 20
+    assert len(run.steps()) == STEPS
+    assert (run.damage[0].records, run.damage[0].bytes) == (1, len(hole))

@@ -18,6 +18,7 @@ finished; it is reported apart (``incomplete_tail``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 from collections.abc import Iterator
 
@@ -68,9 +69,7 @@ def _frame_at(data: bytes, pos: int) -> tuple[str, int]:
         return "cut", size
     (length,) = _LENGTH.unpack_from(data, pos)
     (length_crc,) = _CRC.unpack_from(data, pos + 8)
-    # The length is checked against the bytes really left before it is trusted, and
-    # before any CRC (this is also what makes resynchronising cheap: almost every
-    # misaligned 8 bytes read as a length far beyond the file).
+    # The length is checked against the bytes really left before it is trusted.
     fits = length <= size - pos - HEADER_BYTES - FOOTER_BYTES
     if masked_crc32c(data[pos : pos + 8]) != length_crc:
         return "bad header", size
@@ -84,19 +83,37 @@ def _frame_at(data: bytes, pos: int) -> tuple[str, int]:
     return "ok", end
 
 
-def _plausible_length(data: bytes, pos: int) -> bool:
-    """Could a frame start at ``pos``? Its length must fit in what is left (no CRC yet)."""
-    if len(data) - pos < HEADER_BYTES + FOOTER_BYTES:
-        return False
-    (length,) = _LENGTH.unpack_from(data, pos)
-    return bool(length <= len(data) - pos - HEADER_BYTES - FOOTER_BYTES)
+_ZERO_HEADER = bytes(HEADER_BYTES)
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 def _next_frame(data: bytes, pos: int) -> int | None:
-    """The first offset at or after ``pos`` where a whole, sound frame starts."""
-    for candidate in range(pos, len(data) - HEADER_BYTES - FOOTER_BYTES + 1):
-        if _plausible_length(data, candidate) and _frame_at(data, candidate)[0] == "ok":
+    """The first offset at or after ``pos`` where a whole, sound frame starts.
+
+    Runs at C speed over what cannot be a frame: in a file under 4 GiB a frame's length
+    has four zero high bytes (``bytes.find`` jumps to the next such place), and twelve
+    zero bytes are no frame header (the CRC of a zero length is not zero), so a
+    zero-filled hole (what a crash can leave on disk) is stepped over in one search.
+    """
+    size = len(data)
+    last = size - HEADER_BYTES - FOOTER_BYTES
+    small = size < 1 << 32
+    candidate = pos
+    while candidate <= last:
+        if small:
+            high = data.find(b"\0\0\0\0", candidate + 4, last + 8)
+            if high < 0:
+                return None
+            candidate = high - 4
+        if data[candidate : candidate + HEADER_BYTES] == _ZERO_HEADER:
+            nonzero = _NONZERO.search(data, candidate)
+            if nonzero is None:
+                return None
+            candidate = max(candidate + 1, nonzero.start() - HEADER_BYTES + 1)
+            continue
+        if _frame_at(data, candidate)[0] == "ok":
             return candidate
+        candidate += 1
     return None
 
 
