@@ -20,12 +20,21 @@ data alone, then compare the real run with it. Two versions:
 
 When the loss is a cross-entropy, its chance level ln(classes) is known (``chance_loss``):
 a loss that starts above chance and falls back to it has not learned anything, so the
-fall counts from ``min(start, chance)``, and a loss that sits within ``AT_CHANCE`` of
-chance for ``AT_CHANCE_STEPS`` steps is a warning ("stays at chance").
+fall counts from ``min(start, chance)``. A loss that still sits within ``AT_CHANCE`` of
+chance after ``AT_CHANCE_STEPS`` steps is a warning when the steps cannot be right: too
+large (median update ratio above ``LARGE_UPDATE``: the rate is too high), or collapsed
+``COLLAPSE`` times below the first measured step (the weights outgrew the rate, as Post-LN
+transformers do without warmup). With ordinary steps it is the plateau many models sit
+on before they learn: an info.
 
 Warmup-aware: while the learning rate is still rising (a warmup schedule), nothing is
 judged, and a rise of the loss is judged only once as many steps again have passed after
 the warmup (the ordinary bump as the rate reaches its peak is not a failure).
+
+A loss that learned and then turns back up (a median of ``RELAPSE_SMOOTHING`` steps at
+``RELAPSE_RATIO`` times its best, giving back ``RELAPSE_GIVEN_BACK`` of what it had
+learned) is a warning at once, warmup or not: a rate that warms up past what the model
+takes is the usual cause, and the loss tends to diverge next.
 
 The run is judged from its first step on, once ``not_learning_steps`` steps that updated
 the weights (not skipped by a policy or a GradScaler) have a recorded loss,
@@ -69,8 +78,24 @@ REMEDY_FROZEN = (
 #: training moves weights by about 1e-4..1e-2 of their norm per step).
 LARGE_UPDATE = 0.03
 
+#: For steps that collapsed far below their start while the loss sits at chance.
+REMEDY_COLLAPSED = (
+    "warm the learning rate up over the first few hundred steps (e.g. "
+    "torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=500)); "
+    "for a Post-LN transformer (nn.TransformerEncoderLayer(norm_first=False), BERT-style "
+    "blocks) use Pre-LN (norm_first=True), which trains without warmup; lower the peak rate."
+)
+#: A loss (median of this many steps) that rises to ``RELAPSE_RATIO`` times its best and
+#: gives back ``RELAPSE_GIVEN_BACK`` of what it had learned since the start relapsed.
+RELAPSE_SMOOTHING = 5
+RELAPSE_RATIO = 2.0
+RELAPSE_GIVEN_BACK = 0.25
+
+#: Steps that shrank this many times below the first measured one have collapsed.
+COLLAPSE = 100.0
+
 #: A loss within this fraction of chance (ln(classes)) has not left it.
-AT_CHANCE = 0.1
+AT_CHANCE = 0.02
 #: Steps (after any warmup) a loss must sit at chance before it is a warning.
 AT_CHANCE_STEPS = 100
 
@@ -98,6 +123,9 @@ def detect_not_learning(history: History, context: DetectorContext) -> list[Aler
     taken = finite & (history.series("taken") > 0)
     if int(taken.sum()) < config.not_learning_steps or not finite[-1]:
         return []
+    relapse = _relapse(history, losses)
+    if relapse is not None:
+        return [relapse]
     warmup = warmup_steps(history)
     if warmup is None:
         return []  # the learning rate is still rising: too early to judge
@@ -106,6 +134,41 @@ def detect_not_learning(history: History, context: DetectorContext) -> list[Aler
     else:
         alert = _against_own_noise(history, losses, context, warmup)
     return [alert] if alert is not None else []
+
+
+def _relapse(history: History, losses: np.ndarray) -> Alert | None:
+    """A loss that learned, then gave much of it back: judged during a warmup too, since
+    a rate that warms up past what the model can take is what it usually means."""
+    series = losses[np.isfinite(losses)]
+    if series.size < 2 * RELAPSE_SMOOTHING:
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(series, RELAPSE_SMOOTHING)
+    smoothed = np.median(windows, axis=-1)
+    start, now = float(smoothed[0]), float(smoothed[-1])
+    best_at = int(np.argmin(smoothed[:-1]))
+    best = float(smoothed[best_at])
+    learned = start - best
+    if not (best > 0 and learned > 0 and now >= RELAPSE_RATIO * best):
+        return None
+    if now - best < RELAPSE_GIVEN_BACK * learned:
+        return None
+    latest = history.latest
+    step = latest.step if latest is not None else 0
+    best_step = step - (smoothed.size - 1 - best_at)
+    return Alert(
+        kind="not_learning",
+        severity="warning",
+        step=step,
+        layer=None,
+        message=f"The loss learned, then rose again: {fmt(now)} now against its best of "
+        f"{fmt(best)} around step {best_step} (medians of {RELAPSE_SMOOTHING} steps; it "
+        f"started at {fmt(start)}), giving back {fmt((now - best) / learned)} of what it had "
+        "learned. A loss that turns back up is usually a learning rate that became too "
+        "high (a warmup past what the model takes), and it tends to diverge next.",
+        value=now / best,
+        threshold=RELAPSE_RATIO,
+        remedy=REMEDY_TOO_HIGH,
+    )
 
 
 def warmup_steps(history: History) -> int | None:
@@ -183,8 +246,6 @@ def _against_own_noise(
     steps = latest.step + 1 if latest is not None else len(series)
     after_warmup = steps - warmup
     at_chance = bool(chance) and end > (1.0 - AT_CHANCE) * float(chance or 0.0)
-    if fall > needed and not (at_chance and after_warmup >= AT_CHANCE_STEPS):
-        return None
     updates = [
         float(np.nanmedian(r.update_ratio))
         for r in history
@@ -192,11 +253,23 @@ def _against_own_noise(
         and np.isfinite(r.update_ratio).any()
         and not (r.skipped or r.amp_skipped)
     ]
+    typical_update = float(np.median(updates[-3:])) if updates else math.nan
+    # At chance is a failure only with steps that cannot be right: too large to learn
+    # (the rate is too high), or collapsed far below where they started (the weights
+    # outgrew the rate: typical of Post-LN transformers trained without warmup). A loss
+    # at chance with ordinary steps may be the plateau many models sit on first.
+    collapsed = bool(updates) and typical_update * COLLAPSE < updates[0]
+    stuck = (
+        at_chance
+        and after_warmup >= AT_CHANCE_STEPS
+        and (typical_update > LARGE_UPDATE or collapsed)
+    )
+    if fall > needed and not stuck:
+        return None
     frozen = bool(updates) and max(updates) < FROZEN_UPDATE
     # The ordinary bump as a warmup reaches its peak is not a rise: give the run as many
     # steps again after the warmup before calling a higher loss a failure.
     rising = -fall > needed and -fall > 0.1 * level and after_warmup > warmup
-    stuck = at_chance and after_warmup >= AT_CHANCE_STEPS
     severity: Severity = "warning" if frozen or rising or stuck else "info"
     quarter = f"medians of the first and last {m} of {steps} steps"
     if rising:
@@ -206,6 +279,13 @@ def _against_own_noise(
             f"The loss went from {fmt(start)} to {fmt(end)} ({quarter}) and stays at chance: "
             f"a uniform guess over the classes scores ln(classes) = {fmt(float(chance or 0))}"
         )
+        if stuck and collapsed:
+            what += (
+                f", while the steps shrank from {fmt(updates[0])} to {fmt(typical_update)} "
+                "of the weights' size (update ratio)"
+            )
+        elif stuck:
+            what += f", with steps of {fmt(typical_update)} of the weights' size"
     else:
         what = (
             f"The loss went from {fmt(start)} to {fmt(end)} ({quarter}), a fall of "
@@ -225,9 +305,10 @@ def _against_own_noise(
         )
     else:
         why = ""
-    typical_update = float(np.median(updates[-3:])) if updates else math.nan
     if frozen:
         remedy = REMEDY_FROZEN
+    elif stuck and collapsed:
+        remedy = REMEDY_COLLAPSED
     elif rising or (stuck and typical_update > LARGE_UPDATE):
         remedy = REMEDY_TOO_HIGH
     else:

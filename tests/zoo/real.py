@@ -712,7 +712,9 @@ def _qknorm_gpt(seed: int, final_norm: bool) -> Run:
 
 @register(
     "gpt_no_final_norm_output_logits",
-    {"output_logits"},
+    # output_logits names the cause; the loss and gradient spikes that come first are the
+    # symptoms a user sees before the divergence, so they count as fitting too.
+    {"output_logits", "loss_spike", "grad_spike"},
     chance_loss=CHANCE_LM,
     develops=True,
     tags=(REAL,),
