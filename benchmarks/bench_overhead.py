@@ -353,10 +353,11 @@ def configs() -> list[Config]:
 # --------------------------------------------------------------------------- own time
 #: Every entry point through which gradwatch runs on the training thread: the optimizer
 #: step hooks (measurement, clipping, history, detectors, TensorBoard event),
-#: ``record_loss``, the sampled activation hooks and the NaN-localisation hooks.
+#: ``record_loss``, the sampled activation and structure hooks and the NaN-localisation
+#: hooks.
 def _entry_points() -> list[tuple[type, str]]:
-    from gradwatch._measure.activations import _Hook as ActivationHook
-    from gradwatch._measure.localize import _GradHook, _PostHook, _PreHook
+    from gradwatch._measure.attention import _AttentionMode
+    from gradwatch._measure.hooks import SafeHook
     from gradwatch._watcher import Watcher
 
     return [
@@ -365,10 +366,11 @@ def _entry_points() -> list[tuple[type, str]]:
         (Watcher, "_before_scaler_step"),
         (Watcher, "step"),
         (Watcher, "record_loss"),
-        (ActivationHook, "__call__"),
-        (_PreHook, "__call__"),
-        (_PostHook, "__call__"),
-        (_GradHook, "__call__"),
+        # Every forward, gradient and loss hook (activations, localisation, the
+        # structure probes) is a SafeHook; the attention probe also watches through a
+        # torch-function mode on its sampled steps.
+        (SafeHook, "__call__"),
+        (_AttentionMode, "__torch_function__"),
     ]
 
 
