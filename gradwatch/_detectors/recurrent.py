@@ -12,7 +12,8 @@ gradient norm reaching its input at the first and at the last time step, over a
 sequence of T steps. Their ratio r and the per-step factor r^(1/(T-1)) are judged:
 
 * ``vanishing`` (warning): r below ``VANISHING_RATIO`` with a per-step factor below
-  ``VANISHING_RATE``; error when the first step gets exactly nothing (underflow);
+  ``VANISHING_RATE``; error when the first step gets exactly nothing (underflow); an
+  info for gated cells (LSTM, GRU), whose gates learn how long to remember;
 * ``exploding`` (warning): r above ``EXPLODING_RATIO`` with a per-step factor above
   ``EXPLODING_RATE``.
 
@@ -28,6 +29,8 @@ from gradwatch._detectors._base import DetectorContext
 from gradwatch._format import fmt
 from gradwatch._history import History
 
+#: Gated cells: their vanishing through time is an info (see ``_vanishing``).
+GATED = ("LSTM", "GRU")
 MIN_LENGTH = 10
 VANISHING_RATIO = 1e-6
 VANISHING_RATE = 0.8
@@ -76,7 +79,12 @@ def _vanishing(
     length: int,
     context: DetectorContext,
 ) -> Alert:
+    kind = _module_type(name, context)
     severity: Severity = "error" if first == 0.0 else "warning"
+    if kind in GATED:
+        # LSTM/GRU gates learn how long to remember: a short memory at the start (forget
+        # gates near 0.5) is where they begin, not a failure; worth knowing only.
+        severity = "info"
     reached = (
         "nothing (it underflowed to 0)"
         if first == 0.0
@@ -114,11 +122,15 @@ def _exploding(
     )
 
 
-def _remedy(name: str, context: DetectorContext, *, vanishing: bool) -> str:
-    kind = ""
+def _module_type(name: str, context: DetectorContext) -> str:
     if name in context.layer_names:
-        kind = context.module_types[context.layer_names.index(name)]
-    gated = kind in ("LSTM", "GRU")
+        return context.module_types[context.layer_names.index(name)]
+    return ""
+
+
+def _remedy(name: str, context: DetectorContext, *, vanishing: bool) -> str:
+    kind = _module_type(name, context)
+    gated = kind in GATED
     if vanishing:
         first = (
             "initialise the recurrent weights orthogonally at gain 1 "
