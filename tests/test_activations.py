@@ -390,6 +390,7 @@ def test_inference_forward_then_training_forward_in_one_sampled_step() -> None:
     assert record.activation_layers == ("0", "1", "2", "3", "4")
 
 
+@pytest.mark.slow
 def test_importing_gradwatch_does_not_import_dynamo() -> None:
     import subprocess
     import sys

@@ -197,6 +197,7 @@ def test_compiled_modules_are_found_and_names_unwrapped(
 
 # torch's own Adam, traced by Dynamo, touches a deprecated torch.jit API.
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+@pytest.mark.slow
 def test_compiled_optimizer_step_runs_the_step_hooks_eagerly() -> None:
     """``torch.compile(optimizer.step)``: the watcher's step hooks are never traced, so the
     step compiles the graphs it compiles unwatched, and the statistics are eager ones."""

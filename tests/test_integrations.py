@@ -12,6 +12,7 @@ import pytest
 FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate")
 
 
+@pytest.mark.slow
 def test_importing_gradwatch_imports_no_framework() -> None:
     code = (
         "import sys, gradwatch, gradwatch.integrations\n"
