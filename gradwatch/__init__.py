@@ -16,6 +16,7 @@ from gradwatch._alerts import Alert
 from gradwatch._check import check
 from gradwatch._clip import AGC, AutoClip, ClipNorm, Clipper, ClipValue, ZClip
 from gradwatch._config import WatchConfig
+from gradwatch._diagnosis import Diagnosis
 from gradwatch._errors import NonFiniteError
 from gradwatch._report import LayerSummary, Report
 from gradwatch._sinks import SinkFailureWarning
@@ -29,6 +30,7 @@ __all__ = [
     "ClipNorm",
     "ClipValue",
     "Clipper",
+    "Diagnosis",
     "LayerSummary",
     "NonFiniteError",
     "Report",

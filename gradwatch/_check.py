@@ -254,6 +254,7 @@ def check(
                 taken += 1
             optimizer.zero_grad(set_to_none=True)
         alerts = tuple(watcher.alerts)
+        diagnoses = tuple(watcher.diagnoses)
         layers = _layer_summaries(watcher.index, watcher.history)
     finally:
         model.train(was_training)
@@ -269,4 +270,5 @@ def check(
         layers=layers,
         baseline_losses=None if baseline_losses is None else tuple(baseline_losses),
         stopped=stopped,
+        diagnoses=diagnoses,
     )

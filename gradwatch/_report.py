@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradwatch._alerts import SEVERITY_RANK, Alert
+from gradwatch._diagnosis.record import Diagnosis
 from gradwatch._format import fmt, json_number
 from gradwatch._names import display_name
 
@@ -68,6 +69,8 @@ class Report:
             weights frozen at their initial values (the learning-rate-zero baseline).
         layers: per-layer norms, input side first.
         stopped: why training stopped early, or None.
+        diagnoses: the root causes of the problems, most likely first (README,
+            "Diagnoses"); empty on a healthy run.
     """
 
     ok: bool
@@ -78,6 +81,7 @@ class Report:
     layers: tuple[LayerSummary, ...]
     baseline_losses: tuple[float, ...] | None = None
     stopped: str | None = None
+    diagnoses: tuple[Diagnosis, ...] = ()
 
     @property
     def problems(self) -> tuple[Alert, ...]:
@@ -102,10 +106,11 @@ class Report:
         ]
         if self.stopped:
             lines.append(f"Stopped early: {self.stopped}")
+        lines.extend(self._diagnosis_lines())
         lines.append(self._loss_line())
         if self.alerts:
             lines.append("")
-            lines.append("Alerts:")
+            lines.append("Alerts (the evidence):" if self.diagnoses else "Alerts:")
             ordered = sorted(self.alerts, key=lambda a: (-SEVERITY_RANK[a.severity], a.step))
             for alert in ordered:
                 lines.append(
@@ -119,6 +124,40 @@ class Report:
         lines.append("")
         lines.extend(self._layer_table())
         return "\n".join(lines)
+
+    def _diagnosis_lines(self) -> list[str]:
+        """The causes first: for each, the cause in one line, what to change, the evidence."""
+        problems = len(self.problems)
+        if not problems:
+            return []
+        causes = len(self.diagnoses)
+        explained = {id(a) for d in self.diagnoses for a in d.evidence}
+        loose = sum(1 for a in self.problems if id(a) not in explained)
+        head = f"{problems} problem(s): {causes} cause(s)"
+        if loose:
+            head += f", {loose} problem(s) not explained by a cause (see the alerts)"
+        lines = [head + "."]
+        types = {layer.name: layer.type for layer in self.layers}
+        for rank, diagnosis in enumerate(self.diagnoses, 1):
+            where = ""
+            if diagnosis.layer is not None:
+                kind = types.get(diagnosis.layer)
+                where = f", layer {display_name(diagnosis.layer)!r}"
+                where += f" ({kind})" if kind else ""
+            lines.append("")
+            lines.append(f"Cause {rank}: {diagnosis.cause} (from step {diagnosis.step}{where})")
+            lines.append(f"  {diagnosis.summary}")
+            if diagnosis.remedies:
+                lines.append("  Change:")
+                lines.extend(f"    {i}. {text}" for i, text in enumerate(diagnosis.remedies, 1))
+            symptoms = "; ".join(
+                f"{a.kind} ({a.severity}) at step {a.step}"
+                + ("" if a.layer is None else f" in {a.where!r}")
+                for a in diagnosis.evidence
+            )
+            lines.append(f"  Evidence: {symptoms}.")
+        lines.append("")
+        return lines
 
     def _loss_line(self) -> str:
         finite = [v for v in self.losses if math.isfinite(v)]
@@ -170,6 +209,7 @@ class Report:
             "steps_requested": self.steps_requested,
             "stopped": self.stopped,
             "counts": self.counts(),
+            "diagnoses": [diagnosis.to_dict() for diagnosis in self.diagnoses],
             "alerts": [alert.to_dict() for alert in self.alerts],
             "losses": [json_number(v) for v in self.losses],
             "baseline_losses": (

@@ -39,6 +39,7 @@ from gradwatch._detectors import (
     judges_trend,
 )
 from gradwatch._detectors.nonfinite import nonfinite_alert
+from gradwatch._diagnosis import Diagnosis, ModelFacts, diagnose
 from gradwatch._errors import NonFiniteError
 from gradwatch._history import History
 from gradwatch._measure.activations import ActivationProbe
@@ -198,13 +199,21 @@ class Watcher:
             update_ratio_every=self.config.update_ratio_every,
         )
         self._book = AlertBook()
+        optimizer_facts = OptimizerFacts.of(optimizer)
+        # What the diagnosis may know of the model's structure, read once here.
+        self._facts = ModelFacts.of(
+            self._model_map,
+            optimizer_facts,
+            amp=self.config.scaler is not None
+            or any(p.dtype in (torch.float16, torch.bfloat16) for p in self.index.params),
+        )
         self._context = DetectorContext(
             self.index.names,
             self.index.module_types,
             self.config,
             layer_numel=self.index.layer_numel(),
             holds_sublayers=self.index.holds_sublayers,
-            optimizer=OptimizerFacts.of(optimizer),
+            optimizer=optimizer_facts,
             loss_baseline=None if loss_baseline is None else tuple(map(float, loss_baseline)),
         )
         self._detectors: list[Detector] = default_detectors(self.config)
@@ -275,6 +284,21 @@ class Watcher:
         """Every alert raised so far, in order (waits for statistics still in flight)."""
         self._drain(block=True)
         return list(self._book.alerts)
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """The root causes of the alerts so far, most likely first (README, "Diagnoses").
+
+        Computed on demand from :attr:`alerts`, :attr:`history` and the model's structure;
+        empty while no warning or error was raised. Never raises: a failure is logged and
+        gives an empty list, since a diagnosis must not break the training it watches.
+        """
+        alerts = self.alerts
+        try:
+            return diagnose(alerts, self.history, self._facts)
+        except Exception:
+            logger.exception("gradwatch: diagnosing the alerts failed; no diagnoses")
+            return []
 
     @property
     def closed(self) -> bool:

@@ -14,6 +14,7 @@ def test_all_is_pinned() -> None:
             "__version__",
             "AGC",
             "Alert",
+            "Diagnosis",
             "AutoClip",
             "check",
             "ClipNorm",
