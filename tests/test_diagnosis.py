@@ -184,3 +184,18 @@ def test_report_puts_the_cause_first() -> None:
         nn.Linear(4, 1), [(torch.randn(16, 4), torch.randn(16, 1))], nn.functional.mse_loss, steps=3
     )
     assert healthy.diagnoses == () and "Cause" not in healthy.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("postln_transformer_no_warmup", "missing_warmup"),
+        ("gpt_no_final_norm_output_logits", "output_logit_divergence"),
+    ],
+)
+def test_real_failures(name: str, cause: str) -> None:
+    outcome = train(SCENARIOS[name], seed=0)
+    assert outcome.diagnoses and outcome.diagnoses[0].cause == cause, [
+        d.format() for d in outcome.diagnoses
+    ]

@@ -57,6 +57,8 @@ class ModelFacts:
         embedding: the model has embedding tables.
         post_ln: names of Post-LN transformer layers (``norm_first=False``, BERT-style).
         norm_before_head: the module just before the output head is a normalisation.
+        head_tied: the output head's weight is shared with an earlier module (an
+            embedding tied to the output layer).
         optimizer: the optimizer's facts, None without one.
         amp: mixed precision (a GradScaler, or half-precision parameters).
         depth: how many modules hold weights that multiply the signal (every layer with
@@ -74,6 +76,7 @@ class ModelFacts:
     embedding: bool = False
     post_ln: tuple[str, ...] = ()
     norm_before_head: bool = False
+    head_tied: bool = False
     optimizer: OptimizerFacts | None = None
     amp: bool = False
     depth: int = 0
@@ -124,6 +127,7 @@ class ModelFacts:
             embedding=bool(model_map.with_role(EMBEDDING)),
             post_ln=tuple(post_ln),
             norm_before_head=before_head is not None and before_head.has(NORM),
+            head_tied=head is not None and head.owns_any_param and not head.params,
             optimizer=optimizer,
             amp=amp,
             depth=sum(

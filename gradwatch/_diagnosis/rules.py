@@ -221,7 +221,8 @@ def learning_rate_rules(evidence: Evidence) -> list[Candidate]:
     for alert in exploding:
         if alert.step >= 1 and not facts.is_recurrent(alert.layer):
             triggers.append(alert)  # a gradient that blew up after updates, not at init
-    triggers += evidence.of("loss_spike", "grad_spike")
+    if not _logits_diverge_unnormalised(evidence):
+        triggers += evidence.of("loss_spike", "grad_spike")
     triggers += [
         a for a in evidence.of("not_learning") if _remedy_is(a, not_learning.REMEDY_TOO_HIGH)
     ]
@@ -260,7 +261,13 @@ def learning_rate_rules(evidence: Evidence) -> list[Candidate]:
             Candidate(
                 "missing_warmup",
                 collapsed,
-                [a for a in evidence.of() if a.step >= alert.step],
+                # Post-LN layers pass little gradient to the input side at the start
+                # (Xiong et al. 2020): the vanishing seen then is the same cause.
+                [
+                    a
+                    for a in evidence.of()
+                    if a.step >= alert.step or (post and a.kind == "vanishing")
+                ],
                 "Training started at full learning rate without a warmup"
                 + (f" in a Post-LN transformer ({fix.names(post)})" if post else "")
                 + f": {clause(alert)}.",
@@ -332,13 +339,14 @@ def init_rules(evidence: Evidence) -> list[Candidate]:
     poor = evidence.of("poor_init")
     early_blowup = [
         a
-        for a in evidence.of("exploding", "nonfinite", "output_logits")
+        for a in evidence.of("exploding", "nonfinite", "output_logits", "attention_logits")
         if a.step == 0 and not facts.is_recurrent(a.layer)
     ]
     starved = [
         a
         for a in evidence.alerts
-        if a.kind in _STARVED or a.kind in ("nonfinite", "output_logits", "update_size")
+        if a.kind in _STARVED
+        or a.kind in ("nonfinite", "output_logits", "attention_logits", "update_size")
     ]
     deep = facts.depth >= 8
     bare = not facts.norms and not facts.residual
@@ -390,9 +398,7 @@ def init_rules(evidence: Evidence) -> list[Candidate]:
                 starved,
                 f"The initial weights are badly scaled for this network: "
                 f"{_proof_init(alert, facts)}.",
-                fix.init_remedies(facts)
-                + fix.structure_remedies(facts, deep)
-                + _bounded_tip(facts),
+                _init_fix(facts, deep),
             )
         )
     saturated = evidence.of("saturation")
@@ -437,7 +443,7 @@ def init_rules(evidence: Evidence) -> list[Candidate]:
     initial = [
         a for a in depth_symptoms if a.step == 0 or (a.kind == "vanishing" and a.step < EARLY)
     ]
-    if initial and not (deep and bare) and not poor:
+    if initial and not (deep and bare) and not poor and not facts.norms:
         alert = initial[0]
         out.append(
             Candidate(
@@ -464,6 +470,30 @@ def _proof_init(alert: Alert, facts: ModelFacts) -> str:
         found = alert.message.split(": ", 1)[-1].split(".")[0]
         return f"the first step's gradients were already non-finite ({found})"
     return clause(alert)
+
+
+def _init_fix(facts: ModelFacts, deep: bool) -> list[str]:
+    """Re-initialise to fit the activations; a normalised model (a transformer) instead
+    wants small weights and a small output head."""
+    if not facts.norms:
+        return fix.init_remedies(facts) + fix.structure_remedies(facts, deep) + _bounded_tip(facts)
+    out = [
+        "initialise the weights with a small standard deviation: for m in model.modules(): "
+        "if isinstance(m, nn.Linear): nn.init.normal_(m.weight, std=0.02) (for a Hugging "
+        "Face model keep config.initializer_range at its default 0.02)."
+    ]
+    if facts.head and facts.head_tied:
+        out.append(
+            f"the output head {facts.label(facts.head)} shares the embedding's weight: "
+            "initialise that embedding with std 0.02 (nn.init.normal_(embedding.weight, "
+            "std=0.02))."
+        )
+    elif facts.head:
+        out.append(
+            f"start the output head {facts.label(facts.head)} small or at zero, so the first "
+            f"predictions are near uniform: nn.init.zeros_({fix.code_path(facts.head)}.weight)."
+        )
+    return out
 
 
 def _bounded_tip(facts: ModelFacts) -> list[str]:
@@ -508,7 +538,8 @@ def structure_rules(evidence: Evidence) -> list[Candidate]:
                 recurrent,
                 [a for a in evidence.of() if a.step >= alert.step],
                 f"The gradient {'explodes' if alert.kind == 'exploding' else 'vanishes'} "
-                f"through time in {facts.label(name)}: {clause(alert)}.",
+                f"through time in {facts.label(name)}: "
+                f"{clause(alert).split(': ', 1)[-1]}.",
                 remedies,
                 layer=name,
             )
@@ -535,7 +566,16 @@ def structure_rules(evidence: Evidence) -> list[Candidate]:
         )
     logits = [a for a in evidence.of("output_logits") if a.step > 0]
     if logits:
+        if _logits_diverge_unnormalised(evidence):
+            # Loss and gradient spikes are its first symptoms when no norm caps the head.
+            logits = sorted(
+                logits
+                + [a for a in evidence.of("loss_spike", "grad_spike") if a.step <= logits[0].step],
+                key=lambda a: a.step,
+            )
         alert = logits[0]
+        measured = next(a for a in logits if a.kind == "output_logits")
+        before = [a for a in logits if a.step < measured.step]
         remedies = []
         if not facts.norm_before_head and facts.head:
             remedies.append(
@@ -552,12 +592,26 @@ def structure_rules(evidence: Evidence) -> list[Candidate]:
                 "output_logit_divergence",
                 logits,
                 [a for a in evidence.of() if a.step >= alert.step],
-                f"The output logits drift out of range: {clause(alert).split(' (healthy')[0]}.",
+                f"The output logits diverge ({clause(measured).split(' (healthy')[0]})"
+                + (
+                    f", after {len(before)} loss/gradient spike(s) from step {alert.step} on"
+                    if before
+                    else ""
+                )
+                + ".",
                 remedies,
                 layer=facts.head,
             )
         )
     return out
+
+
+def _logits_diverge_unnormalised(evidence: Evidence) -> bool:
+    """The output logits drift (after the first steps) in a normalised model whose head
+    reads an unnormalised hidden state: the classic output-logit divergence."""
+    facts = evidence.facts
+    drifting = any(a.step > 0 for a in evidence.of("output_logits"))
+    return drifting and bool(facts.norms) and not facts.norm_before_head
 
 
 #: Every rule, in no particular order (the candidates are ranked afterwards).
