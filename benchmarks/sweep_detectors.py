@@ -103,6 +103,9 @@ def describe(outcome: Outcome, verbose: bool) -> str:
             "    raised: "
             + ", ".join(f"{a.kind}:{a.severity[0]}@{a.step} {where(a.layer)}" for a in loud)
         )
+    if outcome.diagnoses:
+        causes = ", ".join(d.cause for d in outcome.diagnoses)
+        lines.append(f"    cause: {causes}")
     if scenario.develops:
         blowup = outcome.blowup_step
         fitting = outcome.first_fitting
@@ -121,7 +124,7 @@ def describe(outcome: Outcome, verbose: bool) -> str:
                 f"{alert.message}"
             )
         for diagnosis in outcome.diagnoses:
-            lines.append(f"    diagnosis: {diagnosis}")
+            lines.append("    diagnosis: " + str(diagnosis).replace("\n", "\n    "))
     elif outcome.verdict == "FALSE ALARM":
         for alert in loud:
             lines.append(f"      {alert.kind}@{alert.step} {where(alert.layer)}: {alert.message}")
@@ -161,6 +164,18 @@ def totals(outcomes: Sequence[Outcome]) -> str:
             f"{kind:18s} {false_alarms[kind]:12d} {misses[kind]:7d} {caught[kind]:7d} "
             f"{'-' if lead is None else f'{lead:g}':>6s}"
         )
+    return "\n".join(lines)
+
+
+def causes_table(outcomes: Sequence[Outcome]) -> str:
+    """Per run of a scenario that raised a problem: the top diagnosis (its root cause)."""
+    lines = [f"{'scenario':40s} {'expect':34s} top cause"]
+    for outcome in outcomes:
+        if not outcome.problems:
+            continue
+        top = outcome.diagnoses[0].cause if outcome.diagnoses else "-"
+        name = f"{outcome.scenario.name} s{outcome.seed}"
+        lines.append(f"{name:40s} {expectation(outcome.scenario):34s} {top}")
     return "\n".join(lines)
 
 
@@ -212,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verdicts = collections.Counter(o.verdict for o in outcomes)
     print()
     print(totals(outcomes))
+    print()
+    print(causes_table(outcomes))
     print()
     print(
         f"{len(outcomes) + errors} runs in {elapsed:.0f}s: {verdicts['OK']} OK, "
