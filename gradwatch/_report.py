@@ -11,12 +11,18 @@ from typing import Any
 from gradwatch._alerts import SEVERITY_RANK, Alert
 from gradwatch._diagnosis.record import Diagnosis
 from gradwatch._format import fmt, json_number
-from gradwatch._names import display_name
+from gradwatch._names import display_name, quoted_name
 
 
 def _fmt(value: float) -> str:
     """A number of the report's text, where NaN (no gradient at that step) shows as ``-``."""
     return fmt(value, nan="-")
+
+
+def _layer_label(name: str, types: dict[str, str]) -> str:
+    """``layer '0' (Linear)``: a layer named as a layer, with its type when known."""
+    kind = types.get(name)
+    return f"layer {quoted_name(name)}" + (f" ({kind})" if kind else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +147,7 @@ class Report:
         for rank, diagnosis in enumerate(self.diagnoses, 1):
             where = ""
             if diagnosis.layer is not None:
-                kind = types.get(diagnosis.layer)
-                where = f", layer {display_name(diagnosis.layer)!r}"
-                where += f" ({kind})" if kind else ""
+                where = ", " + _layer_label(diagnosis.layer, types)
             lines.append("")
             lines.append(f"Cause {rank}: {diagnosis.cause} (from step {diagnosis.step}{where})")
             lines.append(f"  {diagnosis.summary}")
@@ -152,7 +156,7 @@ class Report:
                 lines.extend(f"    {i}. {text}" for i, text in enumerate(diagnosis.remedies, 1))
             symptoms = "; ".join(
                 f"{a.kind} ({a.severity}) at step {a.step}"
-                + ("" if a.layer is None else f" in {a.where!r}")
+                + ("" if a.layer is None else f" in {_layer_label(a.layer, types)}")
                 for a in diagnosis.evidence
             )
             lines.append(f"  Evidence: {symptoms}.")
