@@ -112,6 +112,13 @@ def clause(alert: Alert) -> str:
     return text[:1].lower() + text[1:]
 
 
+def grown_after_start(alert: Alert) -> bool:
+    """A ``poor_init`` from the activations of a later sampled step (step 0 is always
+    sampled): the weights were fine at the start and the updates grew them. (The loss
+    test judges the first steps' loss, at step 2: that one is about the start.)"""
+    return alert.kind == "poor_init" and alert.step > 0 and "loss starts" not in alert.message
+
+
 def _remedy_is(alert: Alert, remedy: str) -> bool:
     return alert.kind == "not_learning" and alert.remedy == remedy
 
@@ -221,6 +228,8 @@ def learning_rate_rules(evidence: Evidence) -> list[Candidate]:
     for alert in exploding:
         if alert.step >= 1 and not facts.is_recurrent(alert.layer):
             triggers.append(alert)  # a gradient that blew up after updates, not at init
+    # Activations that drift with depth only after the first steps: the updates made them.
+    triggers += [a for a in evidence.of("poor_init") if grown_after_start(a)]
     if not _logits_diverge_unnormalised(evidence):
         triggers += evidence.of("loss_spike", "grad_spike")
     triggers += [
@@ -325,6 +334,9 @@ def _proof_too_high(alert: Alert) -> str:
         return (
             f"the gradients blew up at step {alert.step}, after the first updates ({clause(alert)})"
         )
+    if alert.kind == "poor_init":
+        grown = clause(alert).replace("at the start of training ", "", 1)
+        return f"by step {alert.step} the updates had grown the weights: {grown}"
     if alert.kind in ("loss_spike", "grad_spike"):
         return clause(alert).split(" (robust")[0]
     return clause(alert)
@@ -336,7 +348,7 @@ def init_rules(evidence: Evidence) -> list[Candidate]:
     with neither normalisation nor skip connections."""
     facts = evidence.facts
     out = []
-    poor = evidence.of("poor_init")
+    poor = [a for a in evidence.of("poor_init") if not grown_after_start(a)]
     early_blowup = [
         a
         for a in evidence.of("exploding", "nonfinite", "output_logits", "attention_logits")
