@@ -199,3 +199,51 @@ def test_real_failures(name: str, cause: str) -> None:
     assert outcome.diagnoses and outcome.diagnoses[0].cause == cause, [
         d.format() for d in outcome.diagnoses
     ]
+
+
+def _alert(kind: str, step: int, layer: str | None = None, **fields: object) -> gradwatch.Alert:
+    return gradwatch.Alert(kind, "warning", step, layer, f"{kind} measured.", **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "alerts", "cause"),
+    [
+        (
+            nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)),
+            [_alert("saturation", 30, "1", value=0.9)],
+            "saturating_activations",
+        ),
+        (
+            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+            [_alert("attention_logits", 40, "self_attn", value=80.0)],
+            "attention_logit_growth",
+        ),
+        (nn.Linear(4, 2), [_alert("amp_skip", 25)], "numeric_overflow"),
+    ],
+)
+def test_structure_causes(model: nn.Module, alerts: list[gradwatch.Alert], cause: str) -> None:
+    facts = _facts(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    diagnoses = diagnose(alerts, History(8), facts)
+    assert [d.cause for d in diagnoses] == [cause]
+    assert diagnoses[0].evidence == tuple(alerts)
+
+
+def test_frozen_weights_at_an_ordinary_rate_are_not_a_low_rate() -> None:
+    from gradwatch._detectors.not_learning import REMEDY_FROZEN
+
+    model = nn.Linear(4, 2)
+    facts = _facts(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    frozen = _alert("not_learning", 19, remedy=REMEDY_FROZEN)
+    (diagnosis,) = diagnose([frozen], History(8), facts)
+    assert diagnosis.cause == "parameters_not_updated"
+
+
+def test_post_ln_layers_are_recognised() -> None:
+    post = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 2, 32), 2, enable_nested_tensor=False
+    )
+    pre = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 2, 32, norm_first=True), 2, enable_nested_tensor=False
+    )
+    assert _facts(post).post_ln == ("layers.0", "layers.1")
+    assert _facts(pre).post_ln == () and _facts(pre).residual

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from gradwatch._alerts import Alert
 from gradwatch._detectors import not_learning
+from gradwatch._detectors.update_size import HEALTHY_RATIO
 from gradwatch._diagnosis import remedies as fix
 from gradwatch._diagnosis.facts import ModelFacts, latest_lr, saw_warmup
 from gradwatch._format import fmt
@@ -245,7 +246,8 @@ def learning_rate_rules(evidence: Evidence) -> list[Candidate]:
         triggers.sort(key=lambda a: a.step)
         first = triggers[0]
         sizes = [a for a in triggers if a.kind == "update_size"]
-        factor = sizes[0].value / 3e-3 if sizes and sizes[0].value else 10.0
+        # The factor that brings the update ratio back to a healthy size (10x unknown).
+        factor = sizes[0].value / HEALTHY_RATIO if sizes and sizes[0].value else 10.0
         rate = f"{optimizer.name} at lr={fmt(lr)}" if optimizer is not None and lr else "the rate"
         out.append(
             Candidate(
