@@ -269,7 +269,10 @@ def _against_own_noise(
     frozen = bool(updates) and max(updates) < FROZEN_UPDATE
     # The ordinary bump as a warmup reaches its peak is not a rise: give the run as many
     # steps again after the warmup before calling a higher loss a failure.
-    rising = -fall > needed and -fall > 0.1 * level and after_warmup > warmup
+    # Rising is judged against where the loss started, not against chance: a loss that
+    # started above chance and fell towards it did not rise.
+    rise = end - start
+    rising = rise > needed and rise > 0.1 * abs(start) and after_warmup > warmup
     severity: Severity = "warning" if frozen or rising or stuck else "info"
     quarter = f"medians of the first and last {m} of {steps} steps"
     if rising:
