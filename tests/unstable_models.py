@@ -1,6 +1,6 @@
 """Tiny real models that really have (or really do not have) unstable gradients.
 
-Built from the reference notes' situations (``shared/reference``): deep linear chains with
+Built from the reference notes' situations: deep linear chains with
 W = 1.5·I and 0.5·I, a chain of scalar layers w·x + b, PyTorch's default init in a deep
 ReLU stack, a deep sigmoid stack with N(0, 1) weights, dead ReLUs, too high a learning
 rate; and healthy counterparts (He init, BatchNorm, pre-norm transformer, residual CNN).
@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .zoo import seeds
+from .zoo.seeds import ScalarLayer, scalar_chain
+
+__all__ = ["ScalarLayer", "scalar_chain"]  # re-exported: the zoo owns them
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -49,23 +54,6 @@ def chain_batches(n: int, width: int = 2, seed: int = 0) -> Batches:
     return out
 
 
-class ScalarLayer(nn.Module):
-    """One layer of the reference's scalar chain: w·x + b with scalar w and b."""
-
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(w))
-        self.b = nn.Parameter(torch.tensor(b))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w * x + self.b
-
-
-def scalar_chain(w: float, n: int = 50, b: float = 0.1) -> nn.Sequential:
-    """n scalar layers: the output is w^n·x + b·(1 - w^n)/(1 - w)."""
-    return nn.Sequential(*[ScalarLayer(w, b) for _ in range(n)])
-
-
 def scalar_batches(n: int, seed: int = 0) -> Batches:
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -78,18 +66,9 @@ def scalar_batches(n: int, seed: int = 0) -> Batches:
 def he_mlp(
     depth: int = 6, width: int = 32, batchnorm: bool = False, seed: int = 0
 ) -> nn.Sequential:
+    """The zoo's He-initialised ReLU MLP (``tests.zoo.seeds.he_mlp``), seeded."""
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        linear = nn.Linear(8 if i == 0 else width, width)
-        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-        nn.init.zeros_(linear.bias)
-        layers.append(linear)
-        if batchnorm:
-            layers.append(nn.BatchNorm1d(width))
-        layers.append(nn.ReLU())
-    layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
+    return seeds.he_mlp(depth, width, bn=batchnorm)
 
 
 def default_init_relu_mlp(depth: int = 20, width: int = 32, seed: int = 0) -> nn.Sequential:
