@@ -211,7 +211,6 @@ def test_output_stats_equal_the_definitions_over_finite_values(poison: bool, kin
         ROLE_RECTIFIER,
         SATURATION_EPS,
         STATS,
-        _layout,
         _Target,
         output_stats,
     )
@@ -225,7 +224,8 @@ def test_output_stats_equal_the_definitions_over_finite_values(poison: bool, kin
         target = _Target("t", ROLE_ACTIVATION, (-1.0, 1.0))
     else:
         target = _Target("r", ROLE_RECTIFIER)
-    got = dict(zip((STATS[i] for i in _layout(target, 16)), output_stats(y, target).tolist()))
+    stats, layout = output_stats(y, target)
+    got = dict(zip((STATS[i] for i in layout), stats.tolist()))
     finite = torch.isfinite(y)
     values = y[finite].double()
     assert got["mean"] == pytest.approx(values.mean().item(), rel=1e-5, abs=1e-6)
@@ -249,7 +249,7 @@ def test_spread_of_a_bias_dominated_output_survives_float32(poison: bool, sample
     """A deep badly initialised layer outputs a large constant plus a tiny signal:
     E[x²] - E[x]² would cancel to noise in float32; both the all-finite path and the
     path that zeroes non-finite values must keep the spread."""
-    from gradwatch._measure.activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+    from gradwatch._measure.activations import ROLE_MIXING, STATS, _Target, output_stats
 
     torch.manual_seed(2)
     bias = torch.full((64,), 1000.0) + torch.linspace(0.0, 1.0, 64)  # units differ a bit
@@ -258,7 +258,8 @@ def test_spread_of_a_bias_dominated_output_survives_float32(poison: bool, sample
     if poison:
         y[0, 3] = float("nan")
     target = _Target("l", ROLE_MIXING)
-    got = dict(zip((STATS[i] for i in _layout(target, samples)), output_stats(y, target).tolist()))
+    stats, layout = output_stats(y, target)
+    got = dict(zip((STATS[i] for i in layout), stats.tolist()))
     finite = torch.isfinite(y)
     values = reference[finite]
     assert got["mean"] == pytest.approx(values.mean().item(), rel=1e-6)
@@ -287,9 +288,9 @@ def test_the_accelerator_path_agrees_with_the_cpu_shortcut_on_finite_outputs(
         "relu": (_Target("r", ROLE_RECTIFIER), torch.relu(raw - 1.0)),
     }
     target, y = targets[kind]
-    shortcut = output_stats(y, target)
+    shortcut, _ = output_stats(y, target)
     monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
-    careful = output_stats(y, target)
+    careful, _ = output_stats(y, target)
     assert shortcut.shape == careful.shape
     torch.testing.assert_close(shortcut, careful, rtol=1e-5, atol=1e-6)
 
@@ -303,17 +304,17 @@ def test_nonfinite_fraction_is_exact_past_float32_integer_range(
     never from the size minus a count of the finite ones. Checked on the accelerator
     path (always taken there) and on the CPU path."""
     from gradwatch._measure import activations as _activations
-    from gradwatch._measure.activations import ROLE_MIXING, STATS, _layout, _Target, output_stats
+    from gradwatch._measure.activations import ROLE_MIXING, STATS, _Target, output_stats
 
     y = torch.rand(5, 2**23 // 5 * 2 + 3)  # 2**24 + a few values
     for index in range(planted):
         y[index, 7 * index] = float("nan")
     target = _Target("logits", ROLE_MIXING)
-    names = [STATS[i] for i in _layout(target, 5)]
     for careful in (False, True):
         if careful:
             monkeypatch.setattr(_activations, "_reading_back_is_free", lambda device: False)
-        got = dict(zip(names, output_stats(y, target).tolist()))
+        stats, layout = output_stats(y, target)
+        got = dict(zip((STATS[i] for i in layout), stats.tolist()))
         assert got["nonfinite"] == pytest.approx(planted / y.numel(), rel=1e-6, abs=0.0)
 
 
@@ -360,7 +361,6 @@ def test_nan_outputs_of_a_sigmoid_are_not_saturated() -> None:
     from gradwatch._measure.activations import (
         ROLE_ACTIVATION,
         STATS,
-        _layout,
         _Target,
         output_stats,
     )
@@ -368,7 +368,8 @@ def test_nan_outputs_of_a_sigmoid_are_not_saturated() -> None:
     y = torch.full((8, 4), 0.5)
     y[0] = float("nan")
     target = _Target("s", ROLE_ACTIVATION, (0.0, 1.0))
-    got = dict(zip((STATS[i] for i in _layout(target, 8)), output_stats(y, target).tolist()))
+    stats, layout = output_stats(y, target)
+    got = dict(zip((STATS[i] for i in layout), stats.tolist()))
     assert got["saturated"] == 0.0
     assert got["nonfinite"] == pytest.approx(1 / 8)
     assert got["mean"] == pytest.approx(0.5) and got["std"] == pytest.approx(0.0, abs=1e-6)

@@ -151,8 +151,11 @@ class ScratchBuffers:
         self._buffers.clear()
 
 
-def output_stats(output: Tensor, target: _Target, scratch: ScratchBuffers | None = None) -> Tensor:
-    """The statistics of one output that apply to ``target``, as one float32 vector.
+def output_stats(
+    output: Tensor, target: _Target, scratch: ScratchBuffers | None = None
+) -> tuple[Tensor, tuple[int, ...]]:
+    """The statistics of one output that apply to ``target``, as one float32 vector, and
+    their layout (indices into :data:`STATS`).
 
     Every value stays on the output's device. Mean and standard deviation are of the
     finite values only; the spread across the batch (``batch_std``) counts non-finite
@@ -231,12 +234,15 @@ def _assemble(
     nonfinite: Tensor,
     target: _Target,
     pool: ScratchBuffers,
-) -> Tensor:
-    """The vector in :func:`_layout` order; ``safe`` is ``flat`` with non-finite values
-    zeroed (``flat`` itself when it has none)."""
+) -> tuple[Tensor, tuple[int, ...]]:
+    """The statistics that apply, stacked, and which they are (indices into
+    :data:`STATS`): one owner for the conditions that decide both. ``safe`` is ``flat``
+    with non-finite values zeroed (``flat`` itself when it has none)."""
     parts = [mean, std]
-    if within_var is not None:
+    layout = [0, 1]
+    if within_var is not None:  # a batch of at least two samples
         parts.append(within_var.sqrt())  # RMS over units of the spread across the batch
+        layout.append(2)
     total = flat.numel()
     if target.bounds is not None:
         low, high = target.bounds
@@ -252,25 +258,15 @@ def _assemble(
             centred.sub_(middle)
         beyond = centred.abs_().sub_(edge).clamp_(min=0.0)
         parts.append(beyond.sign_().sum() / total)
+        layout.append(3)
     if target.role == ROLE_RECTIFIER and flat.shape[0] >= MIN_DEAD_SAMPLES:
         # A unit is alive when some sample's output is > 0: its maximum over the batch.
         alive = safe.amax(dim=0).clamp_(min=0.0).sign_()
         parts.append(1.0 - alive.mean())
-    parts.append(nonfinite)
-    return torch.stack(parts)
-
-
-def _layout(target: _Target, samples: int) -> tuple[int, ...]:
-    """Indices into :data:`STATS` of the values :func:`output_stats` produced."""
-    layout = [0, 1]
-    if samples >= 2:
-        layout.append(2)
-    if target.bounds is not None:
-        layout.append(3)
-    if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
         layout.append(4)
+    parts.append(nonfinite)
     layout.append(5)
-    return tuple(layout)
+    return torch.stack(parts), tuple(layout)
 
 
 @dataclasses.dataclass
@@ -379,9 +375,7 @@ class ActivationProbe:
         tensor = _first_tensor(output)
         if tensor is None or not (tensor.is_floating_point() and tensor.numel()):
             return
-        stats = output_stats(tensor, target, self._scratch)
-        samples = tensor.shape[0] if tensor.dim() >= 2 else 1
-        layout = _layout(target, samples)
+        stats, layout = output_stats(tensor, target, self._scratch)
         acc = self._seen.get(target.name)
         if acc is None:
             # First call at this step: its position in the dict is its execution order.
