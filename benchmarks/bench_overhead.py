@@ -356,7 +356,7 @@ def configs() -> list[Config]:
 #: ``record_loss``, the sampled activation and structure hooks and the NaN-localisation
 #: hooks.
 def _entry_points() -> list[tuple[type, str]]:
-    from gradwatch._measure.attention import _AttentionMode
+    from gradwatch._measure.attention import AttentionProbe
     from gradwatch._measure.hooks import SafeHook
     from gradwatch._watcher import Watcher
 
@@ -367,10 +367,11 @@ def _entry_points() -> list[tuple[type, str]]:
         (Watcher, "step"),
         (Watcher, "record_loss"),
         # Every forward, gradient and loss hook (activations, localisation, the
-        # structure probes) is a SafeHook; the attention probe also watches through a
-        # torch-function mode on its sampled steps.
+        # structure probes) is a SafeHook. The attention probe's torch-function mode
+        # runs the model's own ops, so its statistics are timed where they are taken
+        # (the mode's per-op dispatch is left out).
         (SafeHook, "__call__"),
-        (_AttentionMode, "__torch_function__"),
+        (AttentionProbe, "_observe"),
     ]
 
 
