@@ -55,7 +55,9 @@ SCENARIOS: dict[str, Callable[[], tuple[nn.Module, torch.optim.Optimizer]]] = {
 }
 
 
-def run(name: str, logdir: str, steps: int) -> list[gradwatch.Alert]:
+def run(
+    name: str, logdir: str, steps: int
+) -> tuple[list[gradwatch.Alert], list[gradwatch.Diagnosis]]:
     torch.manual_seed(0)
     model, optimizer = SCENARIOS[name]()
     target = torch.randn(32, 1) / 32**0.5  # unit-variance targets: learnable in a few dozen steps
@@ -67,7 +69,7 @@ def run(name: str, logdir: str, steps: int) -> list[gradwatch.Alert]:
             gw.record_loss(loss)
             optimizer.step()
             optimizer.zero_grad()
-    return gw.alerts
+    return gw.alerts, gw.diagnoses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     # The demo prints alerts itself; keep Python's last-resort handler from echoing them.
     logging.getLogger("gradwatch").addHandler(logging.NullHandler())
     for name in SCENARIOS:
-        alerts = run(name, args.logdir, args.steps)
+        alerts, diagnoses = run(name, args.logdir, args.steps)
         serious = [a for a in alerts if a.severity != "info"]
         verdict = "healthy" if not serious else f"{len(serious)} problem(s) found"
+        if diagnoses:
+            verdict += f": {len(diagnoses)} cause(s)"
         print(f"\n== {name}: {verdict}")
+        # The cause and what to change first; the alerts are its evidence.
+        for diagnosis in diagnoses:
+            print("  cause " + diagnosis.format().replace("\n", "\n    "))
+        if diagnoses and alerts:
+            print("  evidence:")
         for alert in alerts:
             print(f"  - {alert.format()}")
     print(f"\nTensorBoard logs: {os.path.abspath(args.logdir)}")
