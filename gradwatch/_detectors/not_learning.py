@@ -24,8 +24,8 @@ fall counts from ``min(start, chance)``. A loss that still sits within ``AT_CHAN
 chance after ``AT_CHANCE_STEPS`` steps is a warning when the steps cannot be right: too
 large (median update ratio above ``LARGE_UPDATE``: the rate is too high), or collapsed
 ``COLLAPSE`` times below the first measured step (the weights outgrew the rate, as Post-LN
-transformers do without warmup). With ordinary steps it is the plateau many models sit
-on before they learn: an info.
+transformers do without warmup; then a loss within ``NEAR_CHANCE`` of chance counts).
+With ordinary steps it is the plateau many models sit on before they learn: an info.
 
 Warmup-aware: while the learning rate is still rising (a warmup schedule), nothing is
 judged, and a rise of the loss is judged only once as many steps again have passed after
@@ -96,6 +96,8 @@ COLLAPSE = 100.0
 
 #: A loss within this fraction of chance (ln(classes)) has not left it.
 AT_CHANCE = 0.02
+#: With collapsed steps, a loss within this fraction of chance has not left it either.
+NEAR_CHANCE = 0.05
 #: Steps (after any warmup) a loss must sit at chance before it is a warning.
 AT_CHANCE_STEPS = 100
 
@@ -259,10 +261,10 @@ def _against_own_noise(
     # outgrew the rate: typical of Post-LN transformers trained without warmup). A loss
     # at chance with ordinary steps may be the plateau many models sit on first.
     collapsed = bool(updates) and typical_update * COLLAPSE < updates[0]
-    stuck = (
-        at_chance
-        and after_warmup >= AT_CHANCE_STEPS
-        and (typical_update > LARGE_UPDATE or collapsed)
+    # Collapsed steps are rarer, so their loss may sit a little further from chance.
+    near_chance = bool(chance) and end > (1.0 - NEAR_CHANCE) * float(chance or 0.0)
+    stuck = after_warmup >= AT_CHANCE_STEPS and (
+        (at_chance and typical_update > LARGE_UPDATE) or (near_chance and collapsed)
     )
     if fall > needed and not stuck:
         return None
@@ -277,7 +279,7 @@ def _against_own_noise(
     quarter = f"medians of the first and last {m} of {steps} steps"
     if rising:
         what = f"The loss rose from {fmt(start)} to {fmt(end)} ({quarter})"
-    elif at_chance:
+    elif at_chance or stuck:
         what = (
             f"The loss went from {fmt(start)} to {fmt(end)} ({quarter}) and stays at chance: "
             f"a uniform guess over the classes scores ln(classes) = {fmt(float(chance or 0))}"
