@@ -16,6 +16,10 @@ from .zoo.seeds import ScalarLayer, scalar_chain
 
 __all__ = ["ScalarLayer", "scalar_chain"]  # re-exported: the zoo owns them
 
+#: The chains' data, owned by the zoo.
+chain_batches = seeds.chain_data
+scalar_batches = seeds.scalar_data
+
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -43,24 +47,6 @@ def linear_chain(scale: float, depth: int = 60, width: int = 2) -> nn.Sequential
         for layer in layers:
             layer.weight.copy_(scale * torch.eye(width))
     return nn.Sequential(*layers)
-
-
-def chain_batches(n: int, width: int = 2, seed: int = 0) -> Batches:
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        x = torch.randn(16, width, generator=generator)
-        out.append((x, x.flip(1)))
-    return out
-
-
-def scalar_batches(n: int, seed: int = 0) -> Batches:
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        x = torch.randn(16, 1, generator=generator)
-        out.append((x, 2 * x + 1))
-    return out
 
 
 def he_mlp(
