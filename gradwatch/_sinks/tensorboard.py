@@ -79,7 +79,8 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
     for layer, tag in enumerate(index.tags):
         if has_grad[layer]:
             yield f"grad_norm/{tag}", grad_norm[layer]
-        yield f"weight_norm/{tag}", weight_norm[layer]
+        if record.weight_norm_measured:  # not the carried value of an unread step
+            yield f"weight_norm/{tag}", weight_norm[layer]
         if ratio is not None and has_grad[layer]:
             yield f"update_ratio/{tag}", ratio[layer]
     if record.activations:
