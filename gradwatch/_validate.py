@@ -17,9 +17,12 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import operator
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar, cast
+
+import numpy as np
 
 #: Marks "no default": the argument is required (as in :mod:`inspect` signatures).
 NO_DEFAULT: Any = inspect.Parameter.empty
@@ -30,11 +33,23 @@ Problem = tuple[type[Exception], str]
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # numbers.Integral: numpy's integer scalars (np.int64 from a config file or an
+    # array) count too; bool is an int subclass but means a misplaced flag.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # numbers.Real: np.float32 as well as np.float64 (a float subclass) and the ints.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number (or bool) it holds; anything else as it is.
+
+    Values accepted as ints or numbers are stored in this form, so that no later
+    ``isinstance(x, int)`` or ``deque(maxlen=x)`` meets a numpy scalar.
+    """
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _arrived(value: object) -> str:
@@ -146,7 +161,7 @@ class Flag(Rule):
     """``True`` or ``False`` (not 0/1, which usually means a misplaced argument)."""
 
     def problem(self, value: object) -> Problem | None:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):
             return None
         return TypeError, f"must be True or False, got {_arrived(value)}"
 
@@ -202,7 +217,10 @@ def check_fields(instance: Any) -> None:
     for field in dataclasses.fields(instance):
         declared = field.metadata.get(_RULE)
         if declared is not None:
-            declared.check(field.name, getattr(instance, field.name), field.default)
+            value = getattr(instance, field.name)
+            declared.check(field.name, value, field.default)
+            if plain(value) is not value:  # a numpy scalar, stored as a Python number
+                object.__setattr__(instance, field.name, plain(value))
 
 
 Function = TypeVar("Function", bound=Callable[..., Any])
@@ -234,7 +252,8 @@ def checked(**rules: Rule) -> Callable[[Function], Function]:
             for name, declared in rules.items():
                 default = signature.parameters[name].default
                 declared.check(f"{owner}({name})", arguments.arguments[name], default)
-            return function(*args, **kwargs)
+                arguments.arguments[name] = plain(arguments.arguments[name])
+            return function(*arguments.args, **arguments.kwargs)
 
         return cast(Function, wrapper)
 
