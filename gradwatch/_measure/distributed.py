@@ -65,11 +65,21 @@ def process_group_size() -> int:
 
 @functools.lru_cache(maxsize=1)
 def _dtensor_class() -> type | None:
-    """``DTensor``, imported once (it is asked about for every parameter, every step)."""
+    """``DTensor``, imported once (it is asked about for every parameter, every step).
+
+    Feature-detected: the public ``torch.distributed.tensor`` path is where current torch
+    keeps it; older builds had it only under ``torch.distributed._tensor``, and a build
+    without either has no sharded parameters to look for (``None``).
+    """
     if not dist.is_available():
         return None
-    from torch.distributed.tensor import DTensor
-
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        try:
+            from torch.distributed._tensor import DTensor
+        except ImportError:
+            return None
     return DTensor
 
 
@@ -149,24 +159,31 @@ class GlobalNorms:
     def reduce_step(
         self,
         grads: Sequence[Tensor | None],
-        params: Sequence[Tensor],
+        params: Sequence[Tensor] | None,
         loss: Tensor,
         has_loss: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Global per-layer squared grad and weight norms and the mean loss (shape ``(1,)``).
 
-        One ``all_reduce(SUM)`` of ``2 * layers + 2`` floats. On NCCL it is queued on the
-        device stream and the host does not wait for it; nothing here reads a value back.
+        One ``all_reduce(SUM)`` of ``2 * layers + 2`` floats (``layers + 2`` on a step
+        that does not read the weights: ``params`` None, weight norms None). On NCCL it
+        is queued on the device stream and the host does not wait for it; nothing here
+        reads a value back.
         """
         num = self.index.num_layers
         if has_loss:
             loss_part = torch.cat([loss.reshape(1), torch.ones(1, device=self.device)])
         else:
             loss_part = torch.zeros(2, device=self.device)
-        payload = torch.cat([self.contribution(grads), self.contribution(params), loss_part])
+        parts = [self.contribution(grads)]
+        if params is not None:
+            parts.append(self.contribution(params))
+        payload = torch.cat([*parts, loss_part])
         dist.all_reduce(payload, op=dist.ReduceOp.SUM)
-        mean_loss = payload[2 * num : 2 * num + 1] / payload[2 * num + 1]
-        return payload[:num], payload[num : 2 * num], mean_loss
+        end = len(parts) * num
+        mean_loss = payload[end : end + 1] / payload[end + 1]
+        weights = payload[num : 2 * num] if params is not None else None
+        return payload[:num], weights, mean_loss
 
     def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
         """A copy of this rank's local parameter values, for the update ratio."""
