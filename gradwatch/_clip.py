@@ -19,13 +19,23 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from gradwatch._measure.distributed import full_value, has_dtensor, sharded_l2_norm
-from gradwatch._validate import Flag, IntAtLeast, Number, OneOf, OrNone, Strings, checked
+from gradwatch._validate import (
+    Flag,
+    IntAtLeast,
+    Number,
+    OneOf,
+    OrNone,
+    Strings,
+    checked,
+    plain,
+)
 
 #: Added to a norm before dividing by it, exactly as ``torch.nn.utils.clip_grad_norm_`` does.
 NORM_EPS = 1e-6
@@ -35,13 +45,29 @@ NORM_EPS = 1e-6
 class ClipTarget:
     """The gradients a clipper acts on: the watched parameters that have a gradient.
 
-    ``layers`` gives, per parameter, the qualified name of the layer owning it (used by
-    :class:`AGC`'s ``exclude``).
+    ``layers`` gives, per parameter, the qualified name of the layer it is counted to.
+    ``holders`` (optional, aligned with ``params``) names *every* module that holds the
+    parameter: a tied output head holds the embedding's weight, which is counted to the
+    embedding; :class:`AGC`'s ``exclude`` matches any of them. ``unit_axes`` (optional)
+    gives, per parameter, the axis that indexes its units (:func:`unitwise_norm`): 0 for
+    torch's ``(out, in, ...)`` weights, 1 for Hugging Face ``Conv1D``'s ``(in, out)``.
     """
 
     params: list[Tensor]
     grads: list[Tensor]
     layers: list[str]
+    holders: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+    unit_axes: list[int] = dataclasses.field(default_factory=list)
+
+    def held_by(self, position: int) -> tuple[str, ...]:
+        """Every module name holding parameter ``position`` (its layer at least)."""
+        if position < len(self.holders):
+            return self.holders[position]
+        return (self.layers[position],)
+
+    def unit_axis(self, position: int) -> int:
+        """The axis of parameter ``position`` that indexes its units (0 unless told)."""
+        return self.unit_axes[position] if position < len(self.unit_axes) else 0
 
 
 def scale_grads_(grads: Sequence[Tensor], coef: Tensor) -> None:
@@ -82,8 +108,15 @@ class Clipper(abc.ABC):
     """Base class of gradwatch's clippers; pass an instance as ``watch(..., clip=...)``.
 
     A clipper keeps its running state (if any) on the model's device; a watcher uses the
-    instance it was given, so pass a fresh instance to each run.
+    instance it was given, so pass a fresh instance to each run: a watcher refuses an
+    adaptive clipper that already clipped steps of another run (:attr:`steps_seen`), as
+    its running statistics would carry over silently; ``reset()`` makes one fresh again.
     """
+
+    @property
+    def steps_seen(self) -> int:
+        """How many steps this instance's running statistics hold (0 when stateless)."""
+        return 0
 
     @abc.abstractmethod
     def clip_(self, target: ClipTarget, total_norm: Tensor) -> Tensor:
@@ -190,18 +223,21 @@ def _shrink(before: Tensor, after: Tensor) -> Tensor:
     return torch.where(before > 0, after / before.clamp_min(NORM_EPS), torch.ones_like(after))
 
 
-def unitwise_norm(x: Tensor) -> Tensor:
-    """L2 norm per unit: over all dims but the first (PyTorch weights are ``(out, in, ...)``).
+def unitwise_norm(x: Tensor, unit_axis: int = 0) -> Tensor:
+    """L2 norm per unit (an output neuron or conv filter), kept broadcastable against ``x``.
 
-    Scalars and vectors (biases, norm gains) are one unit: their whole-tensor norm. This
-    matches the NFNets reference code, whose JAX kernels are laid out ``(..., in, out)``
-    and therefore reduce over all axes but the last.
+    A unit is one index along ``unit_axis``, the norm is over every other axis. torch's
+    weights (``Linear``, convolutions, ``Embedding``) are ``(out, in, ...)``: units are
+    rows, ``unit_axis=0``. Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_fc``,
+    ``c_proj``) computes ``x @ W + b`` with ``W`` of shape ``(in, out)``: its units are
+    columns, ``unit_axis=1``. Scalars and vectors (biases, norm gains) are one unit: their
+    whole-tensor norm. This matches the NFNets reference code, whose JAX kernels are laid
+    out ``(..., in, out)`` and therefore reduce over all axes but the last.
     """
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x, dtype=torch.float32)
-    return torch.linalg.vector_norm(
-        x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=torch.float32
-    )
+    dims = tuple(d for d in range(x.ndim) if d != unit_axis)
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
 
 
 class AGC(Clipper):
@@ -209,16 +245,21 @@ class AGC(Clipper):
 
     "High-Performance Large-Scale Image Recognition Without Normalization" (NFNets),
     arXiv:2102.06171, section 4.1 and the authors' reference code
-    (github.com/deepmind/deepmind-research, ``nfnets/optim.py``). For each unit ``i`` (a
-    row of a weight: an output neuron or conv filter; a bias or gain vector as a whole)::
+    (github.com/deepmind/deepmind-research, ``nfnets/optim.py``). For each unit ``i`` (an
+    output neuron or conv filter: a row of a torch weight, a column of a Hugging Face
+    ``Conv1D`` weight, see :func:`unitwise_norm`; a bias or gain vector as a whole)::
 
         max_i = clip_factor * max(||W_i||, eps)
         G_i  <- G_i                               if ||G_i|| < max_i
                 G_i * max_i / max(||G_i||, 1e-6)  otherwise
 
     The paper does not clip the final classifier layer: name it in ``exclude``
-    (layer names as in ``model.named_modules()``). The logged coefficient is the global
-    L2 norm after clipping over the norm before. Everything stays on the device.
+    (module names as in ``model.named_modules()``). A name excludes every parameter that
+    module holds, shared ones included: ``exclude=("lm_head",)`` on a model whose head is
+    tied to its input embedding leaves the tied weight (embedding and head) unclipped. A
+    watcher refuses a name that matches no module holding a parameter. The logged
+    coefficient is the global L2 norm after clipping over the norm before. Everything
+    stays on the device.
     """
 
     @checked(
@@ -240,11 +281,12 @@ class AGC(Clipper):
 
     def clip_(self, target: ClipTarget, total_norm: Tensor) -> Tensor:
         excluded = set(self.exclude)
-        for param, grad, layer in zip(target.params, target.grads, target.layers):
-            if layer in excluded:
+        for position, (param, grad) in enumerate(zip(target.params, target.grads)):
+            if excluded.intersection(target.held_by(position)):
                 continue
-            max_norm = unitwise_norm(param.detach()).clamp_min(self.eps) * self.clip_factor
-            grad_norm = unitwise_norm(grad)
+            axis = target.unit_axis(position)
+            max_norm = unitwise_norm(param.detach(), axis).clamp_min(self.eps) * self.clip_factor
+            grad_norm = unitwise_norm(grad, axis)
             factor = torch.where(
                 grad_norm < max_norm,
                 torch.ones_like(grad_norm),
@@ -287,6 +329,10 @@ class AutoClip(_NormClipper):
     def reset(self) -> None:
         self._norms = None
         self._count = 0
+
+    @property
+    def steps_seen(self) -> int:
+        return self._count
 
     @property
     def norms(self) -> Tensor:
@@ -384,16 +430,22 @@ class ZClip(_NormClipper):
 
     def reset(self) -> None:
         self._warmup: Tensor | None = None
-        self._count = 0
+        self._count = 0  # warm-up norms collected
+        self._steps = 0  # steps seen in all
         self.mean: Tensor | None = None
         """EMA of the gradient norm (a device scalar; None during warm-up)."""
         self.var: Tensor | None = None
         """EMA of its variance (a device scalar; None during warm-up)."""
 
+    @property
+    def steps_seen(self) -> int:
+        return self._steps
+
     def _cap(self, value: Tensor) -> Tensor:
         return value if self.max_grad_norm is None else value.clamp(max=self.max_grad_norm)
 
     def threshold(self, norm: Tensor) -> Tensor:
+        self._steps += 1
         finite = torch.isfinite(norm)
         if self.mean is None or self.var is None:
             return self._warm_up(norm, finite)
@@ -449,7 +501,8 @@ def resolve_clip(value: object) -> Clipper | None:
     """Turn ``watch(clip=...)`` into a :class:`Clipper` (or None), refusing bad values."""
     if value is None or isinstance(value, Clipper):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # np.float32 too
+        value = float(plain(value))
         if not math.isfinite(value) or value <= 0:
             raise ValueError(
                 f"clip must be a positive, finite max gradient norm, got {value!r}. Pass "

@@ -22,6 +22,7 @@ Whether a non-finite step is skipped or raised is decided in the watcher
 from __future__ import annotations
 
 import collections
+import difflib
 import math
 from collections.abc import Sequence
 
@@ -30,9 +31,10 @@ import torch
 from torch import Tensor
 
 from gradwatch._alerts import Alert
-from gradwatch._clip import Clipper, ClipTarget, resolve_clip
+from gradwatch._clip import AGC, Clipper, ClipTarget, resolve_clip
 from gradwatch._config import WatchConfig
 from gradwatch._measure.layers import LayerIndex
+from gradwatch._measure.model import ModelMap
 from gradwatch._measure.record import StepRecord
 from gradwatch._measure.step import PendingStep
 
@@ -111,11 +113,75 @@ class SpikeSkipper:
         return alert
 
 
+class ParamLayout:
+    """What a clipper needs to know of each watched parameter besides its layer, read
+    once at attach from the model walk: every module that holds it (a tied head holds
+    the embedding's weight) and the axis that indexes its units."""
+
+    def __init__(self, index: LayerIndex, model: ModelMap | None) -> None:
+        holders: dict[int, list[str]] = {}
+        axes: dict[int, int] = {}
+        for info in model.modules if model is not None else ():
+            module = info.module
+            if module is None:
+                continue
+            for local, param in module.named_parameters(recurse=False):
+                holders.setdefault(id(param), []).append(info.name)
+                if local == "weight" and param.ndim == 2 and _is_hf_conv1d(module):
+                    axes[id(param)] = 1  # Conv1D's weight is (in, out): units are columns
+        self.holders = tuple(
+            tuple(holders.get(id(param), ())) or (index.names[layer],)
+            for param, layer in zip(index.params, index.param_layer)
+        )
+        self.unit_axes = tuple(axes.get(id(param), 0) for param in index.params)
+        #: Every module name that holds a parameter, in walk order.
+        self.module_names = tuple(dict.fromkeys(n for names in self.holders for n in names))
+
+
+def _is_hf_conv1d(module: torch.nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (recognised by name: transformers need not be imported)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def _check_clipper(clipper: Clipper, layout: ParamLayout, model_name: str) -> None:
+    """Refuse, at attach, a clipper this run cannot use as the user meant it."""
+    seen = clipper.steps_seen
+    if seen:
+        name = type(clipper).__name__
+        raise ValueError(
+            f"clip: this {name} instance already clipped {seen} step(s) of another run, "
+            "and its running statistics would carry over into this one (its thresholds "
+            f"would come from the other run's gradients). Pass a fresh instance, e.g. "
+            f"clip={name}(), or call .reset() on it first to reuse it deliberately."
+        )
+    if isinstance(clipper, AGC):
+        known = set(layout.module_names)
+        for name in clipper.exclude:
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, layout.module_names, n=3)
+            shown = ", ".join(map(repr, close or layout.module_names[-3:]))
+            suggestion = f" Did you mean {shown}?" if close else f" The last ones are {shown}."
+            raise ValueError(
+                f"AGC(exclude) names {name!r}, which matches no module of the model "
+                f"({model_name}) that holds a parameter, so it would exclude nothing. Name "
+                f"modules as in model.named_modules() (the classifier, e.g. 'fc' or "
+                f"'lm_head').{suggestion}"
+            )
+
+
 class StepPolicies:
     """The clipper, the spike skipper and the counters of one watcher."""
 
-    def __init__(self, config: WatchConfig, index: LayerIndex) -> None:
+    def __init__(
+        self, config: WatchConfig, index: LayerIndex, model: ModelMap | None = None
+    ) -> None:
         self.clipper: Clipper | None = resolve_clip(config.clip)
+        self._layout = ParamLayout(index, model)
+        if self.clipper is not None:
+            model_name = model.root.type_name if model is not None else "the model"
+            _check_clipper(self.clipper, self._layout, model_name)
         self.spikes = (
             SpikeSkipper(float(config.skip_spikes), config.spike_window)
             if config.skip_spikes is not None
@@ -135,11 +201,14 @@ class StepPolicies:
             return None
         with torch.no_grad():
             target = ClipTarget([], [], [])
-            for param, layer in zip(params, self._param_layer):
+            layout = self._layout
+            for position, (param, layer) in enumerate(zip(params, self._param_layer)):
                 if param.grad is not None:  # a host-side attribute check, not a tensor read
                     target.params.append(param)
                     target.grads.append(param.grad)
                     target.layers.append(self._layer_names[layer])
+                    target.holders.append(layout.holders[position])
+                    target.unit_axes.append(layout.unit_axes[position])
             return self.clipper.clip_(target, total_norm).float()
 
     def values(self, coef: Tensor | None, found_inf: Tensor | None) -> dict[str, Tensor]:
