@@ -217,7 +217,7 @@ class Watcher:
             loss_baseline=None if loss_baseline is None else tuple(map(float, loss_baseline)),
         )
         self._detectors: list[Detector] = default_detectors(self.config)
-        self._policies = StepPolicies(self.config, self.index)
+        self._policies = StepPolicies(self.config, self.index, self._model_map)
         self._amp: ScalerBridge | None = None
         self._structure: StructureProbes | None = None
         #: ln(classes) once the recorded loss is recognised as a cross-entropy.
