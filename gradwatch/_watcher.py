@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -321,6 +322,45 @@ class Watcher:
         """How many steps the ``GradScaler`` skipped for inf/NaN gradients."""
         self._drain(block=True)
         return self._policies.amp_skipped_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on where this one stopped: the step count, the
+        history the detectors read, the alerts so far, the policies' counters.
+
+        Call it between steps (after the update); statistics still in flight are read
+        first. Plain data and CPU tensors only, for ``torch.save`` and
+        ``torch.load(weights_only=True)``. Restore it with :meth:`load_state_dict`.
+        """
+        self._seal_pending()
+        self._drain(block=True)
+        policies = self._policies
+        return {
+            "step": self._step,
+            "history": self.history.state_dict(),
+            "alerts": [dataclasses.asdict(alert) for alert in self._book.alerts],
+            "counts": [policies.clipped_steps, policies.skipped_steps, policies.amp_skipped_steps],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a run saved with :meth:`state_dict`: the next step is the saved step
+        count, the detectors judge it with the saved history, and an alert already
+        raised is not raised again. Only before the first step of this watcher."""
+        if self._step or self._pending is not None or self._inflight:
+            raise RuntimeError(
+                f"Watcher.load_state_dict() after {self._step} step(s): restore the saved "
+                "state right after watch(), before the first step."
+            )
+        self.history.load_state_dict(state["history"])
+        for fields in state["alerts"]:
+            self._book.offer(Alert(**fields))  # its episodes, so repeats stay quiet
+        policies = self._policies
+        policies.clipped_steps, policies.skipped_steps, policies.amp_skipped_steps = state["counts"]
+        self._step = int(state["step"])
+        if self._probe is not None:  # sampled steps are those of the restored count
+            self._probe.disarm()
+            if self._structure is not None:
+                self._structure.disarm()
+            self._arm_activations()
 
     def record_loss(self, loss: Tensor | float) -> None:
         """Attach this iteration's loss to the step about to be taken.
