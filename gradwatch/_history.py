@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
+import torch
 
+from gradwatch._measure import record as record_module
 from gradwatch._measure.record import StepRecord
 
 
@@ -84,6 +88,40 @@ class History:
         values = [getattr(r, field) for r in self.last(count)]
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The kept records as plain data for a checkpoint: Python numbers, strings,
+        tuples, dicts and CPU tensors only, so ``torch.load(weights_only=True)`` (the
+        default of torch and of Lightning) reads it back. Values are copied."""
+        return {
+            "steps_seen": self.steps_seen,
+            "records": [_plain(record) for record in self._records],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the kept records with those of :meth:`state_dict`, in place (sinks
+        hold this object). Keeps the newest ``maxlen`` when more were saved; a field the
+        record no longer has is dropped and a new one gets its default, so a checkpoint
+        of another gradwatch version still loads."""
+        records = [_record(fields) for fields in state["records"]]
+        self._records.clear()
+        self.steps_seen = 0
+        for column in self._columns.values():
+            column.fill(np.nan)
+        for record in records:
+            self.append(record)
+        # The count of every step ever seen, not only of those kept.
+        seen = int(state.get("steps_seen", 0))
+        if seen > self.steps_seen:
+            kept = {name: self.series(name) for name in self.COLUMNS}
+            self.steps_seen = seen
+            for name, values in kept.items():
+                column = self._columns[name]
+                column.fill(np.nan)
+                for offset, value in enumerate(values):
+                    # Where series() reads the kept values, given the whole run's count.
+                    slot = (seen - len(values) + offset) % self._maxlen
+                    column[slot] = column[slot + self._maxlen] = value
+
     def matrix(self, field: str, n: int | None = None) -> np.ndarray:
         """A per-layer field stacked as ``[steps, layers]`` over the last ``n`` steps."""
         records = self.last(n) if n is not None else list(self._records)
@@ -91,3 +129,56 @@ class History:
         if not rows:
             return np.zeros((0, 0))
         return np.stack(rows)
+
+
+# Checkpoint form of a StepRecord ------------------------------------------------
+# Arrays become CPU tensors and nested records (OutputLogits, NonfiniteOrigin) tagged
+# dicts: the types torch's weights-only unpickler accepts. Fields are read from the
+# dataclass itself, so a field added to StepRecord is saved without a change here.
+#
+
+_NESTED = "__record_type__"
+
+
+def _plain(record: StepRecord) -> dict[str, Any]:
+    return {
+        field.name: _to_plain(getattr(record, field.name))
+        for field in dataclasses.fields(record)
+        if field.name != "derived"  # a cache, recomputed on demand
+    }
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_plain(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {_NESTED: type(value).__name__, **fields}
+    return value
+
+
+def _from_plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        fields = {key: _from_plain(item) for key, item in value.items() if key != _NESTED}
+        kind = value.get(_NESTED)
+        if kind is None:
+            return fields
+        cls = getattr(record_module, str(kind))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: item for key, item in fields.items() if key in known})
+    if isinstance(value, (tuple, list)):
+        return type(value)(_from_plain(item) for item in value)
+    return value
+
+
+def _record(fields: Mapping[str, Any]) -> StepRecord:
+    known = {f.name for f in dataclasses.fields(StepRecord) if f.name != "derived"}
+    return StepRecord(**{key: _from_plain(v) for key, v in fields.items() if key in known})
