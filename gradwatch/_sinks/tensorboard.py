@@ -212,7 +212,12 @@ class TensorBoardSink:
         flush_secs: float = 30.0,
         history: History | None = None,
         flow_image_every: int = 0,
+        events: Any | None = None,
     ) -> None:
+        """``events``: where to write instead of a new event file under ``logdir``, any
+        object with ``add_summary(summary, step)``, ``flush()`` and ``close()`` (the
+        user's own SummaryWriter, :mod:`gradwatch._sinks.user_writer`); it gets the
+        layout first, at step 0."""
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import summary as summaries
 
@@ -223,11 +228,12 @@ class TensorBoardSink:
         self.logdir = os.fspath(logdir)
         # The layout is the file's header: written again first if the file must be
         # replaced (deleted mid-run, see EventFileWriter), so every file has its charts.
-        self._file_writer: Any = EventFileWriter(
-            self.logdir,
-            flush_secs=flush_secs,
-            header=[summaries.custom_scalars(custom_scalars_layout())],
-        )
+        layout = summaries.custom_scalars(custom_scalars_layout())
+        if events is None:
+            events = EventFileWriter(self.logdir, flush_secs=flush_secs, header=[layout])
+        else:
+            events.add_summary(layout, 0)
+        self._file_writer: Any = events
         self._steps_written = 0
         self._history: History | None = history
         self._flow_every: int = flow_image_every if history is not None else 0
