@@ -139,7 +139,7 @@ def test_json_is_report_to_dict_and_ignore_changes_the_exit_status(project: Path
         "target": "diverging_model.py:build",
         "logdir": None,
     }
-    lenient = run_cli(*args, "--ignore", *sorted(set(kinds)), cwd=project)
+    lenient = run_cli(*args, "--ignore", ",".join(sorted(set(kinds))), cwd=project)
     assert lenient.returncode == 0
     assert json.loads(lenient.stdout)["cli"]["healthy"] is True
 

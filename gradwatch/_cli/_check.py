@@ -63,10 +63,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--ignore",
         metavar="KIND",
-        nargs="+",
-        action="extend",
+        # One value per --ignore (repeat it, or comma-separate kinds): a list-taking
+        # option would swallow the TARGET that follows it.
+        action="append",
         default=[],
-        help=f"alert kinds that never fail the check (one of: {', '.join(ALERT_KINDS)})",
+        help="an alert kind that never fails the check; repeat or comma-separate "
+        f"(one of: {', '.join(ALERT_KINDS)})",
     )
     parser.add_argument(
         "--baseline",
