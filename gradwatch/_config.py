@@ -51,6 +51,13 @@ class WatchConfig:
         update_ratio_every: measure the update ratio ‖Δw‖/‖w‖ every this many steps;
             ``0`` switches it off. A sampled step keeps one transient copy of the
             parameters between the measurement and the update (freed right after).
+        weight_norm_every: read the weights for their norms ‖w‖ every this many steps
+            (and on every update-ratio step); ``1`` reads them every step. Weights move
+            slowly (~1e-3 of their norm per healthy step), so between readings the
+            latest ‖w‖ stands in (detectors that divide by it use it), and reading them
+            on one step in ten halves the memory traffic of the per-step norms.
+            Gradients are read every step; a NaN/inf weight is still caught at once,
+            through the loss and gradients it poisons.
         history: how many steps of statistics the host-side ring buffer keeps for the
             detectors and the report. Memory is bounded by it, however long the run. It
             must hold what the detectors read (see ``_history_needs``: 20 steps with the
@@ -151,6 +158,9 @@ class WatchConfig:
     log_every: int = field(default=1, metadata=rule(IntAtLeast(1)))
     update_ratio_every: int = field(
         default=10, metadata=rule(IntAtLeast(0, hint="Use 0 to switch update ratios off."))
+    )
+    weight_norm_every: int = field(
+        default=10, metadata=rule(IntAtLeast(1, hint="Use 1 to read the weights every step."))
     )
     history: int = field(
         default=512, metadata=rule(IntAtLeast(2, hint="It is how many steps the history keeps."))

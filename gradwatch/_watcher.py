@@ -60,7 +60,9 @@ from gradwatch._measure.structure import StructureProbes
 from gradwatch._measure.transfer import HostCopy
 from gradwatch._policies import StepPolicies
 from gradwatch._sinks import GuardedSink
+from gradwatch._sinks.destinations import Destinations
 from gradwatch._sinks.logging_sink import LoggingSink
+from gradwatch._sinks.public import Sink
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,9 @@ class Watcher:
         logdir: str | os.PathLike[str] | None = None,
         config: WatchConfig | None = None,
         loss_baseline: Sequence[float] | None = None,
+        writer: Any = None,
+        sinks: Sequence[Sink] | None = None,
+        global_step_offset: int = 0,
     ) -> None:
         """See :func:`watch`.
 
@@ -166,6 +171,10 @@ class Watcher:
         ``not_learning`` detector then judges the loss against it instead of its own noise.
         """
         _validate_model_and_optimizer(model, optimizer)
+        # Checked before anything is opened or created (the logdir included).
+        destinations = Destinations.check(
+            writer=writer, sinks=sinks, logdir=logdir, global_step_offset=global_step_offset
+        )
         self.config = config if config is not None else WatchConfig()
         existing = _WATCHED.get(model)
         other = existing() if existing is not None else None
@@ -198,6 +207,7 @@ class Watcher:
             self.device,
             reducer,
             update_ratio_every=self.config.update_ratio_every,
+            weight_norm_every=self.config.weight_norm_every,
         )
         self._book = AlertBook()
         optimizer_facts = OptimizerFacts.of(optimizer)
@@ -247,6 +257,13 @@ class Watcher:
                     ),
                     "TensorBoard",
                 )
+            if self.is_writer:  # the user's writer= and sinks=
+                for sink, name in destinations.open(
+                    self.history,
+                    flush_secs=self.config.flush_secs,
+                    flow_image_every=self.config.flow_image_every,
+                ):
+                    self._add_sink(sink, name)
             self._probe, self._locator = self._attach_probes(model)
             if optimizer is not None:
                 self._stack.enter_context(
@@ -662,6 +679,9 @@ def watch(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     logdir: str | os.PathLike[str] | None = None,
+    writer: Any = None,
+    sinks: Sequence[Sink] | None = None,
+    global_step_offset: int = 0,
     **options: Any,
 ) -> Watcher:
     """Attach gradwatch to ``model`` (and ``optimizer``) and return the :class:`Watcher`.
@@ -676,8 +696,24 @@ def watch(
             unwrapped model; see ``gradwatch._compile`` for what compiled modules measure).
         optimizer: the optimizer updating ``model``, or None.
         logdir: a directory for TensorBoard event files (created if missing), or None.
+        writer: your own ``torch.utils.tensorboard.SummaryWriter``: gradwatch's scalars,
+            layout, heat map and alerts go into its run (flushed, never closed); not
+            together with ``logdir``.
+        sinks: a list of :class:`gradwatch.Sink` objects (your own, or
+            :mod:`gradwatch.sinks`' MLflow and W&B sinks), given every logged step's
+            scalars and every alert.
+        global_step_offset: added to gradwatch's step (0 at the first watched step) in
+            what goes to ``writer`` and ``sinks``, to match your run's step axis.
         **options: fields of :class:`gradwatch.WatchConfig` (e.g. ``log_every=10``,
             ``on_nonfinite="skip"``). Unknown names are refused at once.
     """
     config = WatchConfig.from_options(options)
-    return Watcher(model, optimizer, logdir=logdir, config=config)
+    return Watcher(
+        model,
+        optimizer,
+        logdir=logdir,
+        config=config,
+        writer=writer,
+        sinks=sinks,
+        global_step_offset=global_step_offset,
+    )

@@ -69,7 +69,51 @@ def test_logged_grad_norms_equal_norms_computed_by_hand(tmp_path) -> None:
         [v for _, v in run.scalars["total/grad_norm"]], expected_total, rtol=1e-5
     )
     weights = run.scalars[f"weight_norm/{next(iter(layers))}"]
-    assert len(weights) == 6 and all(v > 0 for _, v in weights)
+    # Weights are read every weight_norm_every (10) steps: only step 0 of these six.
+    assert [step for step, _ in weights] == [0] and weights[0][1] > 0
+
+
+@pytest.mark.parametrize(("every", "ratio_every"), [(1, 0), (4, 0), (4, 3), (10, 10)])
+def test_weight_norms_are_read_on_their_cadence_and_carried_between(
+    tmp_path, every: int, ratio_every: int
+) -> None:
+    """‖w‖ is measured every ``weight_norm_every`` steps and on every update-ratio step;
+    the history carries the latest measurement on the others, and TensorBoard gets only
+    measured values, each equal to the norm computed by hand before that step's update."""
+    model = make_mlp(depth=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    first = next(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
+    layer = dict(model.named_modules())[first]
+    by_hand: list[float] = []
+    with gradwatch.watch(
+        model,
+        optimizer,
+        logdir=tmp_path,
+        weight_norm_every=every,
+        update_ratio_every=ratio_every,
+    ) as gw:
+        for x, y in regression_batches(13):
+            nn.functional.mse_loss(model(x), y).backward()
+            weights = torch.cat([p.detach().double().flatten() for p in layer.parameters()])
+            by_hand.append(torch.linalg.vector_norm(weights).item())
+            optimizer.step()
+            optimizer.zero_grad()
+        records = list(gw.history)
+    expected_steps = [
+        s for s in range(13) if s % every == 0 or (ratio_every and s % ratio_every == 0)
+    ]
+    assert [r.step for r in records if r.weight_norm_measured] == expected_steps
+    column = gw.index.names.index(first)
+    latest = None
+    for record in records:
+        if record.weight_norm_measured:
+            latest = by_hand[record.step]
+        assert record.weight_norm[column] == pytest.approx(latest, rel=1e-5)
+    logged = read_run(tmp_path).scalars[f"weight_norm/{first}"]
+    assert [step for step, _ in logged] == expected_steps
+    np.testing.assert_allclose(
+        [v for _, v in logged], [by_hand[s] for s in expected_steps], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bad_step", [0, 3, 7])
@@ -83,9 +127,11 @@ def test_nan_in_input_at_step_k_raises_nonfinite_alert_at_k(bad_step: int) -> No
     assert nonfinite[0].remedy
 
 
-def test_once_weights_are_nan_only_the_nonfinite_alert_speaks() -> None:
+@pytest.mark.parametrize("weight_norm_every", [1, 10])
+def test_once_weights_are_nan_only_the_nonfinite_alert_speaks(weight_norm_every: int) -> None:
     """After a NaN reaches the weights every statistic is garbage: no dead-unit, vanishing
-    or not-learning noise may bury the one alert that names the cause."""
+    or not-learning noise may bury the one alert that names the cause, whether or not
+    the step read the weights themselves."""
     bad_step = 2
     gw, _ = watched_run(
         make_mlp(depth=4),
@@ -93,12 +139,38 @@ def test_once_weights_are_nan_only_the_nonfinite_alert_speaks() -> None:
         nan_at=bad_step,
         activation_every=1,
         not_learning_steps=5,
+        weight_norm_every=weight_norm_every,
     )
     broken_from = min(r.step for r in gw.history if not r.weight_finite.all())
-    assert broken_from == bad_step + 1  # the NaN gradient's update poisoned the weights
-    after = [a for a in gw.alerts if a.step >= broken_from]
+    # The NaN gradient's update poisoned the weights; read at once, or at the next reading.
+    assert broken_from == (bad_step + 1 if weight_norm_every == 1 else weight_norm_every)
+    after = [a for a in gw.alerts if a.step >= bad_step]
     assert all(a.kind == "nonfinite" for a in after), [(a.kind, a.step) for a in after]
     assert [a.kind for a in gw.alerts if a.step == bad_step] == ["nonfinite"]
+
+
+@pytest.mark.parametrize("corrupt_at", [1, 4, 9])
+def test_a_nonfinite_weight_between_weight_readings_is_caught_at_the_next_step(
+    corrupt_at: int,
+) -> None:
+    """Weights are read every 10th step, but a NaN weight poisons the next forward's loss
+    and every gradient behind it, so ``nonfinite`` names it at the next step anyway."""
+    model = make_mlp(depth=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradwatch.watch(model, optimizer, activation_every=0) as gw:
+        for step, (x, y) in enumerate(regression_batches(12)):
+            if step == corrupt_at:  # after step corrupt_at - 1's update, before this forward
+                with torch.no_grad():
+                    model[2].weight[0, 0] = float("nan")
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    nonfinite = [a for a in gw.alerts if a.kind == "nonfinite"]
+    assert nonfinite and nonfinite[0].step == corrupt_at
+    assert not any(r.weight_norm_measured for r in gw.history if 0 < r.step < 10)
+    assert [a.kind for a in gw.alerts if a.step >= corrupt_at] == ["nonfinite"] * len(
+        [a for a in gw.alerts if a.step >= corrupt_at]
+    )
 
 
 def test_alert_is_on_disk_as_soon_as_it_is_raised(tmp_path) -> None:

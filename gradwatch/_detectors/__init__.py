@@ -70,6 +70,14 @@ def default_detectors(config: WatchConfig) -> list[Detector]:
     ]
 
 
+def record_is_broken(record: StepRecord) -> bool:
+    """Whether ``record`` was measured on a broken model: a non-finite weight, or a
+    non-finite loss (which a NaN weight poisons at once, whether or not the step read
+    the weights). Overflowing gradients under a finite loss are an explosion, which the
+    other detectors describe, not a broken model."""
+    return not bool(record.weight_finite.all()) or not record.loss_finite
+
+
 def detectors_for_step(
     detectors: Sequence[Detector], record: StepRecord, *, trend: bool = True
 ) -> list[Detector]:
@@ -80,9 +88,11 @@ def detectors_for_step(
     measured after that is garbage, and a detector reading them (dead units, vanishing,
     a loss that is "not learning") would only bury the one alert that matters. So on such
     steps only the non-finite detector runs; its episode stays open and names the cause.
+    Weights are read only every ``weight_norm_every`` steps, so a step whose loss is
+    non-finite (what a NaN weight poisons at once) counts as broken too.
     """
 
-    if not bool(record.weight_finite.all()):
+    if record_is_broken(record):
         return [detector for detector in detectors if detector is detect_nonfinite]
     if trend:
         return list(detectors)

@@ -24,6 +24,13 @@ from gradwatch._measure.transfer import HostCopy, to_host
 class StepMeter:
     """Measures each step of one watched model through its :class:`NormReducer`.
 
+    Gradients are read every step. Weights change slowly (a healthy update moves them
+    by ~1e-3 of their norm per step), so they are read once every ``weight_norm_every``
+    steps, and on every update-ratio step, which needs them anyway; between those steps
+    a record carries the latest measured weight norms (``StepRecord.weight_norm_measured``
+    says which steps measured them). Reading every weight costs as much memory traffic
+    as reading every gradient, so this halves the per-step cost of the norms.
+
     ``update_ratio_every``: every how many steps the update ratio ||dw|| / ||w|| is
     measured (0: never); it costs a copy of the weights from before the update.
     """
@@ -35,11 +42,24 @@ class StepMeter:
         reducer: NormReducer,
         *,
         update_ratio_every: int,
+        weight_norm_every: int = 1,
     ) -> None:
         self.index = index
         self.device = device
         self.reducer = reducer
         self.update_ratio_every = update_ratio_every
+        self.weight_norm_every = weight_norm_every
+        #: The latest measured weight norms (device), carried by steps that read none.
+        self._weight_norm: Tensor | None = None
+
+    def reads_weights(self, step: int) -> bool:
+        """Whether ``step`` measures the weight norms (a host decision on the step number)."""
+        ratio_every = self.update_ratio_every
+        return (
+            self._weight_norm is None
+            or step % self.weight_norm_every == 0
+            or bool(ratio_every and step % ratio_every == 0)
+        )
 
     def measure(self, step: int, loss: Tensor | float | None) -> PendingStep:
         """Stage the step's norms and loss (before the update, before any clipping)."""
@@ -49,20 +69,26 @@ class StepMeter:
         for grad, layer in zip(grads, self.index.param_layer):
             if grad is not None:  # a host-side attribute check, not a tensor read
                 has_grad[layer] = True
+        reads_weights = self.reads_weights(step)
         grad_sq, weight_sq, loss_value = self.reducer.reduce_step(
-            grads, params, self._loss_on_device(loss), loss is not None
+            grads, params if reads_weights else None, self._loss_on_device(loss), loss is not None
         )
+        if weight_sq is not None:
+            self._weight_norm = weight_sq.sqrt()
+        assert self._weight_norm is not None, "the first measured step reads the weights"
         total = grad_sq.sum().sqrt()
         vector = StepVector(self.device)
         vector.add(
             {
                 "grad_norm": grad_sq.sqrt(),
-                "weight_norm": weight_sq.sqrt(),
+                "weight_norm": self._weight_norm,
                 "total_grad_norm": total.reshape(1),
                 "loss": loss_value,
             }
         )
-        return PendingStep(step, vector, has_grad, loss is not None, total)
+        pending = PendingStep(step, vector, has_grad, loss is not None, total)
+        pending.weights_measured = weight_sq is not None
+        return pending
 
     def _loss_on_device(self, loss: Tensor | float | None) -> Tensor:
         """The loss as a float32 ``(1,)`` tensor on the device; NaN when none was recorded."""
@@ -124,6 +150,7 @@ def read_record(pending: PendingStep, host: np.ndarray) -> StepRecord:
         has_grad=pending.has_grad,
         total_grad_norm=float(total[0]),
         loss=float(loss[0]) if pending.has_loss else None,
+        weight_norm_measured=pending.weights_measured,
         update_ratio=None if ratio is None else ratio.astype(np.float64),
         clip_coef=None if clip_coef is None else float(clip_coef[0]),
         skipped=pending.skipped,

@@ -56,6 +56,9 @@ class StepRecord:
     has_grad: np.ndarray
     total_grad_norm: float
     loss: float | None = None
+    #: Whether this step measured ``weight_norm``; on other steps it holds the latest
+    #: measurement (weights are read every ``weight_norm_every`` steps: they move slowly).
+    weight_norm_measured: bool = True
     update_ratio: np.ndarray | None = None
     clip_coef: float | None = None
     skipped: bool = False

@@ -145,11 +145,15 @@ class NormReducer(Protocol):
     def reduce_step(
         self,
         grads: Sequence[Tensor | None],
-        params: Sequence[Tensor],
+        params: Sequence[Tensor] | None,
         loss: Tensor,
         has_loss: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-layer squared gradient and weight norms, and the loss (shape ``(1,)``)."""
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Per-layer squared gradient and weight norms, and the loss (shape ``(1,)``).
+
+        ``params`` is None on a step that does not read the weights (their norms are
+        measured every ``weight_norm_every`` steps); the weight norms are None then.
+        """
         ...
 
     def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
@@ -174,11 +178,12 @@ class LocalNorms:
     def reduce_step(
         self,
         grads: Sequence[Tensor | None],
-        params: Sequence[Tensor],
+        params: Sequence[Tensor] | None,
         loss: Tensor,
         has_loss: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        return self._norms.squared(grads), self._norms.squared(params), loss
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        weights = None if params is None else self._norms.squared(params)
+        return self._norms.squared(grads), weights, loss
 
     def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
         return snapshot(params)

@@ -161,3 +161,5 @@ class PendingStep:
     #: Host facts of the step: the optimizer's learning rate, the loss's chance level.
     lr: float | None = None
     chance_loss: float | None = None
+    #: Whether this step read the weights (else its weight norms are the latest measured).
+    weights_measured: bool = True
