@@ -100,7 +100,7 @@ class IntAtLeast(Rule):
         if not _is_int(value):
             return TypeError, f"must be an int >= {self.minimum}, got {_arrived(value)}"
         if value < self.minimum:  # type: ignore[operator]
-            return ValueError, f"must be >= {self.minimum}, got {value!r}"
+            return ValueError, f"must be >= {self.minimum}, got {plain(value)!r}"
         return None
 
 
@@ -137,10 +137,10 @@ class Number(Rule):
         number = float(value)  # type: ignore[arg-type]
         if math.isnan(number) or (math.isinf(number) and not self.allow_inf):
             kind = "a number, not NaN" if self.allow_inf else "a finite number"
-            return ValueError, f"must be {kind}, got {value!r}"
+            return ValueError, f"must be {kind}, got {plain(value)!r}"
         for sign, bound in self.bounds:
             if not _COMPARE[sign](number, bound):
-                return ValueError, f"must be {sign} {bound}, got {value!r}"
+                return ValueError, f"must be {sign} {bound}, got {plain(value)!r}"
         return None
 
 
