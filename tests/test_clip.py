@@ -440,3 +440,141 @@ def test_watch_refuses_bad_clip_values(clip, error, match) -> None:
     model = make_mlp()
     with pytest.raises(error, match=match):
         gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), clip=clip)
+
+
+# ------------------------------------------- AGC on a real tied GPT-2 (issue 20 item 11)
+
+
+def _tied_gpt2() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0
+    )
+    config.eos_token_id = 0
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, as GPT-2 ships
+    return model
+
+
+def _agc_reference(model: nn.Module, grads: dict[str, torch.Tensor], exclude: set[str]) -> dict:
+    """The NFNets rule written plainly, unit by unit, from the model's own modules.
+
+    A unit is an output neuron: a row of a torch weight (out, in, ...), a *column* of a
+    Hugging Face Conv1D weight (in, out); a vector is one unit. A parameter held by an
+    excluded module (a tied head holds the embedding's weight) is left alone.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for name, module in model.named_modules():
+        for local, param in module.named_parameters(recurse=False):
+            holders.setdefault(id(param), []).append((name, module, local))
+    expected = {}
+    for name, param in model.named_parameters():  # tied weights once, as torch lists them
+        held = holders[id(param)]
+        grad = grads[name].double()
+        if any(holder in exclude for holder, _, _ in held):
+            expected[name] = grad
+            continue
+        w = param.detach().double()
+        columns = any(isinstance(m, Conv1D) and local == "weight" for _, m, local in held)
+        if columns:
+            w, grad = w.T, grad.T
+        w2 = w.reshape(w.shape[0], -1) if w.ndim > 1 else w[None]
+        g2 = grad.reshape(grad.shape[0], -1) if grad.ndim > 1 else grad[None]
+        rows = []
+        for w_row, g_row in zip(w2, g2):
+            max_norm = 0.01 * max(w_row.norm().item(), 1e-3)
+            g_norm = g_row.norm().item()
+            rows.append(g_row if g_norm < max_norm else g_row * max_norm / max(g_norm, 1e-6))
+        out = torch.stack(rows).reshape(grad.shape)
+        expected[name] = out.T if columns else out
+    return expected
+
+
+def _agc_step(model: nn.Module, clipper: gradwatch.AGC) -> dict[str, torch.Tensor]:
+    """One watched step of ``model`` under ``clipper``; the gradients before clipping."""
+    ids = torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(3))
+    (model(ids, labels=ids).loss * 1e3).backward()
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    with gradwatch.watch(model, clip=clipper, activation_every=0) as gw:
+        gw.step()  # no optimizer: the clipper acts here, leaving the clipped .grad
+    return before
+
+
+@pytest.mark.parametrize("exclude", [("lm_head",), ("transformer.wte",), ()])
+def test_agc_on_a_tied_gpt2_equals_the_papers_rule_conv1d_columns_and_tied_head(exclude):
+    model = _tied_gpt2()
+    before = _agc_step(model, gradwatch.AGC(clip_factor=0.01, eps=1e-3, exclude=exclude))
+    expected = _agc_reference(model, before, set(exclude))
+    clipped = 0
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad.double(), expected[name], rtol=1e-5, atol=1e-9)
+        clipped += not torch.equal(param.grad, before[name])
+    assert clipped > 3  # the rule did act on this model
+    if exclude:  # the tied weight is excluded whichever of its two holders is named
+        wte = "transformer.wte.weight"
+        assert torch.equal(dict(model.named_parameters())[wte].grad, before[wte])
+
+
+def test_agc_clips_conv1d_by_output_columns() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    conv = transformers.pytorch_utils.Conv1D(6, 4)  # weight (in=4, out=6): y = x @ W + b
+    conv.weight.grad = torch.randn(4, 6) * 100
+    conv.bias.grad = torch.randn(6)
+    before = {n: p.grad.clone() for n, p in conv.named_parameters()}
+    with gradwatch.watch(conv, clip=gradwatch.AGC(), activation_every=0) as gw:
+        gw.step()
+    want = _agc_reference(conv, before, set())["weight"]
+    torch.testing.assert_close(conv.weight.grad.double(), want, rtol=1e-5, atol=1e-9)
+    # Each output column's gradient is exactly at its limit, 0.01 * that column's norm.
+    limits = 0.01 * conv.weight.detach().norm(dim=0).clamp_min(1e-3)
+    torch.testing.assert_close(conv.weight.grad.norm(dim=0), limits, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("exclude", "match"),
+    [
+        (("head",), r"AGC\(exclude\) names 'head'.*matches no module.*Did you mean 'lm_head'"),
+        (("transformer.h.0",), r"AGC\(exclude\) names 'transformer\.h\.0', which matches no"),
+        (("lm_head", "fc"), r"AGC\(exclude\) names 'fc'"),
+    ],
+)
+def test_agc_exclude_names_that_match_nothing_are_refused_at_attach(exclude, match) -> None:
+    model = _tied_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        gradwatch.watch(model, optimizer, clip=gradwatch.AGC(exclude=exclude))
+    gradwatch.watch(model, optimizer, clip=gradwatch.AGC(exclude=("lm_head",))).close()
+
+
+# ------------------------------- adaptive clippers belong to one run (issue 20 item 9)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: gradwatch.AutoClip(), lambda: gradwatch.ZClip(warmup_steps=2)]
+)
+def test_a_reused_adaptive_clipper_is_refused_until_reset(make) -> None:
+    clipper = make()
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, clip=clipper) as gw:
+        train_steps(model, optimizer, regression_batches(3), gw)
+    name = type(clipper).__name__
+    with pytest.raises(ValueError, match=rf"this {name} instance already clipped 3 step.*reset"):
+        gradwatch.watch(model, optimizer, clip=clipper)
+    clipper.reset()
+    with gradwatch.watch(model, optimizer, clip=clipper) as gw:
+        train_steps(model, optimizer, regression_batches(2), gw)
+    assert clipper.steps_seen == 2
+
+
+def test_stateless_clippers_may_be_reused() -> None:
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for clipper in (gradwatch.ClipNorm(1.0), gradwatch.ClipValue(0.1), gradwatch.AGC()):
+        for _ in range(2):
+            with gradwatch.watch(model, optimizer, clip=clipper) as gw:
+                train_steps(model, optimizer, regression_batches(2), gw)
