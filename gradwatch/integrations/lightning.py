@@ -18,15 +18,30 @@ The loss is the sum of the losses Lightning passes to ``on_before_backward`` sin
 last step; Lightning has already divided them by ``accumulate_grad_batches``, so this is
 the mean loss of the step's micro-batches.
 
-Logs go to ``logdir`` when given, otherwise next to the Trainer's own scalars in its
-``TensorBoardLogger``'s ``log_dir`` (TensorBoard reads both event files as one run; pass
-``--reload_multifile=true`` to follow both live), otherwise only to the ``gradwatch``
-logger. The watcher closes when fitting ends or fails.
+Where the numbers go: every step's scalars, under gradwatch's tags (``grad_norm/<layer>``,
+``total/grad_norm``, ...), through ``trainer.loggers`` (``logger.log_metrics(metrics,
+step)``, the way Lightning's own ``grad_norm`` logging reaches any logger), so a
+``CSVLogger``'s ``metrics.csv``, a ``TensorBoardLogger``'s run, W&B, MLflow and Neptune
+loggers all hold them, on Lightning's step axis and every ``log_every_n_steps`` steps as
+Lightning logs its own (``log_every=`` given to the callback overrides that cadence).
+A ``TensorBoardLogger`` also gets gradwatch's chart layout (one multi-line chart per
+statistic). Alerts go to Lightning's log (logger ``lightning.pytorch.gradwatch``) as
+they are raised, and at the end of fitting the run's diagnosis is logged there: the
+cause, what to change, the alerts as its evidence. ``logdir=`` adds gradwatch's own
+TensorBoard files (alerts as text, the gradient-flow picture) in that directory.
+
+Resuming: the callback's ``state_dict`` (saved in Lightning's checkpoints) holds the
+watcher's state (:meth:`gradwatch.Watcher.state_dict`), so ``trainer.fit(...,
+ckpt_path=...)`` continues gradwatch's step count where Lightning's continues and the
+detectors judge the new steps with the history of the old ones. The watcher closes when
+fitting ends or fails.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,30 +49,45 @@ import torch
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
 from gradwatch._measure.amp import scaler_found_inf
+from gradwatch._sinks.tensorboard import custom_scalars_layout
 from gradwatch._watcher import Watcher
-from gradwatch.integrations._common import check_logdir, missing_framework
+from gradwatch.integrations._common import (
+    check_logdir,
+    log_final_report,
+    missing_framework,
+    tensorboard_sink,
+    watcher_config,
+)
+from gradwatch.integrations._route import AtTrainerSteps, ScalarsTo, TrainerSteps, attach
 
 try:
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.loggers import Logger, TensorBoardLogger
 except ImportError as _error:  # the standalone ``pytorch_lightning`` package
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.loggers import TensorBoardLogger  # type: ignore[assignment]
+        from pytorch_lightning.loggers import (  # type: ignore[assignment]
+            Logger,
+            TensorBoardLogger,
+        )
     except ImportError:
         raise missing_framework("Lightning", "lightning", _error) from None
 
 __all__ = ["GradWatchCallback"]
+
+#: Lightning's log: its own messages go to ``lightning.pytorch``, which prints them.
+lightning_log = logging.getLogger("lightning.pytorch.gradwatch")
 
 
 class GradWatchCallback(pl.Callback):
     """Watches the ``LightningModule`` being fitted; one watched step per optimizer step.
 
     Args:
-        logdir: where to write TensorBoard event files. None (the default): the Trainer's
-            ``TensorBoardLogger`` ``log_dir`` if it has one, else no files.
+        logdir: a directory for gradwatch's own TensorBoard files, besides what goes to
+            the Trainer's loggers. None (the default): the loggers only.
         **options: fields of :class:`gradwatch.WatchConfig` (``log_every``, ``clip``,
-            ``on_nonfinite``, ...), validated here, before training starts.
+            ``on_nonfinite``, ...), validated here, before training starts. ``log_every``
+            counts Lightning's steps; without it scalars follow ``log_every_n_steps``.
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current or last ``fit`` (None
@@ -68,35 +98,34 @@ class GradWatchCallback(pl.Callback):
         super().__init__()
         self.logdir = check_logdir(logdir)
         self.config = WatchConfig.from_options(options, caller="GradWatchCallback()")
+        self._log_every: int | None = self.config.log_every if "log_every" in options else None
         self.watcher: Watcher | None = None
+        self._steps = TrainerSteps()
+        self._restored: Mapping[str, Any] | None = None  # a checkpoint's state, until used
         self._loss: torch.Tensor | None = None
 
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert of the current (or last) fit."""
-        return self.watcher.alerts if self.watcher is not None else []
-
-    def resolve_logdir(self, trainer: pl.Trainer) -> str | None:
-        """``logdir``, else the Trainer's TensorBoard logger's ``log_dir``, else None."""
-        if self.logdir is not None:
-            return self.logdir
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return str(logger.log_dir)
-        return None
+        """Every alert of the current (or last) fit, at Lightning's steps."""
+        if self.watcher is None:
+            return []
+        return [self._steps.alert(alert) for alert in self.watcher.alerts]
 
     # ------------------------------------------------------------- Lightning hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
         self._loss = None
+        self._steps = TrainerSteps(keep=self._cadence(trainer))
         # No optimizer: Lightning's closure runs inside optimizer.step(), so steps are
         # taken from on_before_optimizer_step below, with Watcher.step().
-        self.watcher = Watcher(
-            pl_module,
-            None,
-            logdir=self.resolve_logdir(trainer),
-            config=self.config,
-        )
+        watcher = Watcher(pl_module, None, config=watcher_config(self.config))
+        self.watcher = watcher
+        if watcher.is_writer:
+            attach(watcher, AtTrainerSteps(ScalarsTo(_Loggers(trainer)), self._steps), "loggers")
+            if self.logdir is not None:
+                attach(watcher, tensorboard_sink(watcher, self.logdir, self._steps), "TensorBoard")
+        if self._restored is not None:  # the checkpoint was read before fitting started
+            self._restore()
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
@@ -119,6 +148,10 @@ class GradWatchCallback(pl.Callback):
         watcher = self.watcher
         if watcher is None or watcher.closed:
             return
+        if self._steps.offset is None:
+            # Lightning's step of this update (its counter is restored from a checkpoint
+            # before the first step): 0 when gradwatch's own count was restored with it.
+            self._steps.offset = trainer.global_step - watcher.step_count
         if self._loss is not None and self._loss.numel() == 1:
             watcher.record_loss(self._loss)
         self._loss = None
@@ -133,6 +166,7 @@ class GradWatchCallback(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
+        log_final_report(self.watcher, self._steps, lightning_log)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -143,9 +177,64 @@ class GradWatchCallback(pl.Callback):
         if stage == "fit":
             self._close()
 
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The watcher's state, for Lightning's checkpoints (empty before the first fit)."""
+        if self.watcher is None:
+            return {}
+        return {"watcher": self.watcher.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the saved watcher's steps and history in the coming (or starting) fit."""
+        self._restored = state_dict.get("watcher")
+        if self._restored is not None and self.watcher is not None and not self.watcher.closed:
+            self._restore()  # read after on_fit_start (strategies that restore late)
+
+    # ------------------------------------------------------------- internals
+    def _restore(self) -> None:
+        state, self._restored = self._restored, None
+        if self.watcher is not None and state is not None:
+            self.watcher.load_state_dict(state)
+
+    def _cadence(self, trainer: pl.Trainer) -> Any:
+        """Which of Lightning's steps get scalars: ``log_every`` if given, else the
+        steps Lightning logs its own metrics at (``log_every_n_steps``)."""
+        every = self._log_every
+        if every is not None:
+            return lambda step: step % every == 0
+        lightning_every = trainer.log_every_n_steps
+        # Lightning logs a step's metrics when (its index + 1) is a multiple.
+        return lambda step: bool(lightning_every) and (step + 1) % lightning_every == 0
+
     def _close(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
+
+
+class _Loggers:
+    """The Trainer's loggers as one destination for gradwatch's scalars and alerts."""
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self._loggers: list[Logger] = list(trainer.loggers)
+        for logger in self._loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # gradwatch's charts: one multi-line chart per statistic, all layers.
+                logger.experiment.add_custom_scalars(custom_scalars_layout())
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        metrics = dict(scalars)
+        for logger in self._loggers:
+            logger.log_metrics(metrics, step)
+
+    def write_alert(self, alert: Alert) -> None:
+        lightning_log.log(logging.getLevelName(alert.severity.upper()), "%s", alert.format())
+
+    def flush(self) -> None:
+        for logger in self._loggers:
+            logger.save()
+
+    def close(self) -> None:
+        self.flush()  # Lightning finalises its loggers itself, after fitting
 
 
 def _scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
