@@ -12,6 +12,8 @@ or check a model in a few steps (CI smoke test)::
     assert report.ok, report.summary()
 """
 
+# The public module gradwatch.sinks (it imports neither MLflow nor W&B).
+from gradwatch import sinks as sinks
 from gradwatch._alerts import Alert
 from gradwatch._check import check
 from gradwatch._clip import AGC, AutoClip, ClipNorm, Clipper, ClipValue, ZClip
@@ -20,6 +22,7 @@ from gradwatch._diagnosis import Diagnosis
 from gradwatch._errors import NonFiniteError
 from gradwatch._report import LayerSummary, Report
 from gradwatch._sinks import SinkFailureWarning
+from gradwatch._sinks.public import Sink
 from gradwatch._version import __version__
 from gradwatch._watcher import Watcher, watch
 
@@ -34,6 +37,7 @@ __all__ = [
     "LayerSummary",
     "NonFiniteError",
     "Report",
+    "Sink",
     "SinkFailureWarning",
     "WatchConfig",
     "Watcher",

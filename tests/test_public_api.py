@@ -23,6 +23,7 @@ def test_all_is_pinned() -> None:
             "LayerSummary",
             "NonFiniteError",
             "Report",
+            "Sink",
             "SinkFailureWarning",
             "WatchConfig",
             "Watcher",
