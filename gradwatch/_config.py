@@ -319,6 +319,7 @@ class WatchConfig:
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
+        """Every option ``watch()`` accepts, in declaration order (the fields' names)."""
         return tuple(field.name for field in dataclasses.fields(cls))
 
     @classmethod

@@ -320,6 +320,7 @@ class Watcher:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` has run (the hooks are gone; nothing more is measured)."""
         return self._closed
 
     @property
