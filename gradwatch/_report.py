@@ -49,6 +49,7 @@ class LayerSummary:
         return self.final_grad_norm / self.final_weight_norm
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe data (non-finite numbers become strings, as in :meth:`Report.to_dict`)."""
         out: dict[str, Any] = {"name": self.name, "type": self.type}
         for field in (
             "final_grad_norm",
