@@ -15,6 +15,12 @@ overlap in time. :func:`read_run` returns the newest run unless told which, and 
 many there are.
 
 Damaged records are skipped and counted, never fatal (see :class:`FileDamage`).
+
+Series are keyed by the statistics' canonical names (``grad_norm/<layer>``,
+``total/loss``; :func:`gradwatch._names.canonical_tag`), whichever spelling the file
+carries: this version's TensorBoard tags (``2_grad_norm/03-<layer>``) or the earlier ones.
+``act_nonfinite`` is written only when it is not zero; the zeros are put back here (see
+:func:`restore_sparse_zeros`).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from gradwatch._cli.eventrecords import FileDamage, read_records
+from gradwatch._names import canonical_tag
 from gradwatch._sinks.flowplot import FlowData
 from gradwatch._sinks.tensorboard import parse_alert_markdown
 
-#: Tag prefixes only gradwatch writes; a run holding none of them is not a gradwatch run.
+#: Canonical prefixes only gradwatch writes; a run holding none is not a gradwatch run.
 GRADWATCH_PREFIXES: tuple[str, ...] = ("grad_norm/", "weight_norm/", "update_ratio/")
 #: The tag TensorBoard's custom-scalars plugin stores its layout under.
 LAYOUT_TAG = "custom_scalars__config__"
@@ -78,7 +85,7 @@ class RunLog:
 
     Attributes:
         logdir: the directory read.
-        scalars: ``(step, value)`` series by tag, steps increasing.
+        scalars: ``(step, value)`` series by canonical name, steps increasing.
         alerts: ``(step, markdown text)`` of every alert, in step order.
         has_layout: whether the custom-scalars layout is there.
         images: tags of image summaries (e.g. ``gradient_flow``).
@@ -296,6 +303,7 @@ def _read_file(path: str, damage: FileDamage) -> list[_Part]:
         data = handle.read()
     name = os.path.basename(path)
     parts = [_Part(name)]
+    names: dict[str, str] = {}  # tag -> canonical name, spelled out once per tag
     for payload in read_records(data, damage):
         try:
             event = Event.FromString(payload)
@@ -305,13 +313,14 @@ def _read_file(path: str, damage: FileDamage) -> list[_Part]:
         part = parts[-1]
         if event.WhichOneof("what") == "summary":
             values = event.summary.value
-            starts_run = any(v.tag == LAYOUT_TAG for v in values)
-            per_layer = any(v.tag.startswith(GRADWATCH_PREFIXES) for v in values)
+            # A run's layout comes first, at step 0; one at a later step only adds charts.
+            starts_run = event.step == 0 and any(v.tag == LAYOUT_TAG for v in values)
+            per_layer = any(_canonical(v.tag, names).startswith(GRADWATCH_PREFIXES) for v in values)
             last = part.last_layer_step
             if last is not None and (starts_run or (per_layer and event.step <= last)):
                 part = _Part(name, order=len(parts))  # the steps restarted: a new run
                 parts.append(part)
-            _add_summary(part, event, damage)
+            _add_summary(part, event, damage, names)
             if per_layer:
                 part.last_layer_step = event.step
         if part.started is None:
@@ -320,13 +329,21 @@ def _read_file(path: str, damage: FileDamage) -> list[_Part]:
     return [part for part in parts if not part.empty]
 
 
-def _add_summary(part: _Part, event: Any, damage: FileDamage) -> None:
+def _canonical(tag: str, names: dict[str, str]) -> str:
+    name = names.get(tag)
+    if name is None:
+        name = names[tag] = canonical_tag(tag)
+    return name
+
+
+def _add_summary(part: _Part, event: Any, damage: FileDamage, names: dict[str, str]) -> None:
     log = part.log
     step = int(event.step)
     for value in event.summary.value:
         kind = value.WhichOneof("value")
         if kind == "simple_value":
-            log.scalars.setdefault(value.tag, []).append((step, float(value.simple_value)))
+            series = log.scalars.setdefault(_canonical(value.tag, names), [])
+            series.append((step, float(value.simple_value)))
         elif kind == "image":
             if value.tag not in log.images:
                 log.images += (value.tag,)
@@ -411,6 +428,7 @@ def _merge(parts: list[_Part], **fields: Any) -> RunLog:
         has_layout = has_layout or part.log.has_layout
     for series in scalars.values():
         series.sort(key=lambda item: item[0])  # stable: a step's order of writing is kept
+    restore_sparse_zeros(scalars)
     return RunLog(
         scalars=scalars,
         alerts=sorted(alerts, key=lambda alert: alert[0]),
@@ -419,3 +437,26 @@ def _merge(parts: list[_Part], **fields: Any) -> RunLog:
         layout_categories=categories,
         **fields,
     )
+
+
+#: Activation statistics written only when not zero: ``act_<stat>`` names.
+SPARSE_ACTIVATION_STATS: tuple[str, ...] = ("act_nonfinite",)
+
+
+def restore_sparse_zeros(scalars: dict[str, list[tuple[int, float]]]) -> None:
+    """Put back the zeros of :data:`SPARSE_ACTIVATION_STATS`: on every step where a module
+    has another activation statistic but not this one, it was zero (the sink leaves
+    zeros out so that TensorBoard shows no chart of flat zeros)."""
+    sampled: dict[str, set[int]] = {}
+    for name, series in scalars.items():
+        stat, _, module = name.partition("/")
+        if stat.startswith("act_") and stat not in SPARSE_ACTIVATION_STATS:
+            sampled.setdefault(module, set()).update(step for step, _ in series)
+    for stat in SPARSE_ACTIVATION_STATS:
+        for module, steps in sampled.items():
+            name = f"{stat}/{module}"
+            series = scalars.get(name, [])
+            missing = steps - {step for step, _ in series}
+            if missing:
+                merged = series + [(step, 0.0) for step in missing]
+                scalars[name] = sorted(merged, key=lambda item: item[0])

@@ -218,6 +218,16 @@ def flow_from_history(records: Sequence[Any], layers: Sequence[str]) -> FlowData
         empty = np.zeros((len(layers), 0))
         return FlowData(tuple(layers), np.zeros(0, dtype=np.int64), empty, empty.copy())
     grad = np.stack([np.asarray(r.grad_norm, dtype=np.float64) for r in records], axis=1)
-    weight = np.stack([np.asarray(r.weight_norm, dtype=np.float64) for r in records], axis=1)
+    # A weight norm carried over from an earlier step is not a measurement: NaN, as in
+    # the event files (gradwatch report draws the same picture from them).
+    weight = np.stack(
+        [
+            np.asarray(r.weight_norm, dtype=np.float64)
+            if getattr(r, "weight_norm_measured", True)
+            else np.full(len(layers), np.nan)
+            for r in records
+        ],
+        axis=1,
+    )
     steps = np.array([r.step for r in records], dtype=np.int64)
     return FlowData(tuple(layers), steps, grad, weight)

@@ -1,7 +1,17 @@
-"""TensorBoard sink: scalars under stable tags, alerts as text.
+"""TensorBoard sink: scalars laid out so the first screen is the gradient flow, alerts
+as text, the gradient-flow picture as an image.
 
-The tags below are public (dashboards and ``gradwatch report`` read them): never rename
-one.
+Statistics have canonical names (``grad_norm/<layer>``, ``total/loss``); the tags in the
+event files are spelled by :func:`gradwatch._names.tensorboard_tag` (``2_grad_norm/03-fc1``),
+the one owner of both spellings, so that TensorBoard, which lists tag groups and tags by
+name, shows the totals and the gradient norms first and layers in depth order. They are
+public (dashboards and ``gradwatch report`` read them); ``gradwatch report`` also reads
+the spelling of earlier versions.
+
+What is written is what can say something: a per-layer statistic only where it applies,
+``act_nonfinite`` only when it is not zero, and the Custom Scalars layout holds a chart
+only once a statistic for it has been written (the clip coefficient only with clipping,
+the activation charts only when activations are sampled): :class:`LayoutTracker`.
 
 Scalars of one step go out as one ``Summary`` event holding every tag, instead of one
 event per tag: one protobuf and one queue put per step keeps the training thread's cost
@@ -13,69 +23,136 @@ thread and reports its failures back instead of dying with a traceback.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from gradwatch._alerts import Alert
 from gradwatch._history import History
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
-from gradwatch._names import tag_of
+from gradwatch._names import tag_of, tensorboard_tag
 
 logger = logging.getLogger(__name__)
 
 #: Image tag of the gradient-flow picture (layers x steps heat map + depth profile).
 FLOW_IMAGE_TAG = "gradient_flow"
 
-#: Per-layer statistics and the chart titles they get in the custom-scalars layout.
-LAYER_STATS: dict[str, str] = {
-    "grad_norm": "gradient L2 norm per layer",
-    "weight_norm": "weight L2 norm per layer",
-    "update_ratio": "update ratio ||dw||/||w|| per layer",
+#: Per-layer statistics: the Custom Scalars chart each one gets, by canonical prefix.
+#: The log10 views come first: on one axis, a layer at 1e-4 beside one at 0.2 shows.
+GRADIENT_FLOW_CHARTS: dict[str, str] = {
+    "log10/grad_norm": "log10 gradient L2 norm per layer (input side first)",
+    "log10/update_ratio": "log10 update ratio ||dw||/||w|| per layer",
 }
-#: Activation statistics (``act_<name>/<layer>``), charted the same way.
-ACTIVATION_STATS: dict[str, str] = {
-    "act_mean": "activation mean per layer",
+TOTAL_CHARTS: dict[str, str] = {
+    "total/loss": "loss",
+    "total/grad_norm": "total gradient norm (before clipping)",
+    "total/clip_coef": "clip coefficient (1 = not clipped)",
+}
+LAYER_CHARTS: dict[str, str] = {
+    "grad_norm": "gradient L2 norm per layer",
+    "update_ratio": "update ratio ||dw||/||w|| per layer",
+    "weight_norm": "weight L2 norm per layer",
+}
+#: Activation statistics (``act_<name>/<layer>``, sampled steps only).
+ACTIVATION_CHARTS: dict[str, str] = {
     "act_std": "activation std per layer",
     "act_batch_std": "activation std across the batch per layer",
+    "act_mean": "activation mean per layer",
     "act_saturated": "saturated fraction per layer",
     "act_dead": "dead-unit fraction per layer",
     "act_nonfinite": "non-finite fraction per layer",
 }
-TOTAL_TAGS: dict[str, str] = {
-    "total/grad_norm": "total gradient norm (before clipping)",
-    "total/loss": "loss",
-    "total/clip_coef": "clip coefficient",
-}
+#: Charts in the layout from the start (a statistic every run writes).
+ALWAYS_CHARTS: frozenset[str] = frozenset({"log10/grad_norm", "total/grad_norm", "weight_norm"})
+#: Category titles start with this (``gradwatch report`` recognises gradwatch's layout by it).
+CATEGORY_PREFIX = "gradwatch: "
 
 
-def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
-    """One multi-line chart per statistic, holding every layer (gradient flow at a glance)."""
-    layers: dict[str, list[Any]] = {
-        title: ["Multiline", [rf"^{stat}/"]] for stat, title in LAYER_STATS.items()
+def chart_key(canonical: str) -> str:
+    """Which chart a statistic goes in: ``total/loss``, ``log10/grad_norm``, ``act_std``."""
+    stat, _, rest = canonical.partition("/")
+    if stat == "total":
+        return canonical
+    if stat == "log10":
+        return f"log10/{rest.partition('/')[0]}"
+    return stat
+
+
+def _group_regex(key: str) -> str:
+    """The regex of a per-layer chart: its statistic's tag group (``^2_grad_norm/``)."""
+    group = tensorboard_tag(f"{key}/x", 0, 1).rpartition("/")[0]
+    return f"^{re.escape(group)}/"
+
+
+def custom_scalars_layout(
+    present: Iterable[str] = ALWAYS_CHARTS,
+) -> dict[str, dict[str, list[Any]]]:
+    """Multi-line charts holding every layer, one per statistic in ``present`` (chart keys,
+    see :func:`chart_key`); categories in reading order, the activations closed.
+
+    Custom Scalars charts every run that matches; pick runs on the left to compare them.
+    """
+    shown = set(present)
+
+    def charts(titles: dict[str, str], regex: Any) -> dict[str, list[Any]]:
+        return {title: ["Multiline", [regex(key)]] for key, title in titles.items() if key in shown}
+
+    layout = {
+        f"{CATEGORY_PREFIX}gradient flow (log10, all layers)": charts(
+            GRADIENT_FLOW_CHARTS, _group_regex
+        ),
+        f"{CATEGORY_PREFIX}totals": charts(
+            TOTAL_CHARTS, lambda key: f"^{re.escape(tensorboard_tag(key))}$"
+        ),
+        f"{CATEGORY_PREFIX}layers (linear scale)": charts(LAYER_CHARTS, _group_regex),
+        f"{CATEGORY_PREFIX}activations (sampled steps)": charts(ACTIVATION_CHARTS, _group_regex),
     }
-    activations: dict[str, list[Any]] = {
-        title: ["Multiline", [rf"^{stat}/"]] for stat, title in ACTIVATION_STATS.items()
-    }
-    totals: dict[str, list[Any]] = {
-        title: ["Multiline", [rf"^{tag}$"]] for tag, title in TOTAL_TAGS.items()
-    }
-    return {
-        "gradwatch: layers": layers,
-        "gradwatch: activations": activations,
-        "gradwatch: totals": totals,
-    }
+    return {title: content for title, content in layout.items() if content}
+
+
+#: Categories that start closed (activation internals come after the gradient flow).
+CLOSED_CATEGORIES: frozenset[str] = frozenset(
+    {f"{CATEGORY_PREFIX}layers (linear scale)", f"{CATEGORY_PREFIX}activations (sampled steps)"}
+)
+
+
+def layout_summary(present: Iterable[str] = ALWAYS_CHARTS) -> Any:
+    """The custom-scalars ``Summary`` of :func:`custom_scalars_layout`."""
+    from torch.utils.tensorboard import summary as summaries
+
+    summary = summaries.custom_scalars(custom_scalars_layout(present))
+    # torch's helper has no "closed" flag: set it on the layout proto it serialised.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    value = summary.value[0]
+    layout = layout_pb2.Layout.FromString(value.tensor.string_val[0])
+    for category in layout.category:
+        category.closed = category.title in CLOSED_CATEGORIES
+    del value.tensor.string_val[:]
+    value.tensor.string_val.append(layout.SerializeToString())
+    return summary
 
 
 def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, float]]:
-    """Every (tag, value) pair a step produces; layers without a gradient are left out."""
+    """Every (canonical name, value) pair a step produces.
+
+    Left out: layers without a gradient, weight norms on steps that did not measure
+    them, activation statistics that do not apply to a module (NaN), a zero
+    ``act_nonfinite`` (the reader restores it), and log10 views of norms that are zero
+    or not finite (the plain value is there).
+    """
     # tolist(): one conversion per array instead of a numpy scalar read per layer.
     has_grad = record.has_grad.tolist()
     grad_norm = record.grad_norm.tolist()
     weight_norm = record.weight_norm.tolist()
     ratio = record.update_ratio.tolist() if record.update_ratio is not None else None
+    log_grad = _log10_list(record.grad_norm)
+    log_ratio = _log10_list(record.update_ratio) if record.update_ratio is not None else None
     for layer, tag in enumerate(index.tags):
         if has_grad[layer]:
             yield f"grad_norm/{tag}", grad_norm[layer]
@@ -83,16 +160,64 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
             yield f"weight_norm/{tag}", weight_norm[layer]
         if ratio is not None and has_grad[layer]:
             yield f"update_ratio/{tag}", ratio[layer]
+    for layer, tag in enumerate(index.tags):
+        if has_grad[layer] and log_grad[layer] is not None:
+            yield f"log10/grad_norm/{tag}", log_grad[layer]
+        if log_ratio is not None and has_grad[layer] and log_ratio[layer] is not None:
+            yield f"log10/update_ratio/{tag}", log_ratio[layer]
     if record.activations:
         for stat, values in record.activations.items():
+            sparse = stat == "nonfinite"  # almost always 0: written when it is not
             for layer_name, value in zip(record.activation_layers or (), values):
-                if value == value:  # NaN: the statistic does not apply to this module
+                if value == value and not (sparse and value == 0.0):  # NaN: does not apply
                     yield f"act_{stat}/{tag_of(layer_name)}", float(value)
     yield "total/grad_norm", record.total_grad_norm
     if record.loss is not None:
         yield "total/loss", record.loss
     if record.clip_coef is not None:
         yield "total/clip_coef", record.clip_coef
+
+
+def _log10_list(values: Any) -> list[float | None]:
+    """log10 of each value, None where it is zero, negative or not finite."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(array)
+    return [value if math.isfinite(value) else None for value in logs.tolist()]
+
+
+class TagSpeller:
+    """Spells canonical names as TensorBoard tags, with each layer's depth index.
+
+    Layers are numbered in :class:`LayerIndex` order (input side first); activation
+    modules in the order they were first measured. Built once per index: a tag is
+    spelled once per distinct set of tags (see :class:`SummaryTemplates`), not per step.
+    """
+
+    def __init__(self, index: LayerIndex) -> None:
+        self.index = index
+        self._layers = {tag: depth for depth, tag in enumerate(index.tags)}
+        self._modules: dict[str, int] = {}
+
+    def add_modules(self, names: Iterable[str]) -> bool:
+        """Number activation modules not seen before; True if any was new."""
+        before = len(self._modules)
+        for name in names:
+            self._modules.setdefault(tag_of(name), len(self._modules))
+        return len(self._modules) != before
+
+    def __call__(self, canonical: str) -> str:
+        stat, _, rest = canonical.partition("/")
+        if stat == "total":
+            return tensorboard_tag(canonical)
+        layer = rest.partition("/")[2] if stat == "log10" else rest
+        if stat.startswith("act_"):
+            depth = self._modules.get(layer)
+            count = max(len(self._modules), 1)
+        else:
+            depth = self._layers.get(layer)
+            count = max(len(self._layers), 1)
+        return tensorboard_tag(canonical, depth, count)
 
 
 def alert_markdown(alert: Alert) -> str:
@@ -174,9 +299,15 @@ class SummaryTemplates:
     #: Distinct tag sets kept (layers gaining or losing gradients change the set).
     MAX_TEMPLATES = 8
 
-    def __init__(self, summary_cls: Any) -> None:
+    def __init__(self, summary_cls: Any, spell: Callable[[str], str] | None = None) -> None:
+        """``spell`` turns a name into the tag written (once per template)."""
         self._summary_cls = summary_cls
         self._templates: dict[tuple[str, ...], Any] = {}
+        self.spell: Callable[[str], str] = spell or (lambda name: name)
+
+    def clear(self) -> None:
+        """Forget every template (the spelling changed)."""
+        self._templates.clear()
 
     def pack(self, scalars: Iterable[tuple[str, float]]) -> Any:
         pairs = list(scalars)
@@ -186,7 +317,7 @@ class SummaryTemplates:
             if len(self._templates) >= self.MAX_TEMPLATES:
                 self._templates.clear()
             value_cls = self._summary_cls.Value
-            summary = self._summary_cls(value=[value_cls(tag=tag) for tag in tags])
+            summary = self._summary_cls(value=[value_cls(tag=self.spell(tag)) for tag in tags])
             self._templates[tags] = summary
         for slot, (_, value) in zip(summary.value, pairs):
             slot.simple_value = value
@@ -219,7 +350,6 @@ class TensorBoardSink:
         user's own SummaryWriter, :mod:`gradwatch._sinks.user_writer`); it gets the
         layout first, at step 0."""
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import summary as summaries
 
         from gradwatch._sinks.eventfile import EventFileWriter
 
@@ -228,7 +358,10 @@ class TensorBoardSink:
         self.logdir = os.fspath(logdir)
         # The layout is the file's header: written again first if the file must be
         # replaced (deleted mid-run, see EventFileWriter), so every file has its charts.
-        layout = summaries.custom_scalars(custom_scalars_layout())
+        self._charts = set(ALWAYS_CHARTS)
+        self._speller: TagSpeller | None = None
+        self._last_summary: Any = None
+        layout = layout_summary(self._charts)
         if events is None:
             events = EventFileWriter(self.logdir, flush_secs=flush_secs, header=[layout])
         else:
@@ -253,8 +386,19 @@ class TensorBoardSink:
         self._steps_written += 1
         if self._steps_written % self.CHECK_EVERY == 0:
             self._check_logdir()
+        speller = self._speller
+        if speller is None or speller.index is not index:
+            speller = self._speller = TagSpeller(index)
+            self._templates.spell = speller
+            self._templates.clear()
+        if record.activation_layers and speller.add_modules(record.activation_layers):
+            self._templates.clear()  # module numbers are part of the tags
+        pairs = list(step_scalars(record, index))
         # The writer copies the summary into its Event at once, so the template is reusable.
-        summary = self._templates.pack(step_scalars(record, index))
+        summary = self._templates.pack(pairs)
+        if summary is not self._last_summary:  # a new set of tags: perhaps a new chart
+            self._last_summary = summary
+            self._add_charts(pairs, record.step)
         self._file_writer.add_summary(summary, record.step)
         self._index = index
         if self._flow_every and record.step >= self._next_image_step:
@@ -262,6 +406,17 @@ class TensorBoardSink:
             # log_every > 1 the multiple itself may not be logged).
             self._next_image_step = (record.step // self._flow_every + 1) * self._flow_every
             self.write_flow_image()
+
+    def _add_charts(self, pairs: Iterable[tuple[str, float]], step: int) -> None:
+        """Write the layout again when a statistic without a chart appears (clipping,
+        sampled activations, a first non-finite activation). TensorBoard shows the
+        newest layout; ``gradwatch report`` tells it from a new run's by its step (a
+        run's first layout is at step 0, before any statistic)."""
+        charts = {chart_key(name) for name, _ in pairs} - self._charts
+        if not charts:
+            return
+        self._charts |= charts
+        self._file_writer.add_summary(layout_summary(self._charts), max(step, 1))
 
     def write_flow_image(self) -> None:
         """Draw the gradient-flow heat map of the history so far, at the latest step.
