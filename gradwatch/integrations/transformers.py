@@ -29,12 +29,38 @@ The loss is the step's loss as the Trainer logs it, read from the model outputs'
 in a forward hook (no host sync): the mean over the step's training micro-batches, or
 their sum when the Trainer passed ``num_items_in_batch`` (the model then already divided
 each micro-batch's loss by the step's token count).
+
+Where the numbers go, on the Trainer's own step axis (gradwatch's step of an update is
+``state.global_step`` once that update is done, the step at which the Trainer logs its
+``grad_norm``), scalars every ``logging_steps`` steps as the Trainer logs its own
+(``logging_first_step`` included; ``log_every=`` given to the callback overrides that
+cadence), alerts as soon as they are raised:
+
+* ``report_to`` with ``"tensorboard"``: gradwatch's event file goes into the run
+  directory of the Trainer's ``TensorBoardCallback``, found as it finds it
+  (``TENSORBOARD_LOGGING_DIR``, else ``<output_dir>/runs/<date>_<host>``), so both sets
+  of scalars are one TensorBoard run: the Trainer's ``train/grad_norm`` at step 5 and
+  gradwatch's ``total/grad_norm`` at step 5 are the same update. ``logdir=`` puts
+  gradwatch's file in that directory instead.
+* ``"mlflow"``: into the run the Trainer's ``MLflowCallback`` started, through
+  :class:`gradwatch.sinks.MLflowSink`; ``"wandb"``: into ``wandb.run`` through
+  :class:`gradwatch.sinks.WandbSink`. Other integrations get nothing from gradwatch.
+* Every alert is also appended to the Trainer's log history (``state.log_history``,
+  saved in ``trainer_state.json`` with each checkpoint) as ``{"gradwatch_alert": kind,
+  "gradwatch_severity": ..., "gradwatch_layer": ..., "gradwatch_message": text, "step":
+  step, "epoch": epoch}``; ``callback.alerts`` lists them at the Trainer's steps.
+* At the end of training the run's diagnosis (the cause, what to change, the alerts as
+  evidence) is logged to the ``transformers.gradwatch`` logger.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import logging
 import os
+import socket
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -44,7 +70,14 @@ from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
 from gradwatch._measure.hooks import SafeHook
 from gradwatch._watcher import Watcher
-from gradwatch.integrations._common import check_logdir, missing_framework
+from gradwatch.integrations._common import (
+    check_logdir,
+    log_final_report,
+    missing_framework,
+    tensorboard_sink,
+    watcher_config,
+)
+from gradwatch.integrations._route import AtTrainerSteps, ScalarsTo, TrainerSteps, attach
 
 try:
     from transformers import TrainerCallback
@@ -53,18 +86,22 @@ except ImportError as _error:
 
 __all__ = ["GradWatchCallback"]
 
+#: The Trainer's log hierarchy: the end-of-training diagnosis goes here.
+transformers_log = logging.getLogger("transformers.gradwatch")
+
 
 class GradWatchCallback(TrainerCallback):
     """Watches the model a Hugging Face ``Trainer`` trains; one watched step per
     optimizer step.
 
     Args:
-        logdir: where to write TensorBoard event files. None (the default): with
-            ``report_to`` including ``"tensorboard"``, ``args.logging_dir`` where the
-            Trainer has one, else ``<output_dir>/gradwatch``; otherwise no files.
+        logdir: where to write gradwatch's TensorBoard event file. None (the default):
+            the run directory of the Trainer's TensorBoard callback when ``report_to``
+            includes ``"tensorboard"``, otherwise no file.
         take_over_clipping: measure before the Trainer's ``max_grad_norm`` clipping by
             doing that clipping in gradwatch (see the module docstring). Default True.
-        **options: fields of :class:`gradwatch.WatchConfig`, validated here.
+        **options: fields of :class:`gradwatch.WatchConfig`, validated here. ``log_every``
+            counts the Trainer's steps; without it scalars follow ``logging_steps``.
 
     Attributes:
         watcher: the :class:`gradwatch.Watcher` of the current or last ``train()``.
@@ -85,7 +122,9 @@ class GradWatchCallback(TrainerCallback):
         self.logdir = check_logdir(logdir)
         self.take_over_clipping = take_over_clipping
         self.config = WatchConfig.from_options(options, caller="GradWatchCallback()")
+        self._log_every: int | None = self.config.log_every if "log_every" in options else None
         self.watcher: Watcher | None = None
+        self._steps = TrainerSteps()
         self._loss_hook: torch.utils.hooks.RemovableHandle | None = None
         self._loss_sum: Tensor | None = None
         self._loss_count = 0
@@ -94,18 +133,19 @@ class GradWatchCallback(TrainerCallback):
 
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert of the current (or last) training run."""
-        return self.watcher.alerts if self.watcher is not None else []
+        """Every alert of the current (or last) training run, at the Trainer's steps."""
+        if self.watcher is None:
+            return []
+        return [self._steps.alert(alert) for alert in self.watcher.alerts]
 
-    def resolve_logdir(self, args: Any) -> str | None:
-        """``logdir``, else a TensorBoard directory when the Trainer reports to it."""
+    def resolve_logdir(self, args: Any, state: Any = None) -> str | None:
+        """``logdir``, else the run directory of the Trainer's TensorBoard callback when
+        ``report_to`` includes ``"tensorboard"``, else None."""
         if self.logdir is not None:
             return self.logdir
-        report_to = args.report_to if isinstance(args.report_to, list) else [args.report_to]
-        if "tensorboard" not in report_to and "all" not in report_to:
+        if "tensorboard" not in _reported_to(args):
             return None
-        logging_dir = getattr(args, "logging_dir", None)
-        return str(logging_dir) if logging_dir else os.path.join(args.output_dir, "gradwatch")
+        return tensorboard_run_dir(args, state)
 
     # ------------------------------------------------------------ Trainer events
     def on_train_begin(
@@ -141,16 +181,24 @@ class GradWatchCallback(TrainerCallback):
             self._restore = (args, max_norm)
             args.max_grad_norm = 0.0  # the Trainer reads it at every step
         self._loss_sum, self._loss_count, self._loss_presummed = None, 0, False
-        self.watcher = Watcher(
-            model, _torch_optimizer(optimizer), logdir=self.resolve_logdir(args), config=config
-        )
+        self._steps = TrainerSteps(keep=self._cadence(args, state))
+        watcher = Watcher(model, _torch_optimizer(optimizer), config=watcher_config(config))
+        self.watcher = watcher
+        if watcher.is_writer:
+            self._attach_sinks(watcher, args, state)
         # Inert in a copy of the model and while traced (Trainer(torch_compile=True)).
         hook = SafeHook(self, "_observe_loss", on_error="_drop_loss")
         self._loss_hook = model.register_forward_hook(hook, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         watcher = self.watcher
-        if watcher is None or watcher.closed or self._loss_sum is None:
+        if watcher is None or watcher.closed:
+            return
+        if self._steps.offset is None:
+            # The Trainer counts this update as global_step + 1 once it is done (and logs
+            # its grad_norm there); gradwatch counts it as step_count.
+            self._steps.offset = state.global_step + 1 - watcher.step_count
+        if self._loss_sum is None:
             return
         loss = self._loss_sum
         if not self._loss_presummed:
@@ -166,6 +214,8 @@ class GradWatchCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._finish()
+        if state.is_world_process_zero:
+            log_final_report(self.watcher, self._steps, transformers_log)
 
     # ---------------------------------------------------------------- internals
     def _observe_loss(
@@ -182,6 +232,38 @@ class GradWatchCallback(TrainerCallback):
         loss = loss.detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_count += 1
+
+    def _attach_sinks(self, watcher: Watcher, args: Any, state: Any) -> None:
+        """gradwatch's TensorBoard file, the tracking runs of ``report_to``, the log
+        history: each on the Trainer's steps."""
+        steps = self._steps
+        logdir = self.resolve_logdir(args, state)
+        if logdir is not None:
+            attach(watcher, tensorboard_sink(watcher, logdir, steps), "TensorBoard")
+        reported = _reported_to(args)
+        if "mlflow" in reported:
+            from gradwatch.sinks import MLflowSink  # mlflow is imported only here
+
+            attach(watcher, AtTrainerSteps(ScalarsTo(MLflowSink()), steps), "MLflow")
+        if "wandb" in reported:
+            from gradwatch.sinks import WandbSink  # wandb is imported only here
+
+            attach(watcher, AtTrainerSteps(ScalarsTo(WandbSink()), steps), "W&B")
+        attach(watcher, AtTrainerSteps(ScalarsTo(_LogHistory(state)), steps), "log history")
+
+    def _cadence(self, args: Any, state: Any) -> Any:
+        """Which of the Trainer's steps get scalars: ``log_every`` if given, else those
+        the Trainer logs at (every ``logging_steps``, and step 1 with
+        ``logging_first_step``); every step under another ``logging_strategy``."""
+        every = self._log_every
+        if every is not None:
+            return lambda step: step % every == 0
+        if args.logging_strategy != "steps":
+            return lambda step: True
+        first = bool(args.logging_first_step)
+        # state.logging_steps: the Trainer's resolved count (a fraction of max_steps
+        # becomes steps), read when needed.
+        return lambda step: step % max(int(state.logging_steps), 1) == 0 or (first and step == 1)
 
     def _drop_loss(self) -> None:
         """Reading a loss failed: record none for this step rather than a partial sum."""
@@ -210,3 +292,71 @@ def _torch_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         if isinstance(inner, torch.optim.Optimizer):
             optimizer = inner
     return optimizer
+
+
+def _reported_to(args: Any) -> set[str]:
+    """The integrations the Trainer reports to (``report_to`` is a list once the
+    TrainingArguments are built; "all" and "none" are resolved then)."""
+    report_to = args.report_to
+    if report_to is None:
+        return set()
+    return {report_to} if isinstance(report_to, str) else set(report_to)
+
+
+def tensorboard_run_dir(args: Any, state: Any = None) -> str:
+    """The directory transformers' ``TensorBoardCallback`` writes to (transformers 5):
+    ``TENSORBOARD_LOGGING_DIR`` (user-expanded), else ``<output_dir>/runs/<date>_<host>``
+    with the date the callback took at its ``on_train_begin`` (a trial's own directory
+    under it in a hyper-parameter search).
+
+    The Trainer calls its callbacks in order, its own integrations first, so that
+    callback has created its directory when this one's ``on_train_begin`` runs: the
+    newest such directory of the last minute is it. Without one, the name it would
+    take now.
+    """
+    env = os.getenv("TENSORBOARD_LOGGING_DIR")
+    searching = getattr(state, "is_hyper_param_search", False)
+    trial = getattr(state, "trial_name", None) if searching else None
+    if env is not None and trial is None:
+        return os.path.expanduser(env)
+    runs = os.path.join(args.output_dir, "runs")
+    host = socket.gethostname()
+    now = datetime.datetime.now()
+    for age in range(60):
+        stamp = (now - datetime.timedelta(seconds=age)).strftime("%b%d_%H-%M-%S")
+        path = os.path.join(runs, f"{stamp}_{host}")
+        if trial is not None:
+            path = os.path.join(path, trial)
+        if os.path.isdir(path):
+            return path
+    path = os.path.join(runs, f"{now.strftime('%b%d_%H-%M-%S')}_{host}")
+    return path if trial is None else os.path.join(path, trial)
+
+
+class _LogHistory:
+    """Alerts into the Trainer's log history (``state.log_history``); no scalars (the
+    Trainer's own logs hold its numbers, TensorBoard and the trackers gradwatch's)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        return None
+
+    def write_alert(self, alert: Alert) -> None:
+        self._state.log_history.append(
+            {
+                "gradwatch_alert": alert.kind,
+                "gradwatch_severity": alert.severity,
+                "gradwatch_layer": alert.layer,
+                "gradwatch_message": alert.format(),
+                "epoch": self._state.epoch,
+                "step": alert.step,
+            }
+        )
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
