@@ -144,6 +144,20 @@ def _validate_model_and_optimizer(model: object, optimizer: object) -> None:
         )
 
 
+def _refuse_meta_parameters(model: nn.Module, index: LayerIndex) -> None:
+    """A parameter on the meta device holds no data: every step would fail to measure it
+    (issue 20 item 7). Refuse at attach, naming the model and how to materialise it."""
+    meta = [name for name, param in zip(index.param_names, index.params) if param.is_meta]
+    if meta:
+        raise ValueError(
+            f"model ({type(model).__name__}) has {len(meta)} parameter(s) on the meta "
+            f"device (e.g. {meta[0]!r}): they hold no data, so gradwatch has nothing to "
+            "measure. Materialise the model first (model.to_empty(device=...) and "
+            "initialise or load its weights, e.g. with load_state_dict), build the "
+            "optimizer from its parameters, then call gradwatch.watch()."
+        )
+
+
 class Watcher:
     """Watches one model (and optionally its optimizer); create it with :func:`watch`.
 
@@ -191,6 +205,7 @@ class Watcher:
                 f"model ({type(model).__name__}) has no parameters, so there is nothing to "
                 "watch. Pass the module that owns the trainable parameters."
             )
+        _refuse_meta_parameters(model, self.index)
         self.device = self.index.device()
         # Local norms, or global ones through one all-reduce per step (distributed).
         reducer = norm_reducer(self.index, self.device, self.config.distributed)

@@ -20,6 +20,8 @@ so the memory held stays a few KiB.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import io
 import itertools
 import logging
@@ -51,6 +53,36 @@ def _new_path(logdir: str) -> str:
         f"{os.getpid()}.{next(_counter)}.gradwatch"
     )
     return os.path.join(logdir, name)
+
+
+#: What a write fails with when the disk (or the process's file-size limit) is full.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def unwritable_logdir(logdir: str, error: OSError) -> OSError:
+    """The error for an event file that cannot be started: it names the directory, the
+    cause and the fix (the raw ``[Errno 28]`` names neither the directory nor gradwatch).
+    It keeps ``errno``, so code that handles ``OSError`` by its number still can."""
+    full = error.errno in _FULL
+    cause = "the disk is full" if full else "writing there failed"
+    message = (
+        f"gradwatch cannot write its event file in logdir {logdir!r}: {cause} "
+        f"({error.strerror or error}). "
+        + (
+            "Free space on that disk (or raise its quota), pass a logdir on another disk, "
+            if full
+            else "Pass a directory you can write to, "
+        )
+        + "or logdir=None to log nothing to disk."
+    )
+    return OSError(error.errno, message)
+
+
+def _close_quietly(file: io.BufferedWriter) -> None:
+    try:
+        file.close()
+    except OSError:
+        logger.debug("closing an event file that could not be written failed", exc_info=True)
 
 
 class EventFileWriter:
@@ -93,7 +125,10 @@ class EventFileWriter:
         # Serialised records written since the last flush, and their size.
         self._unflushed: list[bytes] = []
         self._unflushed_bytes = 0
-        self._open(_new_path(logdir))
+        try:
+            self._open(_new_path(logdir))
+        except OSError as error:  # at attach: say which directory, and what to do
+            raise unwritable_logdir(logdir, error) from error
         self._thread = threading.Thread(
             target=self._run, name="gradwatch-event-writer", daemon=True
         )
@@ -105,14 +140,20 @@ class EventFileWriter:
 
         self.path = path
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self._records = RecordWriter(self._file)
-        now = time.time()
-        version = self._event_cls(wall_time=now, file_version="brain.Event:2")
-        self._records.write(version.SerializeToString())
-        for summary in self._header:
-            event = self._event_cls(wall_time=now, step=0, summary=summary)
-            self._records.write(event.SerializeToString())
-        self._file.flush()
+        try:
+            self._records = RecordWriter(self._file)
+            now = time.time()
+            version = self._event_cls(wall_time=now, file_version="brain.Event:2")
+            self._records.write(version.SerializeToString())
+            for summary in self._header:
+                event = self._event_cls(wall_time=now, step=0, summary=summary)
+                self._records.write(event.SerializeToString())
+            self._file.flush()
+        except OSError:
+            _close_quietly(self._file)  # its buffer cannot reach the disk either
+            with contextlib.suppress(OSError):
+                os.remove(path)  # an event file without its header is no run
+            raise
 
     # ------------------------------------------------------------ training thread
     def add_summary(self, summary: Any, step: int) -> None:
