@@ -399,3 +399,28 @@ def test_importing_gradwatch_does_not_import_dynamo() -> None:
     code = "import sys, gradwatch; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_large_sequence_output_is_measured_on_every_kth_position() -> None:
+    """Above MEASURED_VALUES values, statistics come from every k-th position (all samples,
+    all features): within sampling error of the full output's, and 'dead' still means off
+    for every sample of the batch."""
+    from gradwatch._measure.activations import MEASURED_VALUES, measured_part
+
+    generator = torch.Generator().manual_seed(0)
+    output = torch.randn(8, 512, 256, generator=generator).relu_()
+    output[:, :, :64] = 0.0  # a quarter of the features dead at every position
+    part = measured_part(output)
+    assert part.numel() <= MEASURED_VALUES < output.numel()
+    assert part.shape[0] == 8 and part.shape[2] == 256 and part.shape[1] < 512
+    assert torch.equal(part[:, 1], output[:, 512 // part.shape[1]])  # whole kept positions
+    small = torch.randn(8, 16, 32)
+    assert measured_part(small) is small
+    from gradwatch._measure.activations import ROLE_RECTIFIER, _Target, output_stats
+
+    target = _Target(name="relu", role=ROLE_RECTIFIER, bounds=None)
+    sampled, layout = output_stats(output, target)
+    full_mean = output.mean()
+    assert layout[-2] == 4  # the dead-unit statistic is measured
+    assert sampled[0].item() == pytest.approx(full_mean.item(), rel=0.02)
+    assert sampled[layout.index(4)].item() == pytest.approx(0.25, abs=0.01)

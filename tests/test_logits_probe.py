@@ -179,3 +179,22 @@ def test_hugging_face_model_output() -> None:
     out = model(ids, labels=ids)
     values = probe.collect()
     assert values.tolist() == pytest.approx(_expected(out.logits.detach()), rel=1e-5)
+
+
+def test_large_logits_are_measured_on_every_kth_token() -> None:
+    """Above MEASURED_VALUES values only every k-th token is read (at least MIN_TOKENS):
+    the mean log-sum-exp is estimated closely, and a token-wide drift shows in the maxima."""
+    from gradwatch._measure.logits import MEASURED_VALUES, MIN_TOKENS, logit_sums
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 512, 1000, generator=generator)
+    total, lse_max, abs_max, tokens = logit_sums(logits)
+    assert MIN_TOKENS <= tokens <= MEASURED_VALUES // 1000 < 16 * 512
+    full = torch.logsumexp(logits, dim=-1)
+    assert (total / tokens).item() == pytest.approx(full.mean().item(), rel=1e-3)
+    assert lse_max.item() <= full.max().item() and abs_max.item() <= logits.abs().max().item()
+    drifted = logits + 30.0
+    _, drifted_max, drifted_abs, _ = logit_sums(drifted)
+    assert drifted_max.item() > lse_max.item() + 29 and drifted_abs.item() > 30
+    few = torch.randn(2, 10, 1000, generator=generator)
+    assert logit_sums(few)[3] == 20  # small logits: every token

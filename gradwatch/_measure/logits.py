@@ -15,7 +15,11 @@ The logits are the model's output: a tensor, the ``.logits`` of a Hugging Face
 dimension (the classes) has at least 2 entries. Everything is computed in float32 on the
 logits' device, in slices of at most :data:`CHUNK_ELEMENTS` values so that a
 (batch, tokens, vocabulary) tensor in bf16 never gets a full float32 copy, and nothing is
-read back to the host. Several forwards in one step (gradient accumulation) give the mean
+read back to the host. Above :data:`MEASURED_VALUES` values, every k-th token is
+measured (at least :data:`MIN_TOKENS` tokens): the mean is estimated without bias, and
+logits that drift upward drift for every token, so the maxima over thousands of tokens
+see it as well as the maxima over all (a (32, 2048, 50257) output is 3.3e9 values, which
+would cost a sampled step more than the model's own output layer). Several forwards in one step (gradient accumulation) give the mean
 over all their tokens and the maxima over all of them.
 
 Only training forwards count (gradients enabled, root module in training mode) unless
@@ -38,6 +42,10 @@ from gradwatch._measure.model import unwrap_model
 LOGIT_STATS: tuple[str, ...] = ("lse_mean", "lse_max", "abs_max")
 #: Largest slice of the logits converted to float32 at once (64 MiB).
 CHUNK_ELEMENTS = 2**24
+#: Logits with more values than this are measured on every k-th token (1 MiB in float32)...
+MEASURED_VALUES = 2**18
+#: ...but on at least this many tokens (a vocabulary of 50k: 64 tokens, 13 MiB).
+MIN_TOKENS = 64
 
 
 def find_logits(output: Any) -> Tensor | None:
@@ -59,12 +67,16 @@ def find_logits(output: Any) -> Tensor | None:
 
 
 def logit_sums(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Sum and max over tokens of logsumexp, the max |logit|, and the token count.
+    """Sum and max over tokens of logsumexp, the max |logit|, and the token count
+    (of the tokens measured: every k-th above :data:`MEASURED_VALUES` values).
 
     The three tensors are float32 scalars on the logits' device; the count is a shape.
     """
     classes = logits.shape[-1]
     flat = logits.detach().reshape(-1, classes)
+    keep = max(MIN_TOKENS, MEASURED_VALUES // classes)
+    if flat.shape[0] > keep:
+        flat = flat[:: -(-flat.shape[0] // keep)]  # every k-th token, at most `keep`
     rows = max(1, CHUNK_ELEMENTS // classes)
     total = flat.new_zeros((), dtype=torch.float32)
     lse_max = flat.new_full((), float("-inf"), dtype=torch.float32)
