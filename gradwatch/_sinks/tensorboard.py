@@ -429,7 +429,7 @@ class TensorBoardSink:
             return
         if not index.num_layers:
             return
-        from gradwatch._sinks.flowplot import flow_from_history, flow_heatmap_rgb
+        from gradwatch._sinks.flowplot import flow_from_history, flow_picture_rgb
         from gradwatch._sinks.png import encode_png
 
         records = list(self._history)
@@ -437,7 +437,7 @@ class TensorBoardSink:
         self._last_image_step = step
         try:
             data = flow_from_history(records, index.tags)
-            image, _ = flow_heatmap_rgb(data)
+            image = flow_picture_rgb(data, title=f"gradient flow at step {step}")
             png = encode_png(image)
         except Exception:
             logger.warning(
