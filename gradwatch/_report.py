@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from gradwatch._alerts import SEVERITY_RANK, Alert
 from gradwatch._diagnosis.record import Diagnosis
+from gradwatch._fixes.record import FixTrial
 from gradwatch._format import fmt, json_number
 from gradwatch._names import display_name, quoted_name
+from gradwatch._notebook import html_page, markdown
 
 
 def _fmt(value: float) -> str:
@@ -78,6 +81,13 @@ class Report:
         stopped: why training stopped early, or None.
         diagnoses: the root causes of the problems, most likely first (README,
             "Diagnoses"); empty on a healthy run.
+        fix_trials: with ``try_fixes=True`` on an unhealthy run, each fix gradwatch
+            could apply itself, re-run from the starting weights, best first.
+        tried_fixes: ``try_fixes=True`` was asked (then an empty ``fix_trials`` on an
+            unhealthy run means no fix applies to its causes).
+        gradient_history: ``(step, per-layer gradient norms in layers' order)`` of each
+            step the watcher's history still held: the notebook display's flow picture.
+            Not part of :meth:`to_dict`.
     """
 
     ok: bool
@@ -89,6 +99,11 @@ class Report:
     baseline_losses: tuple[float, ...] | None = None
     stopped: str | None = None
     diagnoses: tuple[Diagnosis, ...] = ()
+    fix_trials: tuple[FixTrial, ...] = ()
+    tried_fixes: bool = False
+    gradient_history: tuple[tuple[int, tuple[float, ...]], ...] = dataclasses.field(
+        default=(), repr=False
+    )
 
     @property
     def problems(self) -> tuple[Alert, ...]:
@@ -102,27 +117,58 @@ class Report:
             out[alert.severity] += 1
         return out
 
-    def summary(self) -> str:
-        """Human text: the verdict, the alerts with what to try, the per-layer table."""
+    def headline(self) -> str:
+        """The verdict in one line, with what was counted."""
         counts = self.counts()
         verdict = "HEALTHY" if self.ok else "UNHEALTHY"
-        lines = [
+        return (
             f"gradwatch check: {verdict} after {self.steps} step(s) "
-            f"({counts['error']} error(s), {counts['warning']} warning(s), "
+            f"(alerts: {counts['error']} error(s), {counts['warning']} warning(s), "
             f"{counts['info']} info)"
+        )
+
+    def numbers_line(self) -> str:
+        """The gradients in numbers, one line: the range of the layers' gradient norms at
+        the last step (and where), the largest seen."""
+        finals = [
+            (layer.final_grad_norm, layer.name)
+            for layer in self.layers
+            if math.isfinite(layer.final_grad_norm)
         ]
+        if not finals:
+            return "Gradient norms: none measured."
+        low, high = min(finals), max(finals)
+        text = (
+            f"Gradient norms at the last step: {_fmt(low[0])} ({_layer_label(low[1], {})}) "
+            f".. {_fmt(high[0])} ({_layer_label(high[1], {})}) over {len(self.layers)} layer(s)"
+        )
+        peaks = [layer.max_grad_norm for layer in self.layers if math.isfinite(layer.max_grad_norm)]
+        if peaks:
+            text += f"; largest seen {_fmt(max(peaks))}"
+        return text + "."
+
+    def summary(self, width: int | None = None) -> str:
+        """Human text: the verdict; the causes, what to change and their evidence; the fix
+        trials; the loss; the alerts with what to try; the per-layer table. ``width``
+        wraps long lines (continuations indented under their line)."""
+        lines = [self.headline()]
         if self.stopped:
             lines.append(f"Stopped early: {self.stopped}")
+        if not self.problems:
+            lines.append(self.numbers_line())
         lines.extend(self._diagnosis_lines())
+        lines.extend(self._fix_lines())
         lines.append(self._loss_line())
         if self.alerts:
             lines.append("")
             lines.append("Alerts (the evidence):" if self.diagnoses else "Alerts:")
             ordered = sorted(self.alerts, key=lambda a: (-SEVERITY_RANK[a.severity], a.step))
+            types = {layer.name: layer.type for layer in self.layers}
             for alert in ordered:
+                where = alert.where if alert.layer is None else _layer_label(alert.layer, types)
                 lines.append(
                     f"  [{alert.severity}] {alert.kind} at step {alert.step} in "
-                    f"{alert.where}: {alert.message}"
+                    f"{where}: {alert.message}"
                 )
                 if alert.remedy:
                     lines.append(f"      Try: {alert.remedy}")
@@ -130,7 +176,46 @@ class Report:
             lines.append("No alerts.")
         lines.append("")
         lines.extend(self._layer_table())
+        if width is not None:
+            lines = [wrapped for line in lines for wrapped in wrap(line, width)]
         return "\n".join(lines)
+
+    def _fix_lines(self) -> list[str]:
+        """The fix trials, best first, after the causes."""
+        if not self.tried_fixes or self.ok:
+            return []
+        if not self.fix_trials:
+            return [
+                "Fixes tried: none; no fix gradwatch can apply itself (learning rate, "
+                "warmup, clipping, initialisation) addresses these causes.",
+                "",
+            ]
+        working = [t for t in self.fix_trials if t.ok]
+        head = (
+            f"Fixes tried from the same starting weights ({len(self.fix_trials)}): "
+            f"{len(working)} made the run healthy"
+            + (f", best: {working[0].fix}." if working else ".")
+        )
+        lines = [head]
+        for rank, trial in enumerate(self.fix_trials, 1):
+            verdict = (
+                "HEALTHY"
+                if trial.ok
+                else (
+                    f"error: {trial.error}"
+                    if trial.error
+                    else f"{len(trial.problems)} problem(s) left"
+                    + (
+                        f" ({', '.join(d.cause for d in trial.diagnoses)})"
+                        if trial.diagnoses
+                        else ""
+                    )
+                )
+            )
+            lines.append(f"  {rank}. {trial.fix}: {verdict}; final loss {trial.comparison()}")
+            lines.append(f"     {trial.description} [for {', '.join(trial.causes)}]")
+        lines.append("")
+        return lines
 
     def _diagnosis_lines(self) -> list[str]:
         """The causes first: for each, the cause in one line, what to change, the evidence."""
@@ -215,6 +300,9 @@ class Report:
             "stopped": self.stopped,
             "counts": self.counts(),
             "diagnoses": [diagnosis.to_dict() for diagnosis in self.diagnoses],
+            "fix_trials": (
+                [trial.to_dict() for trial in self.fix_trials] if self.tried_fixes else None
+            ),
             "alerts": [alert.to_dict() for alert in self.alerts],
             "losses": [json_number(v) for v in self.losses],
             "baseline_losses": (
@@ -227,3 +315,27 @@ class Report:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def _repr_html_(self) -> str:
+        """The notebook display (Jupyter): verdict, causes, fix trials, the per-layer table
+        with vanishing/exploding layers marked, the flow picture where matplotlib is
+        installed."""
+        return html_page(self)
+
+    def _repr_markdown_(self) -> str:
+        """The same as Markdown (for front ends that render Markdown, not HTML)."""
+        return markdown(self)
+
+
+def wrap(line: str, width: int) -> list[str]:
+    """``line`` wrapped at ``width``, continuations indented 4 more than its own indent."""
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip(" ")))
+    return textwrap.wrap(
+        line,
+        width=width,
+        subsequent_indent=indent + "    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [line]
