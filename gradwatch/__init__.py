@@ -20,6 +20,7 @@ from gradwatch._clip import AGC, AutoClip, ClipNorm, Clipper, ClipValue, ZClip
 from gradwatch._config import WatchConfig
 from gradwatch._diagnosis import Diagnosis
 from gradwatch._errors import NonFiniteError
+from gradwatch._fixes import FixTrial
 from gradwatch._report import LayerSummary, Report
 from gradwatch._sinks import SinkFailureWarning
 from gradwatch._sinks.public import Sink
@@ -34,6 +35,7 @@ __all__ = [
     "ClipValue",
     "Clipper",
     "Diagnosis",
+    "FixTrial",
     "LayerSummary",
     "NonFiniteError",
     "Report",
