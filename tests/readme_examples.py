@@ -2,7 +2,8 @@
 
 :func:`readme_example` returns the first ``python`` code block under a README heading;
 :func:`run_example` executes it with the names the README's examples take as given
-(``model``, ``optimizer``, ``batches``, ``loss_fn``: a small real MLP and its data), so a
+(``gradwatch``, imported at the README's top; ``model``, ``optimizer``, ``batches``,
+``loss_fn``: a small real MLP and its data), so a
 README example that stops working fails a test.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+import gradwatch
 
 from .helpers import make_mlp, regression_batches
 
@@ -33,6 +36,7 @@ def run_example(heading: str, *, steps: int = 12, **names: Any) -> dict[str, Any
     """Execute the example under ``heading``; returns its namespace afterwards."""
     model = make_mlp(seed=3)
     namespace: dict[str, Any] = {
+        "gradwatch": gradwatch,
         "model": model,
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.05),
         "batches": regression_batches(steps),
