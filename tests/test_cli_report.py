@@ -107,7 +107,6 @@ BAD_DIRS = [
     ("empty", ["no TensorBoard event files"]),
     ("file", ["is a file"]),
     ("not_gradwatch", ["none written by gradwatch", "accuracy"]),
-    ("parent", ["run(s) in subdirectories", "healthy", "pass one of them"]),
 ]
 
 
@@ -168,3 +167,130 @@ def test_no_color_and_pipes_get_plain_text() -> None:
     assert not wants_color(Terminal(), {"TERM": "xterm", "NO_COLOR": "1"})
     assert not wants_color(Terminal(), {"TERM": "dumb"})
     assert not wants_color(io.StringIO(), {"TERM": "xterm"})
+
+
+# ---------------------------------------------------------------- issue 19: CLI fixes
+
+
+def test_a_directory_of_runs_gets_one_summary_per_run(
+    logs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TensorBoard's layout (runs/exp1, runs/exp2): each run summarised, none merged."""
+    status, out, err = run_main(["report", str(logs["parent"])], capsys)
+    assert status == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "steps 0-5 (6 logged)" in lines["healthy"] and "0/0/0" in lines["healthy"]
+    assert "1/0/0" in lines["unstable"] and "non-finite" in lines["unstable"]
+    assert "not a gradwatch run" in lines["not_gradwatch"]
+    assert "unstable: alerts (1)" in out and "[error] nonfinite at step 2" in out
+    assert "--run NAME" in out
+
+
+def test_run_name_picks_one_run_of_a_directory_of_runs(
+    logs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_main(["report", str(logs["parent"]), "--run", "unstable"], capsys)
+    assert status == 0
+    assert "Layers (input side first" in out and "[error] nonfinite at step 2 in 0" in out
+    status, _, err = run_main(["report", str(logs["parent"]), "--run", "exp9"], capsys)
+    assert status == 2 and "no run named 'exp9'" in err and "healthy" in err
+    status, out, _ = run_main(["report", str(logs["parent"]), "--json"], capsys)
+    entries = {entry["name"]: entry for entry in json.loads(out)["directories"]}
+    assert entries["healthy"]["summary"]["steps"]["count"] == 6
+    assert "none written by gradwatch" in entries["not_gradwatch"]["error"]
+    # A directory holding its runs itself still takes a number, and says so for a name.
+    status, _, err = run_main(["report", str(logs["healthy"]), "--run", "exp1"], capsys)
+    assert status == 2 and "takes their number" in err
+
+
+def test_ignore_does_not_swallow_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gradwatch check --ignore not_learning models.py:healthy` checks models.py:healthy."""
+    (tmp_path / "models.py").write_text(HEALTHY_TARGET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    argv = ["check", "--ignore", "not_learning", "models.py:healthy", "--steps", "3"]
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, (out, err)
+    assert "gradwatch check models.py:healthy: HEALTHY" in out and "ignoring not_learning" in out
+    from gradwatch._cli import build_parser
+
+    args = build_parser().parse_args(
+        ["check", "--ignore", "vanishing,exploding", "--ignore", "not_learning", "m.py:f"]
+    )
+    assert args.target == "m.py:f" and args.ignore == ["vanishing,exploding", "not_learning"]
+
+
+HEALTHY_TARGET = """
+import torch
+from torch import nn
+
+
+def healthy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x = torch.randn(16, 4)
+    return model, [(x, x[:, :1])], nn.functional.mse_loss
+"""
+
+
+def test_plot_without_matplotlib_still_prints_the_report(
+    logs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # not installed
+    picture = tmp_path / "flow.png"
+    status, out, err = run_main(["report", str(logs["unstable"]), "--plot", str(picture)], capsys)
+    assert status == 0  # the report's own status: the picture is an extra
+    assert "Layers (input side first" in out and "[error] nonfinite" in out
+    assert "--plot skipped" in err and "pip install" in err and "matplotlib" in err
+    assert not picture.exists()
+
+
+def test_layer_table_marks_vanishing_and_non_finite_layers(tmp_path: Path) -> None:
+    from .unstable_models import mse, regression, sigmoid_normal_mlp
+
+    gradwatch.check(sigmoid_normal_mlp(), regression(4), mse, steps=12, logdir=tmp_path / "v")
+    summary = summarize(read_run(tmp_path / "v"))
+    assert any(alert["kind"] == "vanishing" for alert in summary["alerts"])
+    flags = {layer["name"]: layer["flag"] for layer in summary["layers"]}
+    assert flags["0"] == "vanishing"  # the input side
+    assert flags["40"] is None  # the output layer is the reference, never below itself
+    text = io.StringIO()
+    _report.render(summary, Output(text, color=False))
+    row = next(line for line in text.getvalue().splitlines() if line.startswith("0 "))
+    assert row.endswith("<< vanishing")
+
+    write_run(tmp_path / "nan", nan_at=2)
+    nan_flags = {
+        layer["name"]: layer["flag"] for layer in summarize(read_run(tmp_path / "nan"))["layers"]
+    }
+    assert set(nan_flags.values()) == {"non-finite"}  # SGD spreads the NaN to every layer
+
+
+def test_healthy_runs_get_no_marks(logs: dict[str, Path]) -> None:
+    summary = summarize(read_run(logs["healthy"]))
+    assert [layer["flag"] for layer in summary["layers"]] == [None] * 4
+
+
+def test_alerts_are_short_with_the_remedy_once_on_its_own_line() -> None:
+    remedy = "lower the learning rate."
+    alert = {"kind": "exploding", "severity": "warning", "layer": "fc1", "remedy": remedy}
+    long_message = "The gradient grew 1000x in 10 steps. " + "Evidence follows here. " * 20
+    alerts = [
+        {**alert, "step": 3, "message": long_message},
+        {**alert, "step": 4, "message": "Short."},
+    ]
+    text = io.StringIO()
+    _report.render_alerts(alerts, Output(text, color=False))
+    lines = text.getvalue().splitlines()
+    first = next(line for line in lines if "at step 3" in line)
+    assert "The gradient grew 1000x in 10 steps." in first and len(first) < 240
+    assert first.count("Evidence follows here.") < 20  # cut: --json has it whole
+    assert lines[lines.index(first) + 1] == f"    Try: {remedy}"
+    assert [line.strip() for line in lines].count(f"Try: {remedy}") == 1
+    assert _report.short_message(long_message).startswith("The gradient grew 1000x in 10 steps.")
+    assert len(_report.short_message("x" * 400)) == _report.ALERT_CHARS
