@@ -19,7 +19,8 @@ from typing import Any
 from gradwatch._cli._errors import UsageError
 from gradwatch._cli._output import Output
 from gradwatch._format import fmt
-from gradwatch._names import display_name
+from gradwatch._names import display_name, quoted_name
+from gradwatch._notebook import marked_layers
 
 
 def _positive_int(text: str) -> int:
@@ -75,6 +76,14 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="first measure the learning-rate-zero loss baseline (check(baseline=True))",
     )
+    parser.add_argument(
+        "--try-fixes",
+        action="store_true",
+        help=(
+            "when unhealthy, re-run the check from the same starting weights with each fix "
+            "gradwatch can apply itself (check(try_fixes=True)); needs --steps >= 10"
+        ),
+    )
     parser.set_defaults(run=run)
 
 
@@ -90,13 +99,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ignore: {error}") from None
 
     import gradwatch
+    from gradwatch._check import reporting_trials
     from gradwatch._cli._stdout import report_only_stdout
+    from gradwatch._fixes import MIN_STEPS
 
+    if args.try_fixes and args.steps < MIN_STEPS:
+        raise UsageError(
+            f"--try-fixes needs --steps {MIN_STEPS} or more to judge whether a fix works, "
+            f"got --steps {args.steps}. Pass e.g. --steps 20 (the default)."
+        )
     # Whatever the user's code writes to stdout (print, sys.__stdout__, os.write(1, ...),
     # a thread that outlives the check) goes to stderr; the report alone goes to stdout.
     with report_only_stdout() as stdout:
         inputs = load_target(args.target)
-        with step_progress(args.steps) as taken:
+        with step_progress(args.steps) as taken, reporting_trials(_trial_progress):
             try:
                 report = gradwatch.check(
                     inputs.model,
@@ -105,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     optimizer=inputs.optimizer,
                     steps=args.steps,
                     baseline=args.baseline,
+                    try_fixes=args.try_fixes,
                     logdir=args.logdir,
                 )
             except KeyboardInterrupt:
@@ -134,6 +151,15 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+def _trial_progress(number: int, total: int, fix: str) -> None:
+    """One line on stderr before each fix trial: the trials take up to ``total`` times the
+    check's own time, so the user sees where it is (also in a CI log)."""
+    import sys
+
+    sys.stderr.write(f"gradwatch check: trying fix {number + 1}/{total}: {fix}\n")
+    sys.stderr.flush()
+
+
 def _training_failed(error: BaseException, args: argparse.Namespace, done: int) -> str:
     """Why the check has no verdict. ``sys.exit()`` in the user's code is named as such:
     whatever its code, a check that did not finish fails (exit status 2), so a CI gate
@@ -149,14 +175,16 @@ def _training_failed(error: BaseException, args: argparse.Namespace, done: int) 
 
 
 def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) -> None:
-    """The human form of a check: verdict, loss, alerts with remedies, per-layer table."""
+    """The human form of a check: the verdict; the causes first (each in one line, what to
+    change, the evidence); the fix trials; the loss; the alerts; the per-layer table."""
     counts = report.counts()
     healthy = failing == 0
     verdict = "HEALTHY" if healthy else "UNHEALTHY"
     out.verdict(
         healthy,
         f"gradwatch check {args.target}: {verdict} after {report.steps} step(s) "
-        f"({counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info)",
+        f"(alerts: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['info']} info)",
     )
     rules = f"fails on: {args.fail_on} or worse"
     if args.ignore:
@@ -164,24 +192,32 @@ def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) 
     out.line(rules, style="dim")
     if report.stopped:
         out.line(f"Stopped early: {report.stopped}", style="yellow")
-    losses = [v for v in report.losses]
+    if not report.problems:
+        out.line(report.numbers_line())
+    types = {layer.name: layer.type for layer in report.layers}
+    _render_causes(report, out, types)
+    _render_fix_trials(report, out)
+    losses = list(report.losses)
     if losses:
         finite = [v for v in losses if math.isfinite(v)]
         text = f"loss: first {fmt(losses[0])}, last {fmt(losses[-1])}"
         if finite:
             text += f", min {fmt(min(finite))}"
         out.line(text)
-    out.heading(f"Alerts ({len(report.alerts)})")
+    title = "Alerts (the evidence" if report.diagnoses else "Alerts ("
+    out.heading(f"{title}{', ' if report.diagnoses else ''}{len(report.alerts)})")
     if not report.alerts:
         out.line("none", style="green")
     rank = {"error": 0, "warning": 1, "info": 2}
     for alert in sorted(report.alerts, key=lambda a: (rank[a.severity], a.step)):
+        where = alert.where if alert.layer is None else layer_label(alert.layer, types)
         out.alert(
             alert.severity,
-            f"{alert.kind} at step {alert.step} in {alert.where}: {alert.message}",
+            f"{alert.kind} at step {alert.step} in {where}: {alert.message}",
             alert.remedy,
         )
     out.heading("Layers (input side first; norms at the last step)")
+    marks = marked_layers(report)
     rows = [
         [
             display_name(layer.name),
@@ -191,13 +227,85 @@ def render(report: Any, out: Output, *, failing: int, args: argparse.Namespace) 
             fmt(layer.final_ratio),
             fmt(layer.max_grad_norm),
             fmt(layer.max_weight_norm),
+            marks.get(layer.name, ""),
         ]
         for layer in report.layers
     ]
+    columns = ["layer", "type", "grad norm", "weight norm", "grad/weight", "max grad"]
+    columns += ["max weight", "alert"]
+    if not marks:  # no column that is always empty
+        columns.pop()
+        rows = [row[:-1] for row in rows]
     out.table(
-        ["layer", "type", "grad norm", "weight norm", "grad/weight", "max grad", "max weight"],
+        columns,
         rows,
-        right=[False, False, True, True, True, True, True],
+        right=[False, False, True, True, True, True, True, False][: len(columns)],
+        styles=[_MARK_STYLE.get(marks.get(layer.name, "")) for layer in report.layers],
     )
     if args.logdir:
         out.line(f"\nTensorBoard logs: {args.logdir}  (gradwatch report {args.logdir})")
+
+
+#: Colours of the layers a vanishing or exploding alert named (on a terminal).
+_MARK_STYLE = {"vanishing": "cyan", "exploding": "red"}
+
+
+def layer_label(name: str, types: dict[str, str]) -> str:
+    """``layer '0' (Linear)``."""
+    kind = types.get(name)
+    return f"layer {quoted_name(name)}" + (f" ({kind})" if kind else "")
+
+
+def _render_causes(report: Any, out: Output, types: dict[str, str]) -> None:
+    if not report.diagnoses:
+        return
+    problems = len(report.problems)
+    out.heading(f"Causes ({problems} problem(s): {len(report.diagnoses)} cause(s))")
+    for rank, diagnosis in enumerate(report.diagnoses, 1):
+        where = "" if diagnosis.layer is None else f", {layer_label(diagnosis.layer, types)}"
+        out.line(
+            f"{rank}. {diagnosis.cause} (from step {diagnosis.step}{where}): {diagnosis.summary}",
+            style="bold",
+        )
+        if diagnosis.remedies:
+            out.line("   Change:")
+            for number, remedy in enumerate(diagnosis.remedies, 1):
+                out.line(f"     {number}. {remedy}")
+        evidence = "; ".join(
+            f"{a.kind} ({a.severity}) at step {a.step}"
+            + ("" if a.layer is None else f" in {layer_label(a.layer, types)}")
+            for a in diagnosis.evidence
+        )
+        out.line(f"   Evidence: {evidence}.", style="dim")
+
+
+def _render_fix_trials(report: Any, out: Output) -> None:
+    if not report.tried_fixes or report.ok:
+        return
+    out.heading(f"Fixes tried from the same starting weights ({len(report.fix_trials)})")
+    if not report.fix_trials:
+        out.line(
+            "none: no fix gradwatch can apply itself (learning rate, warmup, clipping, "
+            "initialisation) addresses these causes."
+        )
+        return
+    rows = []
+    for rank, trial in enumerate(report.fix_trials, 1):
+        if trial.ok:
+            result = "healthy"
+        elif trial.error:
+            result = "failed"
+        else:
+            result = f"{len(trial.problems)} problem(s)"
+        rows.append([str(rank), trial.fix, result, trial.comparison(), trial.description])
+    out.table(
+        ["#", "fix", "result", "final loss", "what changed"],
+        rows,
+        right=[True, False, False, False, False],
+        styles=["green" if t.ok else None for t in report.fix_trials],
+    )
+    best = report.fix_trials[0]
+    if best.ok:
+        out.line(f"Best: {best.fix} ({best.description}).", style="bold green")
+    else:
+        out.line("No fix made the run healthy; see the causes' remedies above.", style="yellow")

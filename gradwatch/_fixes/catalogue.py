@@ -27,6 +27,8 @@ MIN_STEPS = 10
 #: The learning rate ``lr_raise`` sets: the usual default of adaptive optimizers (Adam
 #: family) and of the others (SGD).
 USUAL_LR = {True: 1e-3, False: 1e-2}
+#: The clipping norm when no step before the failure shows a healthy one.
+DEFAULT_CLIP = 1.0
 #: A learning rate below this is "too low to learn" (the diagnosis's own threshold).
 TINY_LR = 1e-5
 
@@ -37,8 +39,10 @@ FIXES_FOR: dict[str, tuple[str, ...]] = {
     "missing_warmup": ("linear_warmup", "lr_div_10"),
     "attention_logit_growth": ("lr_div_10", "linear_warmup", "lr_div_100"),
     "output_logit_divergence": ("lr_div_10", "linear_warmup", "lr_div_100"),
-    "recurrent_instability": ("clip_grad_norm", "reinit", "lr_div_10"),
-    "poor_initialisation": ("reinit", "lr_div_10"),
+    # Orthogonal recurrent weights (gain 1 through time) first: clipping bounds the
+    # update, not a state that grows or shrinks geometrically over the sequence.
+    "recurrent_instability": ("reinit", "clip_grad_norm", "lr_div_10"),
+    "poor_initialisation": ("reinit",),
     "saturating_activations": ("reinit",),
     "depth_without_skip_or_norm": ("reinit",),
     "dead_relus": ("reinit",),
@@ -92,13 +96,13 @@ class Context:
     norm_steps: Sequence[int] = ()
 
     def median_norm_before(self, step: int) -> float | None:
-        """The median finite, positive total gradient norm before ``step`` (the first
-        step's when the failure is there from the start); None when there is none."""
+        """The median finite, positive total gradient norm of the steps before ``step``;
+        None when there is none (the failure was there from the first step)."""
         norms = np.asarray(self.grad_norms, dtype=np.float64)
         at = np.asarray(self.norm_steps, dtype=np.int64)
-        if not norms.size:
+        if not norms.size or at.size != norms.size:
             return None
-        chosen = norms[at < max(step, 1)] if at.size == norms.size else norms[:1]
+        chosen = norms[at < step]
         chosen = chosen[np.isfinite(chosen) & (chosen > 0)]
         return float(np.median(chosen)) if chosen.size else None
 
@@ -139,13 +143,14 @@ def _make(fix_id: str, causes: tuple[str, ...], context: Context, first_step: in
         )
     if fix_id == "clip_grad_norm":
         norm = context.median_norm_before(first_step)
-        if norm is None:
-            return None
+        if norm is None:  # broken from the first step: no healthy norm to keep
+            norm, why = DEFAULT_CLIP, "the usual max_norm; the run failed from its first step"
+        else:
+            why = f"the median before step {first_step}, where the trouble began"
         return Fix(
             fix_id,
             causes,
-            f"clip the total gradient norm to {fmt(norm)} (the median before step "
-            f"{first_step}) before every step",
+            f"clip the total gradient norm to {fmt(norm)} ({why}) before every step",
             clip_norm=norm,
         )
     if fix_id == "reinit":
@@ -165,8 +170,6 @@ def _wanted(diagnosis: Diagnosis, fix_id: str, adaptive: bool) -> bool:
         if not kinds & set(_LARGE_GRADIENT):
             return False
         return not adaptive or diagnosis.cause == "recurrent_instability"
-    if fix_id == "reinit" and diagnosis.cause == "recurrent_instability":
-        return "vanishing" in kinds  # orthogonal recurrent weights: gain 1 through time
     return True
 
 

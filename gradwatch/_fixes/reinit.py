@@ -49,7 +49,8 @@ def _transposed(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def reinitialise(model: nn.Module, facts: ModelFacts, model_map: ModelMap) -> str:
-    """Re-initialise ``model`` in place (see the module docstring); return what was done."""
+    """Re-initialise ``model`` in place (see the module docstring); return what was done
+    ("" when no layer is of a kind this knows how to initialise)."""
     modules = dict(model.named_modules())
     if facts.norms and (facts.attention or facts.embedding):
         chosen = []
@@ -105,7 +106,7 @@ def reinitialise(model: nn.Module, facts: ModelFacts, model_map: ModelMap) -> st
                 recurrent.append(info.name)
     if recurrent:
         parts.append(f"orthogonal recurrent weights for {names(sorted(set(recurrent)))}")
-    return "; ".join(parts) + ", zero biases" if parts else "nothing to re-initialise"
+    return "; ".join(parts) + ", zero biases" if parts else ""
 
 
 def _zero_block_outputs(model: nn.Module, model_map: ModelMap) -> list[str]:

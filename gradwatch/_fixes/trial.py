@@ -53,14 +53,20 @@ def _nothing() -> None:
     return None
 
 
-def run_trial(fix: Fix, snapshot: Snapshot, runner: Runner, original_final_loss: float) -> FixTrial:
-    """Apply ``fix`` to a fresh copy and run the check on it."""
+def run_trial(
+    fix: Fix, snapshot: Snapshot, runner: Runner, original_final_loss: float
+) -> FixTrial | None:
+    """Apply ``fix`` to a fresh copy and run the check on it; None when the fix turns out
+    not to apply to this model (a re-initialisation with no layer it knows)."""
     model, optimizer = snapshot.build(lr_factor=fix.lr_factor, lr_value=fix.lr_value)
     description = fix.description
     if fix.reinit:
         model_map = ModelMap.of(model)
         facts = ModelFacts.of(model_map, OptimizerFacts.of(optimizer))
-        description = "re-initialise: " + reinitialise(model, facts, model_map)
+        done = reinitialise(model, facts, model_map)
+        if not done:
+            return None  # no layer gradwatch knows how to initialise: the fix does not apply
+        description = "re-initialise: " + done
     before: Callable[[], None] = _nothing
     after: Callable[[], None] = _nothing
     if fix.clip_norm is not None:
@@ -120,5 +126,7 @@ def run_trials(
         for number, fix in enumerate(fixes):
             if progress is not None:
                 progress(number, len(fixes), fix)
-            trials.append(run_trial(fix, snapshot, runner, original_final_loss))
+            trial = run_trial(fix, snapshot, runner, original_final_loss)
+            if trial is not None:
+                trials.append(trial)
     return rank(trials)
