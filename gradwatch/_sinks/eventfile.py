@@ -15,6 +15,13 @@ the same directory, writes the header again and every record since the last flus
 was confirmed on disk, and logs one warning. Records are kept for this only between two
 flushes, and a flush comes at least every :attr:`EventFileWriter.REWRITE_BYTES` (8 KiB),
 so the memory held stays a few KiB.
+
+The framed records wait in the writer's own buffer (an in-memory ``BytesIO``), and the
+file is opened unbuffered: a flush writes that buffer with plain ``write`` calls. So a
+process forked while a run was writing (``os.fork()``, a multiprocessing worker) holds
+no file-object buffer that its exit would flush into the parent's file a second time;
+in the child, every writer becomes inert (``os.register_at_fork``): it drops what it
+held and writes nothing, and the parent goes on writing its file alone.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,7 +86,7 @@ def unwritable_logdir(logdir: str, error: OSError) -> OSError:
     return OSError(error.errno, message)
 
 
-def _close_quietly(file: io.BufferedWriter) -> None:
+def _close_quietly(file: io.IOBase) -> None:
     try:
         file.close()
     except OSError:
@@ -125,6 +133,8 @@ class EventFileWriter:
         # Serialised records written since the last flush, and their size.
         self._unflushed: list[bytes] = []
         self._unflushed_bytes = 0
+        self._forked = False  # True in a process forked from the one that opened the file
+        self._told_forked = False
         try:
             self._open(_new_path(logdir))
         except OSError as error:  # at attach: say which directory, and what to do
@@ -133,22 +143,26 @@ class EventFileWriter:
             target=self._run, name="gradwatch-event-writer", daemon=True
         )
         self._thread.start()
+        _WRITERS.add(self)
 
     def _open(self, path: str) -> None:
         """Start a new event file: the version record and the header, flushed."""
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        # Unbuffered: records wait in self._buffer, which only the writer thread writes
+        # out (see the module's docstring: nothing for a forked child to flush).
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
         try:
-            self._records = RecordWriter(self._file)
+            self._buffer = io.BytesIO()
+            self._records = RecordWriter(self._buffer)
             now = time.time()
             version = self._event_cls(wall_time=now, file_version="brain.Event:2")
             self._records.write(version.SerializeToString())
             for summary in self._header:
                 event = self._event_cls(wall_time=now, step=0, summary=summary)
                 self._records.write(event.SerializeToString())
-            self._file.flush()
+            self._write_out()
         except OSError:
             _close_quietly(self._file)  # its buffer cannot reach the disk either
             with contextlib.suppress(OSError):
@@ -158,6 +172,9 @@ class EventFileWriter:
     # ------------------------------------------------------------ training thread
     def add_summary(self, summary: Any, step: int) -> None:
         """Queue a ``Summary`` for ``step``; raises a failure the writer thread met."""
+        if self._forked:
+            self._say_forked()
+            return
         self._raise_if_failed()
         self._pending.append(
             self._event_cls(wall_time=time.time(), step=int(step), summary=summary)
@@ -168,6 +185,8 @@ class EventFileWriter:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is written to the OS (survives a kill)."""
+        if self._forked:
+            return
         self._raise_if_failed()
         self._wait_for(self._push(_Flush()), timeout)
         self._raise_if_failed()
@@ -177,6 +196,8 @@ class EventFileWriter:
         if self._closed:
             return
         self._closed = True
+        if self._forked:
+            return  # the parent closes its file; the child's copy of the descriptor is gone
         self._push(_STOP)
         self._thread.join(timeout)
         if not self._thread.is_alive():
@@ -195,6 +216,35 @@ class EventFileWriter:
     def _raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
+
+    # ------------------------------------------------------------ a forked child
+    def _become_inert(self) -> None:
+        """In a forked child: drop what was queued or buffered, write nothing from now on.
+
+        Runs right after ``fork()`` in the child, where the writer thread does not exist
+        and the open descriptor shares its file offset with the parent's: anything the
+        child wrote would land in the parent's file (steps written twice, or torn
+        records). The queue's lock-free deque and buffer are replaced, not emptied, and
+        no lock is taken: the parent's writer thread may have held one at the fork.
+        """
+        self._forked = True
+        self._pending = collections.deque()
+        self._buffer = io.BytesIO()
+        self._unflushed = []
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()  # the child's copy of the descriptor; unbuffered: no write
+
+    def _say_forked(self) -> None:
+        if not self._told_forked:
+            self._told_forked = True  # once per writer
+            logger.warning(
+                "gradwatch: this process (pid %d) was forked from the one writing %s; its "
+                "steps are not written there (the parent keeps writing that file alone). "
+                "To log the child, close this watcher in it and start a new "
+                "gradwatch.watch() with a logdir of its own.",
+                os.getpid(),
+                self.path,
+            )
 
     # ------------------------------------------------------------ writer thread
     def _run(self) -> None:
@@ -234,9 +284,18 @@ class EventFileWriter:
         self._unflushed.append(record)
         self._unflushed_bytes += len(record)
 
+    def _write_out(self) -> None:
+        """Write the buffered records to the file (the OS), emptying the buffer."""
+        data = memoryview(self._buffer.getvalue())
+        while data:
+            written = self._file.write(data)
+            data = data[written or 0 :]
+        self._buffer.seek(0)
+        self._buffer.truncate()
+
     def _flush_file(self) -> None:
         """Flush, then make sure the flushed records are in the file the path names."""
-        self._file.flush()
+        self._write_out()
         if self._file_replaced():
             self._reopen()
         self._unflushed.clear()
@@ -265,7 +324,7 @@ class EventFileWriter:
         self._open(_new_path(self.logdir))
         for record in self._unflushed:
             self._records.write(record)
-        self._file.flush()
+        self._write_out()
         logger.warning(
             "gradwatch: the event file %s was deleted or replaced while this run was "
             "writing it; continuing in a new event file, %s (the %d record(s) written "
@@ -275,3 +334,16 @@ class EventFileWriter:
             os.path.basename(self.path),
             len(self._unflushed),
         )
+
+
+#: Every writer of this process still open (weakly held), made inert in a forked child.
+_WRITERS: weakref.WeakSet[EventFileWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._become_inert()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
