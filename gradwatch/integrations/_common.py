@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from gradwatch._check import _layer_summaries as layer_summaries
 from gradwatch._config import WatchConfig
@@ -39,10 +40,13 @@ def watcher_config(config: WatchConfig) -> WatchConfig:
     return dataclasses.replace(config, log_every=1)
 
 
-def tensorboard_sink(watcher: Watcher, logdir: str, steps: TrainerSteps) -> AtTrainerSteps:
+def tensorboard_sink(
+    watcher: Watcher, logdir: str, steps: TrainerSteps, keep: Callable[[int], bool] | None = None
+) -> AtTrainerSteps:
     """gradwatch's TensorBoard writer (scalars, chart layout, alerts, flow picture) into
-    ``logdir``, on the trainer's steps. Its own event file: TensorBoard reads every file
-    of a directory as one run, so a trainer's file beside it makes one run."""
+    ``logdir``, on the trainer's steps, scalars on the steps ``keep`` accepts (default:
+    the trainer's logging steps). Its own event file: TensorBoard reads every file of a
+    directory as one run, so a trainer's file beside it makes one run."""
     config = watcher.config
     validate_logdir(logdir)
     sink = TensorBoardSink(
@@ -51,7 +55,7 @@ def tensorboard_sink(watcher: Watcher, logdir: str, steps: TrainerSteps) -> AtTr
         history=watcher.history,
         flow_image_every=config.flow_image_every,
     )
-    return AtTrainerSteps(sink, steps)
+    return AtTrainerSteps(sink, steps, keep)
 
 
 def final_report(watcher: Watcher, steps: TrainerSteps) -> Report:

@@ -30,6 +30,11 @@ def every_step(step: int) -> bool:
     return True
 
 
+def every(n: int) -> Callable[[int], bool]:
+    """The cadence that keeps the scalars of every ``n``-th step (``log_every``)."""
+    return lambda step: step % n == 0
+
+
 @dataclasses.dataclass
 class TrainerSteps:
     """The trainer's step of each watcher step, and which steps' scalars to write.
@@ -94,15 +99,18 @@ class ScalarsTo:
 
 class AtTrainerSteps:
     """``sink`` seen through ``steps``: records and alerts at the trainer's step, a
-    record only on a step ``steps.keep`` accepts, every alert."""
+    record only on a step ``keep`` (by default ``steps.keep``) accepts, every alert."""
 
-    def __init__(self, sink: Sink, steps: TrainerSteps) -> None:
+    def __init__(
+        self, sink: Sink, steps: TrainerSteps, keep: Callable[[int], bool] | None = None
+    ) -> None:
         self.sink = sink
         self.steps = steps
+        self.keep = keep
 
     def write_step(self, record: StepRecord, index: LayerIndex) -> None:
         step = self.steps.of(record.step)
-        if not self.steps.keep(step):
+        if not (self.keep or self.steps.keep)(step):
             return
         if step != record.step:
             record = dataclasses.replace(record, step=step)

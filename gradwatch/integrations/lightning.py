@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -58,7 +58,13 @@ from gradwatch.integrations._common import (
     tensorboard_sink,
     watcher_config,
 )
-from gradwatch.integrations._route import AtTrainerSteps, ScalarsTo, TrainerSteps, attach
+from gradwatch.integrations._route import (
+    AtTrainerSteps,
+    ScalarsTo,
+    TrainerSteps,
+    attach,
+    every,
+)
 
 try:
     import lightning.pytorch as pl
@@ -123,7 +129,10 @@ class GradWatchCallback(pl.Callback):
         if watcher.is_writer:
             attach(watcher, AtTrainerSteps(ScalarsTo(_Loggers(trainer)), self._steps), "loggers")
             if self.logdir is not None:
-                attach(watcher, tensorboard_sink(watcher, self.logdir, self._steps), "TensorBoard")
+                # gradwatch's own run: every log_every steps, on Lightning's step axis.
+                own = every(self.config.log_every)
+                sink = tensorboard_sink(watcher, self.logdir, self._steps, own)
+                attach(watcher, sink, "TensorBoard")
         if self._restored is not None:  # the checkpoint was read before fitting started
             self._restore()
 
@@ -196,13 +205,14 @@ class GradWatchCallback(pl.Callback):
         if self.watcher is not None and state is not None:
             self.watcher.load_state_dict(state)
 
-    def _cadence(self, trainer: pl.Trainer) -> Any:
+    def _cadence(self, trainer: pl.Trainer) -> Callable[[int], bool]:
         """Which of Lightning's steps get scalars: ``log_every`` if given, else the
         steps Lightning logs its own metrics at (``log_every_n_steps``)."""
-        every = self._log_every
-        if every is not None:
-            return lambda step: step % every == 0
-        lightning_every = trainer.log_every_n_steps
+        if self._log_every is not None:
+            return every(self._log_every)
+        # Set by the Trainer's logger connector at construction (not declared on the
+        # class; 0 under barebones=True).
+        lightning_every: int = getattr(trainer, "log_every_n_steps", 0)
         # Lightning logs a step's metrics when (its index + 1) is a multiple.
         return lambda step: bool(lightning_every) and (step + 1) % lightning_every == 0
 

@@ -60,7 +60,7 @@ import datetime
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -77,7 +77,13 @@ from gradwatch.integrations._common import (
     tensorboard_sink,
     watcher_config,
 )
-from gradwatch.integrations._route import AtTrainerSteps, ScalarsTo, TrainerSteps, attach
+from gradwatch.integrations._route import (
+    AtTrainerSteps,
+    ScalarsTo,
+    TrainerSteps,
+    attach,
+    every,
+)
 
 try:
     from transformers import TrainerCallback
@@ -237,9 +243,12 @@ class GradWatchCallback(TrainerCallback):
         """gradwatch's TensorBoard file, the tracking runs of ``report_to``, the log
         history: each on the Trainer's steps."""
         steps = self._steps
-        logdir = self.resolve_logdir(args, state)
-        if logdir is not None:
-            attach(watcher, tensorboard_sink(watcher, logdir, steps), "TensorBoard")
+        if self.logdir is not None:  # gradwatch's own run: every log_every steps
+            own = tensorboard_sink(watcher, self.logdir, steps, every(self.config.log_every))
+            attach(watcher, own, "TensorBoard")
+        elif "tensorboard" in _reported_to(args):  # the Trainer's run: its logging steps
+            run_dir = tensorboard_run_dir(args, state)
+            attach(watcher, tensorboard_sink(watcher, run_dir, steps), "TensorBoard")
         reported = _reported_to(args)
         if "mlflow" in reported:
             from gradwatch.sinks import MLflowSink  # mlflow is imported only here
@@ -251,13 +260,12 @@ class GradWatchCallback(TrainerCallback):
             attach(watcher, AtTrainerSteps(ScalarsTo(WandbSink()), steps), "W&B")
         attach(watcher, AtTrainerSteps(ScalarsTo(_LogHistory(state)), steps), "log history")
 
-    def _cadence(self, args: Any, state: Any) -> Any:
+    def _cadence(self, args: Any, state: Any) -> Callable[[int], bool]:
         """Which of the Trainer's steps get scalars: ``log_every`` if given, else those
         the Trainer logs at (every ``logging_steps``, and step 1 with
         ``logging_first_step``); every step under another ``logging_strategy``."""
-        every = self._log_every
-        if every is not None:
-            return lambda step: step % every == 0
+        if self._log_every is not None:
+            return every(self._log_every)
         if args.logging_strategy != "steps":
             return lambda step: True
         first = bool(args.logging_first_step)
