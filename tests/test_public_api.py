@@ -15,6 +15,7 @@ def test_all_is_pinned() -> None:
             "AGC",
             "Alert",
             "Diagnosis",
+            "FixTrial",
             "AutoClip",
             "check",
             "ClipNorm",
