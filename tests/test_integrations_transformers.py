@@ -3,6 +3,7 @@ a config: no downloads), read back from disk."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,23 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
 import gradwatch  # noqa: E402
 from gradwatch._cli.logreader import read_run  # noqa: E402
+from gradwatch._names import canonical_tag  # noqa: E402
 from gradwatch.integrations.transformers import GradWatchCallback  # noqa: E402
 
 GRADWATCH_TAGS = ("grad_norm/", "weight_norm/", "update_ratio/", "act_", "total/")
 MAX_GRAD_NORM = 0.05  # small, so that the Trainer's clipping is active at every step
 
 
-def _model() -> Any:
+def _model(initializer_range: float = 0.02) -> Any:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
+        initializer_range=initializer_range,
         vocab_size=64,
         n_positions=16,
         n_embd=32,
@@ -43,22 +50,32 @@ def _data(samples: int) -> list[dict[str, torch.Tensor]]:
 
 
 def _train(
-    tmp_path: Path, callback: GradWatchCallback, steps: int, accumulate: int = 1
+    tmp_path: Path,
+    callback: GradWatchCallback,
+    steps: int,
+    accumulate: int = 1,
+    *,
+    model: Any = None,
+    **arguments: Any,
 ) -> tuple[Any, Any]:
-    model = _model()
+    model = model if model is not None else _model()
+    options: dict[str, Any] = {
+        "max_grad_norm": MAX_GRAD_NORM,
+        "logging_steps": 1,
+        "learning_rate": 1e-2,
+        "report_to": [],
+        **arguments,
+    }
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=steps,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=accumulate,
-        learning_rate=1e-2,
-        max_grad_norm=MAX_GRAD_NORM,
-        logging_steps=1,
         save_strategy="no",
-        report_to=[],
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **options,
     )
     trainer = transformers.Trainer(
         model=model,
@@ -72,6 +89,10 @@ def _train(
 
 def _logged(trainer: Any, key: str) -> list[float]:
     return [entry[key] for entry in trainer.state.log_history if key in entry and "step" in entry]
+
+
+def _values(series: list[tuple[int, float]]) -> list[float]:
+    return [value for _, value in series]
 
 
 def _series(scalars: dict[str, list[tuple[int, float]]], tag: str) -> list[float]:
@@ -135,7 +156,8 @@ def test_gradient_accumulation_is_one_step_per_optimizer_step(tmp_path: Path) ->
     _, trainer = _train(tmp_path, callback, steps, accumulate=accumulate)
     assert callback.watcher is not None and callback.watcher.step_count == steps
     run = read_run(tmp_path / "hf")
-    assert [step for step, _ in run.scalars["total/loss"]] == list(range(steps))
+    # On the Trainer's axis: its global_step once the update is done (1 for the first).
+    assert [step for step, _ in run.scalars["total/loss"]] == list(range(1, steps + 1))
     np.testing.assert_allclose(
         _series(run.scalars, "total/loss"), _logged(trainer, "loss"), atol=1e-4
     )
@@ -204,3 +226,105 @@ def test_a_failed_run_gives_the_clipping_back_at_the_next_train(tmp_path: Path) 
     assert callback.watcher is not None and callback.watcher.step_count == 3
     assert args.max_grad_norm == MAX_GRAD_NORM
     assert callback.watcher.config.clip is not None
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard run directory (all its event files, as TensorBoard
+    shows them), read by TensorBoard's own reader, under gradwatch's canonical names."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        canonical_tag(tag): [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+@pytest.mark.parametrize("from_env", [False, True], ids=["output_dir-runs", "env-var"])
+def test_one_tensorboard_run_with_the_trainers_scalars_on_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_env: bool
+) -> None:
+    """report_to=["tensorboard"], accumulation 2, logging_steps 5: the Trainer's and
+    gradwatch's scalars in one run directory, gradwatch's at the Trainer's logging steps,
+    and the Trainer's grad_norm at step 5 is gradwatch's total/grad_norm at step 5."""
+    if from_env:
+        monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    else:
+        monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    callback = GradWatchCallback()
+    _, trainer = _train(
+        tmp_path, callback, 20, accumulate=2, report_to=["tensorboard"], logging_steps=5
+    )
+    runs = [tmp_path / "tb"] if from_env else list((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].is_dir()  # one run: the Trainer's, holding both
+    files = [path.name for path in runs[0].iterdir()]
+    assert len(files) == 2 and sum(name.endswith(".gradwatch") for name in files) == 1, files
+
+    scalars = _tensorboard_scalars(runs[0])
+    hf_grad_norm = scalars["train/grad_norm"]
+    ours = scalars["total/grad_norm"]
+    assert [step for step, _ in hf_grad_norm] == [5, 10, 15, 20]
+    assert [step for step, _ in ours] == [5, 10, 15, 20]  # logging_steps, not every step
+    np.testing.assert_allclose(_values(ours), _values(hf_grad_norm), rtol=1e-5)
+    # The logged steps' per-layer norms and loss are there too, on the same steps.
+    assert [step for step, _ in scalars["grad_norm/transformer.wte"]] == [5, 10, 15, 20]
+    assert [step for step, _ in scalars["total/loss"]] == [5, 10, 15, 20]
+    # Every step was measured (the detectors saw them all); only the logging is sparse.
+    assert callback.watcher is not None and callback.watcher.step_count == 20
+    assert trainer.state.global_step == 20
+
+
+def test_logging_first_step_and_log_every(tmp_path: Path) -> None:
+    first = GradWatchCallback(logdir=tmp_path / "own", log_every=4)
+    _train(
+        tmp_path / "a", first, 8, report_to=["tensorboard"], logging_steps=3,
+        logging_first_step=True,
+    )  # fmt: skip
+    # With logdir= gradwatch writes its own run, not into the Trainer's ...
+    run_dir = next((tmp_path / "a" / "out" / "runs").iterdir())
+    assert not any(path.name.endswith(".gradwatch") for path in run_dir.iterdir())
+    # ... while logdir= is gradwatch's own run, every log_every of the Trainer's steps.
+    own = _tensorboard_scalars(tmp_path / "own")
+    assert [step for step, _ in own["total/grad_norm"]] == [4, 8]
+
+    # ... and without it, into the Trainer's run at its steps: 1 (logging_first_step), 3, 6.
+    second = GradWatchCallback()
+    _train(
+        tmp_path / "b", second, 8, report_to=["tensorboard"], logging_steps=3,
+        logging_first_step=True,
+    )  # fmt: skip
+    scalars = _tensorboard_scalars(next((tmp_path / "b" / "out" / "runs").iterdir()))
+    hf_steps = [step for step, _ in scalars["train/grad_norm"]]
+    assert hf_steps == [1, 3, 6]
+    assert [step for step, _ in scalars["total/grad_norm"]] == hf_steps
+
+
+def test_alerts_go_to_the_log_history_and_the_diagnosis_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """N(0, 1)-scale weights (initializer_range=1): attention logits far too large from
+    the first step; the alert is in the Trainer's log history at the Trainer's step, and
+    the end-of-training log names the cause before the evidence."""
+    callback = GradWatchCallback()
+    with caplog.at_level(logging.INFO, logger="transformers.gradwatch"):
+        _, trainer = _train(
+            tmp_path, callback, 6, model=_model(initializer_range=1.0), learning_rate=1e-3
+        )
+    alerts = callback.alerts
+    assert alerts and min(alert.step for alert in alerts) >= 1  # the Trainer's steps
+    assert callback.watcher is not None
+    assert [a.step + 1 for a in callback.watcher.alerts] == [a.step for a in alerts]
+    entries = [entry for entry in trainer.state.log_history if "gradwatch_alert" in entry]
+    assert [(e["gradwatch_alert"], e["gradwatch_severity"], e["step"]) for e in entries] == [
+        (a.kind, a.severity, a.step) for a in alerts
+    ]
+    assert entries[0]["gradwatch_message"] == alerts[0].format()
+    assert entries[0]["gradwatch_layer"] == alerts[0].layer
+
+    diagnoses = callback.watcher.diagnoses
+    assert diagnoses
+    logged = [r for r in caplog.records if r.name == "transformers.gradwatch"]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING
+    text = logged[0].getMessage()
+    cause = f"Cause 1: {diagnoses[0].cause} (from step {diagnoses[0].step + 1}"
+    assert cause in text
+    assert text.index(cause) < text.index("Alerts (the evidence)")
