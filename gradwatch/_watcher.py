@@ -43,6 +43,7 @@ from gradwatch._detectors.nonfinite import nonfinite_alert
 from gradwatch._diagnosis import Diagnosis, ModelFacts, diagnose
 from gradwatch._errors import NonFiniteError
 from gradwatch._history import History
+from gradwatch._lifecycle import StepGuard, flush_on_sigterm, release_sigterm
 from gradwatch._measure.activations import ActivationProbe
 from gradwatch._measure.amp import ScalerBridge
 from gradwatch._measure.compile import compiled_modules
@@ -253,6 +254,8 @@ class Watcher:
         self._pending: PendingStep | None = None
         self._inflight: list[HostCopy] = []
         self._closed: bool = False
+        # Threads: one step path at a time, one open step per thread (_lifecycle).
+        self._guard = StepGuard(f"the Watcher of {type(model).__name__}")
         self._stack = contextlib.ExitStack()
         self._sinks: list[GuardedSink] = []
         self._relay = AlertRelay.create(reducer)
@@ -297,7 +300,7 @@ class Watcher:
                     self.config.scaler,
                     optimizer,
                     before_step=self._before_scaler_step,
-                    after_step=self._seal_pending,
+                    after_step=self._after_scaler_step,
                 )
                 self._stack.enter_context(self._amp.attached())
         except BaseException:
@@ -305,6 +308,7 @@ class Watcher:
             raise
         _WATCHED[model] = weakref.ref(self)
         _OPEN.add(self)
+        flush_on_sigterm(self)  # buffered steps reach the disk when a scheduler stops us
 
     # ----------------------------------------------------------------- public API
     @property
@@ -447,12 +451,13 @@ class Watcher:
                 "automatically at each optimizer.step(). Remove the gw.step() call."
             )
         _check_found_inf(found_inf)
-        self._seal_pending()
-        pending = self._measure(found_inf)
-        self._pending = pending
-        if pending.weights_before is None:
+        with self._guard.held():
             self._seal_pending()
-        self._arm_activations()
+            pending = self._measure(found_inf)
+            self._pending = pending
+            if pending.weights_before is None:
+                self._seal_pending()
+            self._arm_activations()
 
     def close(self) -> None:
         """Finish: flush what was recorded, remove every hook, close writers. Idempotent."""
@@ -460,17 +465,19 @@ class Watcher:
             return
         self._closed = True
         try:
-            with contextlib.suppress(Exception):
-                self._seal_pending()
-            with contextlib.suppress(Exception):
-                self._drain(block=True)
-            with contextlib.suppress(Exception):
-                self._judge_trends_at_end()
-            if self._relay is not None and self.is_writer:
+            with self._guard.held():
                 with contextlib.suppress(Exception):
-                    for alert in self._relay.finish():
-                        self._publish(alert)
+                    self._seal_pending()
+                with contextlib.suppress(Exception):
+                    self._drain(block=True)
+                with contextlib.suppress(Exception):
+                    self._judge_trends_at_end()
+                if self._relay is not None and self.is_writer:
+                    with contextlib.suppress(Exception):
+                        for alert in self._relay.finish():
+                            self._publish(alert)
         finally:
+            release_sigterm(self)
             self._stack.close()
             for sink in self._sinks:
                 sink.close()
@@ -548,20 +555,32 @@ class Watcher:
     ) -> None:
         if self._closed or (self._amp is not None and self._amp.in_scaler_step):
             return  # inside scaler.step(): already measured by _before_scaler_step
-        self._pending = self._measure()
+        with self._guard.held():
+            self._guard.open_step()  # refuses a step overlapping another thread's
+            self._pending = self._measure()
 
     def _before_scaler_step(self) -> None:
         """``scaler.step(optimizer)`` is about to run: measure (and clip) unscaled grads."""
         if not self._closed:
+            with self._guard.held():
+                self._guard.open_step()
+                self._seal_pending()
+                self._pending = self._measure()
+
+    def _after_scaler_step(self) -> None:
+        """``scaler.step(optimizer)`` is done (the update taken, or skipped for inf)."""
+        with self._guard.held():
             self._seal_pending()
-            self._pending = self._measure()
+            self._guard.close_step()
 
     def _after_optimizer_step(
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> None:
         if not self._closed:
-            self._seal_pending()
-            self._arm_activations()
+            with self._guard.held():
+                self._seal_pending()
+                self._arm_activations()
+                self._guard.close_step()
 
     def _measure(self, found_inf: Tensor | None = None) -> PendingStep:
         """This step's statistics on the device, then the policies that need them.
@@ -625,9 +644,30 @@ class Watcher:
 
     def _drain(self, *, block: bool) -> None:
         """Consume the host copies that have arrived (all of them if ``block``)."""
-        while self._inflight and (block or self._inflight[0].done()):
-            copy = self._inflight.pop(0)
-            self._consume(read_record(copy.pending, copy.result()))
+        with self._guard.held():  # one thread at a time: the history stays in step order
+            while self._inflight and (block or self._inflight[0].done()):
+                copy = self._inflight.pop(0)
+                self._consume(read_record(copy.pending, copy.result()))
+
+    def _flush_on_signal(self, *, final: bool) -> None:
+        """SIGTERM arrived (``_lifecycle``): get what is buffered onto the disk.
+
+        ``final``: the process ends right after, so close (the end-of-run judgments
+        too). Interrupting this thread's own step, only the sinks are flushed: the step's
+        half-updated state must not be consumed. Another thread's step is waited for,
+        a few seconds at most.
+        """
+        if self._closed:
+            return
+        if not self._guard.held_here():
+            with self._guard.tried(timeout=5.0) as held:
+                if held and final:
+                    self.close()
+                    return
+                if held:
+                    self._drain(block=True)
+        for sink in self._sinks:
+            sink.flush()
 
     def _consume(self, record: StepRecord) -> None:
         """Host side of a step: history, detectors, alerts, sinks. Never raises."""
