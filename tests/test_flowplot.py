@@ -147,3 +147,85 @@ def test_png_encoder_round_trips_through_a_real_decoder() -> None:
     np.testing.assert_array_equal(decoded, image)
     with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
         encode_png(image.astype(np.float32))
+
+
+# ------------------------------------- issue 19: labelled picture, fixed colour scale
+
+
+def test_tensorboard_picture_has_layer_names_steps_and_a_colour_bar() -> None:
+    from gradwatch._sinks import pixelfont
+    from gradwatch._sinks.flowplot import (
+        FONT_SCALE,
+        LABEL_WIDTH,
+        LOG10_RANGE,
+        colour_map,
+        flow_picture_rgb,
+    )
+
+    layers = tuple(f"block.{i}" for i in range(5))
+    grads = np.array([[10.0 ** (i - 6)] * 9 for i in range(5)])
+    image = flow_picture_rgb(FlowData(layers, np.arange(100, 109), grads))
+    assert image.dtype == np.uint8 and image.shape[1] > 600 and image.shape[0] > 150
+    ink = np.all(image == np.array((40, 40, 40), dtype=np.uint8), axis=2)
+    # The label of layer 0 ("00 block.0"), rendered by the same font, is in the left margin.
+    label = pixelfont.render("00 block.0", FONT_SCALE)
+    margin = ink[:, : LABEL_WIDTH + 8]
+    found = any(
+        np.array_equal(margin[y : y + label.shape[0], x : x + label.shape[1]], label)
+        for y in range(margin.shape[0] - label.shape[0])
+        for x in range(LABEL_WIDTH + 8 - label.shape[1] - 6, LABEL_WIDTH + 8 - label.shape[1] + 1)
+    )
+    assert found
+    # Step numbers below the heat map, a colour bar with its values on the right.
+    step_mask = pixelfont.render("108", FONT_SCALE)
+    assert _contains(ink, step_mask)
+    assert _contains(ink, pixelfont.render(f"1e{int(LOG10_RANGE[1])}", FONT_SCALE))
+    bar_colours = {tuple(c) for c in colour_map(np.array([0.0, 1.0]))}
+    right = {tuple(pixel) for pixel in image[:, image.shape[1] * 3 // 4 :].reshape(-1, 3)}
+    assert bar_colours <= right
+
+
+def _contains(mask: np.ndarray, pattern: np.ndarray) -> bool:
+    height, width = pattern.shape
+    _, columns = np.nonzero(pattern[:1, :])
+    first = (0, int(columns[0])) if columns.size else (0, 0)
+    for y, x in zip(*np.nonzero(mask)):
+        top, left = y - first[0], x - first[1]
+        if top < 0 or left < 0:
+            continue
+        window = mask[top : top + height, left : left + width]
+        if window.shape == pattern.shape and np.array_equal(window, pattern):
+            return True
+    return False
+
+
+def test_one_norm_gets_one_colour_in_every_picture() -> None:
+    """The colour scale is fixed (log10 1e-8..1e2), not fitted to each run: a layer at
+    1e-3 has the same colour next to a vanishing layer as next to a healthy one."""
+    from gradwatch._sinks.flowplot import LOG10_RANGE
+
+    healthy = FlowData(("a", "b"), np.arange(3), np.array([[1e-3] * 3, [1e-1] * 3]))
+    sick = FlowData(("a", "b"), np.arange(3), np.array([[1e-3] * 3, [1e-7] * 3]))
+    one, _ = flow_heatmap_rgb(healthy, log_range=LOG10_RANGE)
+    two, _ = flow_heatmap_rgb(sick, log_range=LOG10_RANGE)
+    assert tuple(one[0, 0]) == tuple(two[0, 0])
+    assert tuple(one[-1, 0]) != tuple(two[-1, 0])
+    # The matplotlib picture uses the same bounds.
+    figure = flow_figure(sick, dpi=60)
+    heat = figure.axes[0].images[0]
+    assert heat.get_clim() == LOG10_RANGE
+
+
+def test_plot_legend_is_outside_the_lines_and_both_panels_name_layers_alike() -> None:
+    layers = tuple(f"layer{i}" for i in range(6))
+    grads = np.outer(np.logspace(-6, 0, 6), np.ones(10))
+    figure = flow_figure(FlowData(layers, np.arange(10), grads, grads * 10), dpi=60)
+    figure.canvas.draw()
+    heat_ax, side_ax = figure.axes[:2]
+    heat_labels = [t.get_text() for t in heat_ax.get_yticklabels() if t.get_visible()]
+    side_labels = [t.get_text() for t in side_ax.yaxis.get_ticklabels(which="major")]
+    assert heat_labels == side_labels == [f"0{i} layer{i}" for i in range(6)]
+    renderer = figure.canvas.get_renderer()
+    legend = side_ax.get_legend().get_window_extent(renderer)
+    axes = side_ax.get_window_extent(renderer)
+    assert legend.y1 <= axes.y0  # below the panel, not on its lines

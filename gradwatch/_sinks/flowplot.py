@@ -124,7 +124,7 @@ def flow_figure(data: FlowData, *, title: str = "gradient flow", dpi: int = 100)
         masked, aspect="auto", interpolation="nearest", cmap=cmap, vmin=low, vmax=high
     )
     colorbar = figure.colorbar(
-        image, ax=heat_ax, location="left", fraction=0.04, pad=0.02, extend="both"
+        image, ax=heat_ax, location="bottom", fraction=0.05, pad=0.02, extend="both"
     )
     colorbar.set_label("log10 gradient L2 norm (fixed scale)")
     heat_ax.set_title(f"{title}: gradient norm per layer (grey: no gradient / non-finite)")
@@ -133,7 +133,6 @@ def flow_figure(data: FlowData, *, title: str = "gradient flow", dpi: int = 100)
     rows = list(range(0, num_layers, label_every))
     labels = [layer_label(i, data.layers[i], num_layers) for i in rows]
     heat_ax.set_yticks(rows, labels, fontsize=7)
-    heat_ax.tick_params(axis="y", labelleft=False, labelright=False)
     columns = np.unique(np.linspace(0, max(num_steps - 1, 0), num=min(num_steps, 8)).astype(int))
     heat_ax.set_xticks(columns, [str(int(data.steps[c])) for c in columns])
 
@@ -155,10 +154,10 @@ def flow_figure(data: FlowData, *, title: str = "gradient flow", dpi: int = 100)
     positive = data.grad_norm[np.isfinite(data.grad_norm) & (data.grad_norm > 0)]
     if positive.size:
         depth_ax.set_xscale("log")
-    depth_ax.set_title("norms per layer (first, middle, last step)", fontsize=10)
-    depth_ax.set_xlabel("L2 norm")
-    depth_ax.yaxis.set_tick_params(labelleft=False, labelright=True)
-    depth_ax.set_yticks(rows, labels, fontsize=7)
+    # No x label: the legend goes right under the tick labels.
+    depth_ax.set_title("L2 norms per layer at the first, middle and last step", fontsize=10)
+    # The same layer axis and names as the heat map, written again at the right edge.
+    depth_ax.yaxis.set_tick_params(labelleft=False, labelright=True, labelsize=7)
     depth_ax.grid(True, which="major", alpha=0.3)
     if num_steps:
         # Below the axes, never over the lines.
