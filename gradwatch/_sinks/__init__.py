@@ -4,6 +4,11 @@ A sink is a small object with ``write_step``, ``write_alert`` and ``close``. Eac
 wrapped in :class:`GuardedSink`, so a sink that fails (log directory deleted, disk full)
 is switched off with one warning, and training carries on with everything still
 recorded in memory (alerts, history, report).
+
+This ``Sink`` is gradwatch's internal interface (it takes a ``StepRecord``, which may
+change with any release). Users' sinks implement the public, plain-data one,
+:class:`gradwatch.Sink` (:mod:`gradwatch._sinks.public`), and reach the watcher through
+``PublicSinkAdapter``; ``watch(writer=...)`` goes through :mod:`.user_writer`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 from gradwatch._alerts import Alert
 from gradwatch._sinks.public import BaseSink
 
-#: MLflow refuses a ``log_batch`` with more metrics than this.
+#: A tracking server refuses a ``log_batch`` with more metrics than this.
 MAX_BATCH = 1000
 #: MLflow's limit on a tag value is 8000 characters; the last alert is cut well below.
 MAX_TAG_CHARS = 5000

@@ -135,7 +135,7 @@ def check_sinks(sinks: object) -> list[Sink]:
                 f"sinks[{position}] ({type(sink).__name__}) is listed twice; it would "
                 "receive every step twice. List each sink once."
             )
-        checked.append(sink)  # type: ignore[arg-type]  # checked by _missing
+        checked.append(sink)
     return checked
 
 
@@ -147,7 +147,7 @@ def check_step_offset(offset: object) -> int:
             "Pass the step your own run is at when gradwatch's step 0 is taken, e.g. "
             "global_step_offset=1000."
         )
-    value = int(offset)  # type: ignore[call-overload]
+    value = int(offset)
     if value < 0:
         raise ValueError(
             f"global_step_offset must be >= 0, got {value}. Pass the step your own run is "

@@ -70,7 +70,8 @@ class WandbSink(BaseSink):
                 f"{type(run).__name__}. Pass the run, or nothing to use wandb.run."
             )
         self.run = run
-        self._wandb = wandb
+        # Typed loosely: wandb's own annotations vary between releases.
+        self._wandb: Any = wandb
         self._notify_from = None if notify is None else _SEVERITIES.index(notify)
         self._groups: set[str] = set()  # tag groups whose x-axis is already gradwatch/step
         self._alert_rows: list[list[Any]] = []
