@@ -312,8 +312,19 @@ def flow_picture_rgb(
     heat_h, heat_w = heat.shape[:2]
 
     text_h = pixelfont.GLYPH_H * FONT_SCALE
+    # Layer names ("03 fc1"): every k-th row so that labels never overlap; a long name
+    # keeps its end (the layer's own name), the depth always shows.
+    every = max(1, int(np.ceil((text_h + 2) / row_h)))
+    labels: list[tuple[int, str]] = []
+    for position in range(0, len(rows), every):
+        depth = int(rows[position])
+        index, _, name = layer_label(depth, data.layers[depth], num_layers).partition(" ")
+        room = LABEL_WIDTH - pixelfont.text_width(index + " ", FONT_SCALE)
+        labels.append((position, f"{index} {pixelfont.fit(name, room, FONT_SCALE)}"))
+    label_w = max((pixelfont.text_width(label, FONT_SCALE) for _, label in labels), default=0)
+
     top = 2 * text_h + 8  # title line and a gap
-    left = LABEL_WIDTH + 8
+    left = label_w + 14
     bar_left = left + heat_w + 14
     width = bar_left + BAR_WIDTH + 6 + pixelfont.text_width("1e-10", FONT_SCALE) + 8
     height = top + heat_h + 2 * text_h + 16
@@ -323,14 +334,7 @@ def flow_picture_rgb(
     low, high = log_range
     caption = f"{title}: gradient L2 norm per layer (grey: no gradient)"
     _paint_text(canvas, pixelfont.fit(caption, canvas.shape[1] - 8, FONT_SCALE), 4, 4)
-
-    # Layer names: every k-th row so that labels never overlap.
-    every = max(1, int(np.ceil((text_h + 2) / row_h)))
-    for position in range(0, len(rows), every):
-        depth = int(rows[position])
-        index, _, name = layer_label(depth, data.layers[depth], num_layers).partition(" ")
-        room = LABEL_WIDTH - pixelfont.text_width(index + " ", FONT_SCALE)
-        label = f"{index} {pixelfont.fit(name, room, FONT_SCALE)}"  # the depth always shows
+    for position, label in labels:
         y = top + position * row_h + (row_h - text_h) // 2
         _paint_text(canvas, label, left - 6, y, align="right")
 
