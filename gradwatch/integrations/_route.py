@@ -97,6 +97,30 @@ class ScalarsTo:
         self.target.close()
 
 
+class Prefixed:
+    """``target`` with ``prefix`` in front of every scalar's name: gradwatch's names in a
+    namespace of their own where a trainer logs names they would clash with (the Hugging
+    Face Trainer's MLflow metric ``grad_norm`` is a file in MLflow's file store, so
+    ``grad_norm/<layer>`` beside it cannot be created)."""
+
+    def __init__(self, target: ScalarTarget, prefix: str) -> None:
+        self.target = target
+        self.prefix = prefix
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        prefix = self.prefix
+        self.target.write_scalars(step, {prefix + name: value for name, value in scalars.items()})
+
+    def write_alert(self, alert: Alert) -> None:
+        self.target.write_alert(alert)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def close(self) -> None:
+        self.target.close()
+
+
 class AtTrainerSteps:
     """``sink`` seen through ``steps``: records and alerts at the trainer's step, a
     record only on a step ``keep`` (by default ``steps.keep``) accepts, every alert."""

@@ -43,7 +43,9 @@ cadence), alerts as soon as they are raised:
   gradwatch's ``total/grad_norm`` at step 5 are the same update. ``logdir=`` puts
   gradwatch's file in that directory instead.
 * ``"mlflow"``: into the run the Trainer's ``MLflowCallback`` started, through
-  :class:`gradwatch.sinks.MLflowSink`; ``"wandb"``: into ``wandb.run`` through
+  :class:`gradwatch.sinks.MLflowSink`, names under ``gradwatch/`` (``gradwatch/total/
+  grad_norm``: the Trainer's own ``grad_norm`` metric would clash with gradwatch's
+  ``grad_norm/<layer>`` in MLflow's file store); ``"wandb"``: into ``wandb.run`` through
   :class:`gradwatch.sinks.WandbSink`. Other integrations get nothing from gradwatch.
 * Every alert is also appended to the Trainer's log history (``state.log_history``,
   saved in ``trainer_state.json`` with each checkpoint) as ``{"gradwatch_alert": kind,
@@ -79,6 +81,7 @@ from gradwatch.integrations._common import (
 )
 from gradwatch.integrations._route import (
     AtTrainerSteps,
+    Prefixed,
     ScalarsTo,
     TrainerSteps,
     attach,
@@ -253,7 +256,10 @@ class GradWatchCallback(TrainerCallback):
         if "mlflow" in reported:
             from gradwatch.sinks import MLflowSink  # mlflow is imported only here
 
-            attach(watcher, AtTrainerSteps(ScalarsTo(MLflowSink()), steps), "MLflow")
+            # Under gradwatch/: the Trainer's own MLflow metric "grad_norm" would clash
+            # with grad_norm/<layer> (a file where a directory is needed, file store).
+            mlflow = ScalarsTo(Prefixed(MLflowSink(), "gradwatch/"))
+            attach(watcher, AtTrainerSteps(mlflow, steps), "MLflow")
         if "wandb" in reported:
             from gradwatch.sinks import WandbSink  # wandb is imported only here
 
