@@ -6,15 +6,18 @@ installed can write::
     def test_model_trains(gradwatch_check):
         gradwatch_check(build_model(), batches, torch.nn.functional.cross_entropy)
 
-The fixture runs :func:`gradwatch.check` and fails the test with the report (alerts,
-what to try, per-layer norms) as the message when an alert at or above ``fail_on``
-(default ``"warning"``) was raised. :func:`assert_healthy` does the same for a report
-you made yourself. ``pytest --gradwatch-logdir DIR`` also writes each check's
-TensorBoard logs under ``DIR/<test name>`` for a look after a red CI run.
+The fixture runs :func:`gradwatch.check` and fails the test with the report as the
+message when an alert at or above ``fail_on`` (default ``"warning"``) was raised: the
+causes first (each in one line, what to change, the evidence), then the alerts and the
+per-layer norms, wrapped at :data:`WIDTH` columns. The alerts appear there once: the
+check's own alert log lines are kept out of pytest's "Captured log call".
+:func:`assert_healthy` does the same for a report you made yourself.
+``pytest --gradwatch-logdir DIR`` also writes each check's TensorBoard logs under
+``DIR/<test name>`` for a look after a red CI run.
 
-pytest loads this plugin in every environment where gradwatch is installed; importing
-it imports the ``gradwatch`` package and so torch (what a torch project's tests import
-anyway). ``pytest -p no:gradwatch`` switches it off.
+pytest loads this plugin in every environment where gradwatch is installed. Loading it
+imports neither torch nor the rest of gradwatch (``import gradwatch`` is lazy): they are
+imported when a test first calls the fixture. ``pytest -p no:gradwatch`` switches it off.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
     from gradwatch._report import Report
 
 __all__ = ["assert_healthy", "failure_message"]
+
+#: The failure message's lines are wrapped at this many columns.
+WIDTH = 100
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,7 +60,12 @@ def failure_message(
         return None
     found = ", ".join(sorted({f"{a.kind} ({a.severity})" for a in failing}))
     rules = f"fail_on={fail_on!r}" + (f", ignore={list(kinds)!r}" if kinds else "")
-    return f"gradwatch found {len(failing)} problem(s) [{rules}]: {found}\n\n{report.summary()}"
+    failing_ids = {id(a) for a in failing}
+    causes = [d.cause for d in report.diagnoses if any(id(a) in failing_ids for a in d.evidence)]
+    head = f"gradwatch found {len(failing)} problem(s) [{rules}]: {found}"
+    if causes:
+        head += f"; {len(causes)} cause(s): {', '.join(causes)}"
+    return f"{head}\n\n{report.summary(width=WIDTH)}"
 
 
 def assert_healthy(report: Report, *, fail_on: str = "warning", ignore: Iterable[str] = ()) -> None:
@@ -78,9 +89,10 @@ def _test_dirname(nodeid: str) -> str:
 def gradwatch_check(request: pytest.FixtureRequest) -> Callable[..., Report]:
     """A callable that runs :func:`gradwatch.check` and fails the test if unhealthy.
 
-    Call it as ``gradwatch_check(model, data, loss_fn, *, optimizer=None, steps=20,
+    Call it as ``gradwatch_check(model, data, loss_fn=None, *, optimizer=None, steps=20,
     fail_on="warning", ignore=(), **options)``; ``options`` go to ``check()``
-    (``baseline=True``, ``logdir=...``, any ``watch()`` option). It returns the
+    (``baseline=True``, ``try_fixes=True``, ``logdir=...``, any ``watch()`` option).
+    ``loss_fn=None`` uses a Hugging Face model's own loss. It returns the
     :class:`gradwatch.Report` when the check passes.
     """
     root = request.config.getoption("--gradwatch-logdir")
@@ -89,7 +101,7 @@ def gradwatch_check(request: pytest.FixtureRequest) -> Callable[..., Report]:
     def run(
         model: Any,
         data: Any,
-        loss_fn: Any,
+        loss_fn: Any = None,
         *,
         optimizer: Any = None,
         steps: int = 20,
@@ -100,6 +112,7 @@ def gradwatch_check(request: pytest.FixtureRequest) -> Callable[..., Report]:
         nonlocal calls
         import gradwatch
         from gradwatch._alerts import validate_fail_on, validate_ignore
+        from gradwatch._check import quiet_alert_log
 
         validate_fail_on(fail_on)
         kinds = validate_ignore(tuple(ignore))
@@ -107,7 +120,11 @@ def gradwatch_check(request: pytest.FixtureRequest) -> Callable[..., Report]:
             name = _test_dirname(request.node.nodeid) + (f"-{calls}" if calls else "")
             options["logdir"] = os.path.join(root, name)
         calls += 1
-        report = gradwatch.check(model, data, loss_fn, optimizer=optimizer, steps=steps, **options)
+        # The report (the failure message) shows every alert; the log would show them again.
+        with quiet_alert_log():
+            report = gradwatch.check(
+                model, data, loss_fn, optimizer=optimizer, steps=steps, **options
+            )
         assert_healthy(report, fail_on=fail_on, ignore=kinds)
         return report
 
