@@ -328,3 +328,59 @@ def test_alerts_go_to_the_log_history_and_the_diagnosis_to_the_log(
     cause = f"Cause 1: {diagnoses[0].cause} (from step {diagnoses[0].step + 1}"
     assert cause in text
     assert text.index(cause) < text.index("Alerts (the evidence)")
+
+
+def test_report_to_mlflow_puts_gradwatch_into_the_trainers_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run the Trainer's MLflowCallback opened holds gradwatch's metrics (under
+    gradwatch/) at the Trainer's logging steps, read back through MlflowClient."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3: the file store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    try:
+        _train(tmp_path, GradWatchCallback(), 10, report_to=["mlflow"], logging_steps=5)
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+    client = mlflow.MlflowClient((tmp_path / "mlruns").as_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments)  # the Trainer's run, and no other
+
+    def history(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+    ours, trainers = history("gradwatch/total/grad_norm"), history("grad_norm")
+    assert [step for step, _ in ours] == [step for step, _ in trainers] == [5, 10]
+    np.testing.assert_allclose(_values(ours), _values(trainers), rtol=1e-5)
+    assert [step for step, _ in history("gradwatch/grad_norm/transformer.wte")] == [5, 10]
+
+
+def test_report_to_wandb_puts_gradwatch_into_wandb_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B offline: the Trainer's run holds gradwatch's rows, at the Trainer's steps
+    (gradwatch/step beside its train/global_step), read from the offline run's files."""
+    wandb = pytest.importorskip("wandb")
+    from .test_wandb_sink import history_rows, offline_run
+
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        _train(tmp_path, GradWatchCallback(), 10, report_to=["wandb"], logging_steps=5)
+    finally:
+        wandb.finish()
+        wandb.teardown()  # the service closes the run's file
+    _, records = offline_run(tmp_path)
+    rows = history_rows(records)
+    trainers = [
+        (r["train/global_step"], r["train/grad_norm"]) for r in rows if "train/grad_norm" in r
+    ]
+    ours = [(r["gradwatch/step"], r["total/grad_norm"]) for r in rows if "total/grad_norm" in r]
+    assert [step for step, _ in ours] == [step for step, _ in trainers] == [5, 10]
+    np.testing.assert_allclose(_values(ours), _values(trainers), rtol=1e-5)
