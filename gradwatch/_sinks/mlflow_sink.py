@@ -86,6 +86,7 @@ class MLflowSink(BaseSink):
         self._alerts: list[Alert] = []
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Buffer the step's metrics; send the buffer if ``flush_secs`` have passed."""
         stamp = int(time.time() * 1000)
         metric = self._metric
         self._pending.extend(metric(tag, value, stamp, step) for tag, value in scalars.items())
@@ -93,6 +94,7 @@ class MLflowSink(BaseSink):
             self.flush()
 
     def write_alert(self, alert: Alert) -> None:
+        """Send the buffered metrics, then the alerts so far (artifacts) and the tags."""
         self.flush()  # the scalars that led to it first
         self._alerts.append(alert)
         client, run = self._client, self.run_id
@@ -103,6 +105,7 @@ class MLflowSink(BaseSink):
         client.set_tag(run, "gradwatch.last_alert", alert.format()[:MAX_TAG_CHARS])
 
     def flush(self) -> None:
+        """Send the buffered metrics, at most :data:`MAX_BATCH` a request."""
         pending, self._pending = self._pending, []
         self._last_sent = time.monotonic()
         for start in range(0, len(pending), MAX_BATCH):

@@ -66,15 +66,19 @@ class BaseSink:
     """A :class:`~gradwatch.Sink` whose methods do nothing: subclass it, override some."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Ignore the step's scalars (override to use them)."""
         return None
 
     def write_alert(self, alert: Alert) -> None:
+        """Ignore the alert (override to use it)."""
         return None
 
     def flush(self) -> None:
+        """Nothing buffered, nothing to send."""
         return None
 
     def close(self) -> None:
+        """Nothing opened, nothing to release."""
         return None
 
 

@@ -88,12 +88,14 @@ class WandbSink(BaseSink):
                 self.run.define_metric(f"{group}/*", step_metric=STEP_KEY)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One ``run.log`` row: the step's scalars and ``gradwatch/step``."""
         self._define_groups(scalars)
         row = dict(scalars)
         row[STEP_KEY] = step
         self.run.log(row)
 
     def write_alert(self, alert: Alert) -> None:
+        """The alerts table again, one row longer; ``run.alert`` if at ``notify`` or above."""
         self._alert_rows.append(
             [
                 alert.step,
@@ -123,7 +125,9 @@ class WandbSink(BaseSink):
             )
 
     def flush(self) -> None:
-        return None  # wandb sends on its own thread
+        """Nothing to do: wandb sends on its own thread."""
+        return None
 
     def close(self) -> None:
-        return None  # the run is the user's to finish
+        """Nothing to do: the run is yours to finish (``run.finish()``)."""
+        return None
