@@ -57,3 +57,50 @@ def test_round_trip(tmp_path) -> None:
     assert run.has_layout
     assert run.layers() == ["_root_"]
     assert [s for s, _ in run.scalars["total/loss"]] == [0, 1, 2]
+
+
+def test_runs_written_with_the_old_tag_names_still_report(tmp_path) -> None:
+    """Before the tags were ordered for the dashboard (``2_grad_norm/00-fc1``) they were
+    ``grad_norm/fc1``: a log directory of that time reads the same. TensorBoard's own
+    writer makes it here, one summary per step as gradwatch wrote them."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
+
+    from gradwatch._cli.runsummary import summarize
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        for step in range(3):
+            values = {}
+            for depth, layer in enumerate(("fc1", "fc2")):
+                values[f"grad_norm/{layer}"] = 0.1 * (depth + 1) + step
+                values[f"weight_norm/{layer}"] = 2.0
+            values["total/loss"] = 1.0 / (step + 1)
+            values["act_nonfinite/fc1"] = 0.0
+            summary = Summary(
+                value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()]
+            )
+            writer.file_writer.add_summary(summary, step)
+    run = read_run(tmp_path)
+    assert run.layer_order() == ["fc1", "fc2"]
+    assert [v for _, v in run.scalars["grad_norm/fc2"]] == pytest.approx([0.2, 1.2, 2.2])
+    summary = summarize(run)
+    assert summary["totals"]["loss"]["final"] == pytest.approx(1 / 3)
+    assert summary["steps"]["count"] == 3
+
+
+def test_new_and_old_spellings_name_the_same_statistic() -> None:
+    from gradwatch._names import canonical_tag, tensorboard_tag
+
+    for name, depth, count in [
+        ("grad_norm/fc1", 3, 12),
+        ("weight_norm/_root_", 0, 1),
+        ("update_ratio/transformer.h.0.ln_1", 7, 150),
+        ("act_std/blocks.2-x", 12, 30),  # a name holding the separator
+        ("log10/grad_norm/lm_head", 49, 50),
+        ("total/loss", None, 0),
+    ]:
+        tag = tensorboard_tag(name, depth, count)
+        assert tag != name and canonical_tag(tag) == name
+        assert canonical_tag(name) == name  # the old spelling is already canonical
+    assert tensorboard_tag("update_ratio/x", 7, 150) == "3_update_ratio/007-x"
+    assert canonical_tag("accuracy") == "accuracy"  # someone else's tag is left alone
