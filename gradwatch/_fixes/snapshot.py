@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -107,7 +108,7 @@ class Snapshot:
             group["params"] = [params[i] for i in positions]
             groups.append(group)
         try:
-            optimizer = self.optimizer_type(groups, **self.defaults)
+            optimizer = self.optimizer_type(groups, **_accepted(self.optimizer_type, self.defaults))
         except Exception as error:
             raise FixSetupError(
                 f"try_fixes=True rebuilds the optimizer as "
@@ -127,6 +128,19 @@ class Snapshot:
 
     def rng_devices(self) -> list[int]:
         return list(range(len(self.rng[1])))
+
+
+def _accepted(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``cls.__init__`` takes as keywords: ``defaults`` may hold more (AdamW
+    keeps ``decoupled_weight_decay`` there, which its constructor does not accept); each
+    group keeps all of them anyway."""
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return settings
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return settings
+    return {key: value for key, value in settings.items() if key in parameters}
 
 
 def _copy_setting(key: str, value: Any) -> Any:
