@@ -115,7 +115,7 @@ def _config_default(option: str) -> float:
     """A detector threshold's default, from its one owner (``WatchConfig``)."""
     from gradwatch._config import WatchConfig
 
-    return float(next(f.default for f in dataclasses.fields(WatchConfig) if f.name == option))
+    return float(getattr(WatchConfig(), option))
 
 
 def layer_flags(run: RunLog, layers: list[str], alerts: list[dict[str, Any]]) -> dict[str, str]:

@@ -161,10 +161,12 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
         if ratio is not None and has_grad[layer]:
             yield f"update_ratio/{tag}", ratio[layer]
     for layer, tag in enumerate(index.tags):
-        if has_grad[layer] and log_grad[layer] is not None:
-            yield f"log10/grad_norm/{tag}", log_grad[layer]
-        if log_ratio is not None and has_grad[layer] and log_ratio[layer] is not None:
-            yield f"log10/update_ratio/{tag}", log_ratio[layer]
+        log = log_grad[layer]
+        if has_grad[layer] and log is not None:
+            yield f"log10/grad_norm/{tag}", log
+        log = log_ratio[layer] if log_ratio is not None else None
+        if has_grad[layer] and log is not None:
+            yield f"log10/update_ratio/{tag}", log
     if record.activations:
         for stat, values in record.activations.items():
             sparse = stat == "nonfinite"  # almost always 0: written when it is not
