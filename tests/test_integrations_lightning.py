@@ -24,6 +24,7 @@ from gradwatch._names import canonical_tag  # noqa: E402
 from gradwatch.integrations.lightning import GradWatchCallback  # noqa: E402
 
 from .helpers import regression_batches, watched_run  # noqa: E402
+from .readme_examples import run_example  # noqa: E402
 from .unstable_models import sigmoid_normal_mlp  # noqa: E402
 
 pytestmark = [
@@ -406,3 +407,20 @@ def test_16_mixed_scaler_skips_are_amp_skip_infos_not_nan_errors(tmp_path: Path)
     assert skipped and skipped[0].step == 0
     finite = [r for r in watcher.history if not r.amp_skipped]
     assert finite and all(np.isfinite(r.grad_norm).all() for r in finite)
+
+
+def test_the_readme_example_runs_and_fills_the_csv_logger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning
+
+    monkeypatch.chdir(tmp_path)  # the example logs to ./logs
+    namespace = run_example(
+        "### Lightning", lightning=lightning, model=Regressor(), train_loader=_loader(3)
+    )
+    trainer, callback = namespace["trainer"], namespace["trainer"].callbacks[0]
+    assert isinstance(callback, GradWatchCallback) and callback.watcher is not None
+    assert callback.watcher.step_count == 6  # 2 epochs of 3 batches
+    rows = _csv_rows(trainer)
+    assert [step for step, _ in _csv_series(rows, "total/grad_norm")] == list(range(6))
+    assert (tmp_path / trainer.logger.log_dir).is_relative_to(tmp_path / "logs")

@@ -23,6 +23,8 @@ from gradwatch._cli.logreader import read_run  # noqa: E402
 from gradwatch._names import canonical_tag  # noqa: E402
 from gradwatch.integrations.transformers import GradWatchCallback  # noqa: E402
 
+from .readme_examples import run_example  # noqa: E402
+
 GRADWATCH_TAGS = ("grad_norm/", "weight_norm/", "update_ratio/", "act_", "total/")
 MAX_GRAD_NORM = 0.05  # small, so that the Trainer's clipping is active at every step
 
@@ -384,3 +386,23 @@ def test_report_to_wandb_puts_gradwatch_into_wandb_run(
     ours = [(r["gradwatch/step"], r["total/grad_norm"]) for r in rows if "total/grad_norm" in r]
     assert [step for step, _ in ours] == [step for step, _ in trainers] == [5, 10]
     np.testing.assert_allclose(_values(ours), _values(trainers), rtol=1e-5)
+
+
+# The example leaves dataloader_pin_memory at its default, which has no effect on a CPU.
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
+def test_the_readme_example_writes_into_the_trainers_tensorboard_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the example's output_dir is ./out
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    namespace = run_example("### Hugging Face Trainer", transformers=transformers,
+                            model=_model(), data=_data(16))  # fmt: skip
+    trainer = namespace["trainer"]
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    scalars = _tensorboard_scalars(run_dir)
+    steps = [step for step, _ in scalars["train/grad_norm"]]
+    assert steps and steps == [step for step, _ in scalars["total/grad_norm"]]
+    assert steps == list(range(2, trainer.state.global_step + 1, 2))  # logging_steps=2
+    np.testing.assert_allclose(
+        _values(scalars["total/grad_norm"]), _values(scalars["train/grad_norm"]), rtol=1e-5
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 
 from gradwatch._check import _layer_summaries as layer_summaries
@@ -48,7 +49,8 @@ def tensorboard_sink(
     the trainer's logging steps). Its own event file: TensorBoard reads every file of a
     directory as one run, so a trainer's file beside it makes one run."""
     config = watcher.config
-    validate_logdir(logdir)
+    # Absolute: a relative run directory stays the same one if the process changes cwd.
+    logdir = os.path.abspath(validate_logdir(logdir) or logdir)
     sink = TensorBoardSink(
         logdir,
         flush_secs=config.flush_secs,
