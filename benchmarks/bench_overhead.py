@@ -1,30 +1,39 @@
 """How much does watching a training run cost? gradwatch next to the tools people use today.
 
-Run:  bash scripts/dev.sh bench            (full run; the README's table)
-      bash scripts/dev.sh bench --quick    (a short run while developing)
+Run:  bash scripts/dev.sh bench            (full run on the CPU; the README's table)
+      bash scripts/dev.sh bench --quick    (a smoke run: small models, two rounds)
+      bash benchmarks/gpu_check.sh         (on a machine with CUDA: tests + this table)
 
-What it measures, all in one process on the CPU:
+What it measures, all in one process:
 
-1. **Step time overhead.** Each configuration (an unwatched step, gradwatch in several
-   modes, ``torch.autograd.detect_anomaly`` and home-made stand-ins for Lightning's
-   ``grad_norm`` logging, ``wandb.watch`` histograms and Composer's activation hooks)
-   trains the *same* model and optimizer (separate copies of a model differ by a few
-   percent on their own, from memory placement), attached for a block of steps and
-   detached again. Configurations take turns block by block, in a shuffled order each
-   round, so machine drift hits them all alike; a warm-up round is dropped. A
-   configuration's ratio is the median over rounds of (its step time / the unwatched
-   step time *of the same round*), with a 95% confidence interval of that median, for
-   wall time and for process CPU time. A second unwatched block ("A/A") shows the noise
-   floor.
+1. **Step time overhead.** Each configuration trains the *same* model and optimizer
+   (separate copies of a model differ by a few percent on their own, from memory
+   placement), attached for a block of steps and detached again: unwatched twice (the
+   second is the A/A row, the noise floor), the peers users run today (Lightning-style
+   per-parameter gradient norms read back with ``.item()``; torchtitan-style total norm
+   with an asynchronous finiteness assert), and gradwatch norms-only, default and with
+   ``locate_nonfinite=True`` (``--extras`` adds ``update_ratio_every=1``,
+   ``detect_anomaly``, histogram and activation-hook tools). Configurations take turns
+   block by block, in a shuffled order each round, so machine drift hits them all alike;
+   a warm-up round is dropped. A configuration's ratio is the median over rounds of (its
+   block time / the unwatched block time *of the same round*), with a bootstrap 95%
+   confidence interval of that median, for wall time and for process CPU time; "vs
+   Lightning" rows divide by the Lightning-style block of the same round instead. On
+   CUDA each block is timed between two ``torch.cuda.synchronize()`` calls, never inside.
 2. **Ops per measurement.** The aten ops one gradwatch measurement dispatches, counted
    with ``torch.profiler``, for models of 10 and 100 layers: the count is O(device x dtype
    groups), not O(parameters).
 3. **Consumer path.** The host-side cost of one step's statistics on the training thread
    (history, detectors, TensorBoard event) as the number of layers grows.
 4. **Memory.** gradwatch's host memory over many steps of a tiny model (tracemalloc, RSS)
-   and the device memory one measurement allocates (O(layers), except update ratios).
+   and the device memory one measurement allocates (O(layers), except update ratios); on
+   CUDA, what the caching allocator holds for gradwatch (persistent and per-step peaks).
 
-No external service is contacted; TensorBoard event files go to a temporary directory.
+The last table printed is the summary: every configuration's ratio on every model, side
+by side. The whole output is also written to ``benchmarks/results/`` (the date and the
+machine in the file name; ``--out`` to choose, ``--no-save`` for none; ``--quick`` runs
+are not saved unless ``--out`` is given). No external service is contacted; TensorBoard
+event files go to a temporary directory.
 """
 
 from __future__ import annotations
@@ -32,12 +41,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import gc
 import logging
 import math
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -56,6 +67,7 @@ from torch.utils.tensorboard import SummaryWriter
 import gradwatch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # --------------------------------------------------------------------------- workloads
@@ -97,7 +109,7 @@ def _token_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def _conv_net() -> nn.Module:
+def _conv_net(width: int = 32) -> nn.Module:
     def stage(cin: int, cout: int) -> list[nn.Module]:
         return [
             nn.Conv2d(cin, cout, 3, padding=1, bias=False),
@@ -109,8 +121,13 @@ def _conv_net() -> nn.Module:
             nn.MaxPool2d(2),
         ]
 
+    w = width
     return nn.Sequential(
-        *stage(3, 32), *stage(32, 64), *stage(64, 128), nn.Flatten(), nn.Linear(128 * 16, 10)
+        *stage(3, w),
+        *stage(w, 2 * w),
+        *stage(2 * w, 4 * w),
+        nn.Flatten(),
+        nn.Linear(4 * w * 16, 10),
     )
 
 
@@ -132,43 +149,68 @@ class Workload:
     batch_text: str
 
 
-def workloads() -> list[Workload]:
+def workloads(
+    device: str | torch.device = "cpu", *, batch_scale: int = 1, small: bool = False
+) -> list[Workload]:
+    """The benchmark's models: the issue's 4-block pre-LN transformer (d=256, vocab 1000,
+    batch 8x96), a CNN and an MLP. ``batch_scale`` multiplies every batch (a GPU needs
+    bigger ones to be busy); ``small`` shrinks everything for a smoke run."""
     gen = torch.Generator().manual_seed(0)
-    vocab, context, batch = 1000, 128, 8
+    device = torch.device(device)
+    vocab, d, blocks, heads, context, batch = (
+        (100, 32, 2, 2, 16, 2) if small else (1000, 256, 4, 4, 96, 8)
+    )
+    batch *= batch_scale
+    images, vectors = (4, 16) if small else (32, 256)
+    images, vectors = images * batch_scale, vectors * batch_scale
+    conv_width, mlp_widths = (
+        (4, [784, 32, 32, 32, 10]) if small else (32, [784, 1024, 1024, 1024, 10])
+    )
+
+    def on_device(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return pair[0].to(device), pair[1].to(device)
 
     def tokens() -> tuple[Tensor, Tensor]:
         t = torch.randint(0, vocab, (batch, context + 1), generator=gen)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        return on_device((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
 
-    def images() -> tuple[Tensor, Tensor]:
-        return torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    def image_batch() -> tuple[Tensor, Tensor]:
+        x = torch.randn(images, 3, 32, 32, generator=gen)
+        return on_device((x, torch.randint(0, 10, (images,), generator=gen)))
 
-    def vectors() -> tuple[Tensor, Tensor]:
-        return torch.randn(256, 784, generator=gen), torch.randint(0, 10, (256,), generator=gen)
+    def vector_batch() -> tuple[Tensor, Tensor]:
+        x = torch.randn(vectors, 784, generator=gen)
+        return on_device((x, torch.randint(0, 10, (vectors,), generator=gen)))
 
     return [
         Workload(
             "transformer",
-            lambda: TinyGPT(vocab, 256, blocks=6, heads=4, context=context),
+            lambda: TinyGPT(vocab, d, blocks=blocks, heads=heads, context=context).to(device),
             [tokens() for _ in range(4)],
             _token_loss,
             f"{batch}x{context} tokens",
         ),
         Workload(
             "cnn",
-            _conv_net,
-            [images() for _ in range(4)],
+            lambda: _conv_net(conv_width).to(device),
+            [image_batch() for _ in range(4)],
             nn.functional.cross_entropy,
-            "32x3x32x32",
+            f"{images}x3x32x32",
         ),
         Workload(
             "mlp",
-            lambda: _mlp([784, 1024, 1024, 1024, 10]),
-            [vectors() for _ in range(4)],
+            lambda: _mlp(mlp_widths).to(device),
+            [vector_batch() for _ in range(4)],
             nn.functional.cross_entropy,
-            "256x784",
+            f"{vectors}x784",
         ),
     ]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------- configurations
@@ -221,16 +263,6 @@ class GradwatchMode(Mode):
         return f"{self.alerts} alerts"
 
 
-class AnomalyMode(Mode):
-    """``torch.autograd.detect_anomaly()`` around forward and backward (its documented use)."""
-
-    def forward_backward(self, model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.autograd.detect_anomaly():
-                return super().forward_backward(model, loss_fn, x, y)
-
-
 class WriterMode(Mode):
     """A configuration that logs through its own ``SummaryWriter``."""
 
@@ -246,19 +278,52 @@ class WriterMode(Mode):
 
 
 class LightningNormMode(WriterMode):
-    """Lightning ``grad_norm`` style: per-parameter ``.norm()`` read with ``.item()``,
-    logged with one ``add_scalar`` per tag (as TensorBoardLogger.log_metrics does)."""
+    """Lightning-style gradient-norm logging, written here from its documented behaviour
+    (``lightning.pytorch.utilities.grad_norm`` called in ``on_before_optimizer_step`` and
+    passed to ``self.log_dict``): the 2-norm of every parameter's gradient, one norm per
+    parameter, and the total norm over all of them; every value is read back to the host
+    with ``.item()`` every step and logged as one TensorBoard scalar per tag."""
+
+    last: dict[str, float]
 
     def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
         assert self.writer is not None
         norms = {
-            f"grad_2.0_norm/{name}": p.grad.norm(2.0).item()
+            f"grad_2.0_norm/{name}": p.grad.norm(2.0)
             for name, p in model.named_parameters()
             if p.grad is not None
         }
-        norms["grad_2.0_norm_total"] = math.sqrt(sum(v * v for v in norms.values()))
-        for tag, value in norms.items():
+        if norms:
+            norms["grad_2.0_norm_total"] = torch.stack(list(norms.values())).norm(2.0)
+        self.last = {tag: value.item() for tag, value in norms.items()}  # one sync each
+        for tag, value in self.last.items():
             self.writer.add_scalar(tag, value, step)
+
+
+class TorchtitanNormMode(Mode):
+    """torchtitan-style, written here from its documented behaviour: the total gradient
+    norm from ``torch.nn.utils.get_total_norm`` (the function ``clip_grad_norm_`` is built
+    on; one batched ``foreach`` norm), checked for finiteness with ``torch._assert_async``,
+    which fails on the device without the host waiting for it; nothing is read back to
+    the host. The gradients are not clipped: no other configuration changes them."""
+
+    last: Tensor | None = None
+
+    def after_backward(self, model: nn.Module, loss: Tensor, step: int) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        torch._assert_async(torch.isfinite(total), "non-finite gradient norm")
+        self.last = total
+
+
+class AnomalyMode(Mode):
+    """``torch.autograd.detect_anomaly()`` around forward and backward (its documented use)."""
+
+    def forward_backward(self, model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autograd.detect_anomaly():
+                return super().forward_backward(model, loss_fn, x, y)
 
 
 class HistogramMode(WriterMode):
@@ -313,41 +378,76 @@ class ActivationHookMode(Mode):
 
 @dataclasses.dataclass
 class Config:
+    key: str  # short name: the summary, the "vs" rows and the tests refer to rows by it
     label: str
     make: Callable[[], Mode]
     every: int = 1  # take part in every `every`-th round (expensive reference rows)
     target: str = ""
 
 
-def configs() -> list[Config]:
-    return [
-        Config("unwatched (baseline)", Mode),
-        Config("unwatched again (A/A: the noise floor)", Mode),
+BASELINE, AA, LIGHTNING, TORCHTITAN = "unwatched", "aa", "lightning", "torchtitan"
+NORMS, DEFAULT, LOCATE = "norms", "default", "locate"
+
+
+def configs(*, extras: bool = False) -> list[Config]:
+    """The rows of the table; the baseline comes first (every ratio divides by it)."""
+    rows = [
+        Config(BASELINE, "unwatched (baseline)", Mode),
+        Config(AA, "unwatched again (A/A: the noise floor)", Mode),
         Config(
+            LIGHTNING,
+            "Lightning-style: per-parameter `p.grad.norm()` + total, `.item()` each",
+            LightningNormMode,
+        ),
+        Config(
+            TORCHTITAN,
+            "torchtitan-style: `get_total_norm` + `_assert_async(isfinite)`, no host read",
+            TorchtitanNormMode,
+        ),
+        Config(
+            NORMS,
             "gradwatch, norms only (`activation_every=0, update_ratio_every=0`)",
             lambda: GradwatchMode(activation_every=0, update_ratio_every=0),
-            target="<= 1.01",
         ),
         Config(
-            "gradwatch default (+ activation stats, update ratios every 10 steps)",
+            DEFAULT,
+            "gradwatch default (+ sampled activations, update ratios every 10 steps)",
             GradwatchMode,
-            target="<= 1.02",
+            target="<= 1.02 (transformer); <= Lightning-style (all)",
         ),
         Config(
+            LOCATE,
             "gradwatch default + `locate_nonfinite=True`",
             lambda: GradwatchMode(locate_nonfinite=True),
-            target="<= 1.05",
+            target="<= 1.05 (transformer)",
         ),
-        Config("gradwatch, `update_ratio_every=1`", lambda: GradwatchMode(update_ratio_every=1)),
-        Config("`torch.autograd.detect_anomaly()`", AnomalyMode, every=3),
-        Config(
-            "Lightning-style `grad_norm`: per-parameter `.norm().item()`",
-            LightningNormMode,
-            every=3,
-        ),
-        Config("wandb.watch-style gradient histograms every step", HistogramMode, every=3),
-        Config("Composer-style activation hooks on every module", ActivationHookMode, every=3),
     ]
+    if extras:
+        rows += [
+            Config(
+                "ratio1",
+                "gradwatch, `update_ratio_every=1`",
+                lambda: GradwatchMode(update_ratio_every=1),
+            ),
+            Config("anomaly", "`torch.autograd.detect_anomaly()`", AnomalyMode, every=3),
+            Config(
+                "histograms",
+                "wandb.watch-style gradient histograms every step",
+                HistogramMode,
+                every=3,
+            ),
+            Config(
+                "composer",
+                "Composer-style activation hooks on every module",
+                ActivationHookMode,
+                every=3,
+            ),
+        ]
+    return rows
+
+
+#: Paired comparisons in the summary: (numerator, denominator), same round.
+VERSUS: list[tuple[str, str]] = [(NORMS, LIGHTNING), (DEFAULT, LIGHTNING), (DEFAULT, TORCHTITAN)]
 
 
 # --------------------------------------------------------------------------- own time
@@ -435,24 +535,76 @@ def own_time_per_step(
 
 
 # --------------------------------------------------------------------------- timing
-def median_ci(values: list[float]) -> tuple[float, float, float]:
-    """Median and a distribution-free ~95% confidence interval (order statistics)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    half = 1.96 * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half))
-    return statistics.median(ordered), ordered[lo], ordered[hi]
+Interval = tuple[float, float, float]  # (median, low, high)
+
+
+def bootstrap_median_ci(
+    values: list[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> Interval:
+    """The median of ``values`` and a percentile-bootstrap confidence interval of it:
+    resample the rounds with replacement, take each resample's median, and read the
+    ``level`` central range off their distribution (seeded, so a table is reproducible)."""
+    if not values:
+        raise ValueError("bootstrap_median_ci: no values (was the configuration ever timed?)")
+    rng = random.Random(seed)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    tail = (1 - level) / 2
+    lo = medians[int(tail * resamples)]
+    hi = medians[min(resamples - 1, math.ceil((1 - tail) * resamples) - 1)]
+    return statistics.median(values), lo, hi
+
+
+def paired_ratios(times: dict[int, float], base: dict[int, float]) -> list[float]:
+    """Per round, ``times / base`` over the rounds both took part in."""
+    return [times[r] / base[r] for r in sorted(times) if r in base]
+
+
+@dataclasses.dataclass
+class RowResult:
+    key: str
+    label: str
+    step_ms: float  # median block time per step
+    wall: Interval | None  # ratio to the baseline of the same round (None: the baseline)
+    cpu: Interval | None
+    own_ms: float | None = None  # gradwatch's own time per step on the training thread
+    note: str = ""
+    target: str = ""
+
+
+@dataclasses.dataclass
+class WorkloadResult:
+    name: str
+    header: str
+    rounds: int
+    rows: list[RowResult]
+    versus: dict[tuple[str, str], Interval]  # (a, b) -> ratio a / b of the same round
+
+    def row(self, key: str) -> RowResult | None:
+        return next((row for row in self.rows if row.key == key), None)
+
+    @property
+    def base_ms(self) -> float:
+        return self.rows[0].step_ms
 
 
 def time_workload(
-    workload: Workload, rows: list[Config], rounds: int, block: int, root: str
-) -> list[str]:
+    workload: Workload,
+    rows: list[Config],
+    rounds: int,
+    block: int,
+    root: str,
+    *,
+    own_steps: int = 30,
+) -> WorkloadResult:
     """Rounds of blocks: each round runs every configuration for ``block`` timed steps
-    (after one untimed step), in a shuffled order; a configuration's ratio in a round is
-    its block time over the baseline's block time in the same round."""
+    (after one untimed step, which may build caches), in a shuffled order; a
+    configuration's ratio in a round is its block time over the baseline's block time in
+    the same round. A block is timed as a whole, between device synchronisations."""
     torch.manual_seed(1234)
     model = workload.make_model()
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     params = sum(p.numel() for p in model.parameters())
     layers = sum(1 for m in model.modules() if list(m.parameters(recurse=False)))
@@ -463,69 +615,164 @@ def time_workload(
     rng = random.Random(0)
     step = 0
     started = time.perf_counter()
+
+    def train_step(mode: Mode) -> None:
+        nonlocal step
+        x, y = workload.batches[step % len(workload.batches)]
+        loss = mode.forward_backward(model, workload.loss_fn, x, y)
+        mode.after_backward(model, loss, step)
+        optimizer.step()
+        optimizer.zero_grad()
+        step += 1
+
     for r in range(-1, rounds):  # round -1 warms every configuration up, untimed
         order = [i for i, row in enumerate(rows) if r < 0 or i == 0 or r % row.every == 0]
         rng.shuffle(order)
         for i in order:
             mode = modes[i]
             mode.attach(model, optimizer, os.path.join(root, f"{workload.name}-{i}-{r}"))
-            wall = cpu = 0.0
-            for s in range(1 + block):
-                x, y = workload.batches[step % len(workload.batches)]
-                c0, t0 = time.process_time(), time.perf_counter()
-                loss = mode.forward_backward(model, workload.loss_fn, x, y)
-                mode.after_backward(model, loss, step)
-                optimizer.step()
-                optimizer.zero_grad()
-                t1, c1 = time.perf_counter(), time.process_time()
-                step += 1
-                if s > 0:  # the first step after attaching may build caches
-                    wall, cpu = wall + t1 - t0, cpu + c1 - c0
+            train_step(mode)  # untimed: the first step after attaching may build caches
+            synchronize(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(block):
+                train_step(mode)
+            synchronize(device)
+            t1, c1 = time.perf_counter(), time.process_time()
             mode.detach()
             gc.collect()
             if r >= 0:
-                wall_times[i][r], cpu_times[i][r] = wall / block, cpu / block
-    base_step = statistics.median(wall_times[0].values())
+                wall_times[i][r], cpu_times[i][r] = (t1 - t0) / block, (c1 - c0) / block
     own: dict[int, float] = {}
-    for i, mode in enumerate(modes):
-        if isinstance(mode, GradwatchMode):
-            own[i] = own_time_per_step(
-                workload, model, optimizer, mode, 30, os.path.join(root, f"own-{i}")
-            )
+    if own_steps:
+        for i, mode in enumerate(modes):
+            if isinstance(mode, GradwatchMode):
+                own[i] = own_time_per_step(
+                    workload, model, optimizer, mode, own_steps, os.path.join(root, f"own-{i}")
+                )
     elapsed = time.perf_counter() - started
+    results = []
+    for i, row in enumerate(rows):
+        first = i == 0
+        results.append(
+            RowResult(
+                key=row.key,
+                label=row.label,
+                step_ms=statistics.median(wall_times[i].values()) * 1e3,
+                wall=None
+                if first
+                else bootstrap_median_ci(paired_ratios(wall_times[i], wall_times[0])),
+                cpu=None
+                if first
+                else bootstrap_median_ci(paired_ratios(cpu_times[i], cpu_times[0])),
+                own_ms=own[i] * 1e3 if i in own else None,
+                note=modes[i].note(),
+                target=row.target,
+            )
+        )
+    keys = [row.key for row in rows]
+    versus = {
+        (a, b): bootstrap_median_ci(
+            paired_ratios(wall_times[keys.index(a)], wall_times[keys.index(b)])
+        )
+        for a, b in VERSUS
+        if a in keys and b in keys
+    }
+    header = (
+        f"{workload.name}: {params / 1e6:.2f}M parameters in {tensors} tensors, {layers} "
+        f"layers, batch {workload.batch_text}, AdamW, on {device.type} ({rounds} rounds of "
+        f"{block}-step blocks, {elapsed:.0f} s)"
+    )
+    return WorkloadResult(workload.name, header, rounds, results, versus)
+
+
+def ratio_text(interval: Interval | None) -> str:
+    if interval is None:
+        return "1"
+    med, lo, hi = interval
+    return f"{med:.3f}x [{lo:.3f}, {hi:.3f}]"
+
+
+def workload_table(result: WorkloadResult) -> list[str]:
+    """One model's full table: step time, wall and CPU ratios, gradwatch's own time."""
     lines = [
-        f"\n### {workload.name}: {params / 1e6:.2f}M parameters in {tensors} tensors, "
-        f"{layers} layers, batch {workload.batch_text}, AdamW "
-        f"({rounds} rounds of {block}-step blocks, {elapsed:.0f} s)\n",
+        f"\n### {result.header}\n",
         "| configuration | median step | wall-time ratio [95% CI] | CPU-time ratio [95% CI] "
         "| gradwatch's own time per step | target |",
         "|---|---:|---:|---:|---:|---|",
     ]
-
-    def ratio(times: list[dict[int, float]], i: int) -> str:
-        med, lo, hi = median_ci([times[i][r] / times[0][r] for r in times[i]])
-        return f"{med:.3f}x [{lo:.3f}, {hi:.3f}]"
-
-    for i, row in enumerate(rows):
-        ms = statistics.median(wall_times[i].values()) * 1e3
-        if i == 0:
-            lines.append(f"| {row.label} | {ms:.1f} ms | 1 | 1 | | |")
-            continue
-        note = f" ({modes[i].note()})" if modes[i].note() else ""
-        mine = (
-            f"{own[i] * 1e3:.2f} ms = {1 + own[i] / base_step:.3f}x" if i in own else ""
-        )
+    for row in result.rows:
+        note = f" ({row.note})" if row.note else ""
+        own = f"{row.own_ms:.2f} ms = {1 + row.own_ms / result.base_ms:.3f}x" if row.own_ms else ""
         lines.append(
-            f"| {row.label}{note} | {ms:.1f} ms | {ratio(wall_times, i)} | "
-            f"{ratio(cpu_times, i)} | {mine} | {row.target} |"
+            f"| {row.label}{note} | {row.step_ms:.1f} ms | {ratio_text(row.wall)} | "
+            f"{ratio_text(row.cpu)} | {own} | {row.target} |"
         )
+    for (a, b), interval in result.versus.items():
+        lines.append(f"| {a} / {b}, same round | | {ratio_text(interval)} | | | |")
     lines.append(
-        "\nOwn time: the time spent inside gradwatch's hooks on the training thread "
-        "(median over blocks of 10 steps, measured after the timed rounds), and 1 + that "
-        "over the unwatched step: the overhead without the machine's noise, but also "
-        "without what gradwatch costs the user's kernels in evicted caches."
+        "\nRatios: median over rounds of (block time / the baseline's block time in the same "
+        "round), bootstrap 95% CI. Own time: the time spent inside gradwatch's hooks on the "
+        "training thread (median over blocks of 10 steps, measured after the timed rounds), "
+        "and 1 + that over the unwatched step: the overhead without the machine's noise, but "
+        "also without what gradwatch costs the user's kernels (evicted caches, the device)."
     )
     return lines
+
+
+def summary_table(results: list[WorkloadResult]) -> list[str]:
+    """One table: every configuration's wall-time ratio on every model, then the paired
+    comparisons with the peers, then the targets and whether this run met them."""
+    if not results:
+        return []
+    names = [r.name for r in results]
+    lines = [
+        "\n## Summary: wall-time ratio to the unwatched step of the same round "
+        "[bootstrap 95% CI]\n",
+        "| configuration | " + " | ".join(names) + " | target |",
+        "|---|" + "---:|" * len(names) + "---|",
+        "| unwatched step (median) | "
+        + " | ".join(f"{r.base_ms:.1f} ms" for r in results)
+        + " | |",
+    ]
+    for row in results[0].rows[1:]:
+        cells = [ratio_text(r.row(row.key).wall if r.row(row.key) else None) for r in results]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {row.target} |")
+    for pair in results[0].versus:
+        cells = [ratio_text(r.versus.get(pair)) for r in results]
+        lines.append(f"| {pair[0]} / {pair[1]} (same round) | " + " | ".join(cells) + " | |")
+    lines.append("")
+    lines += [f"- {line}" for line in verdicts(results)]
+    return lines
+
+
+def verdicts(results: list[WorkloadResult]) -> list[str]:
+    """The issue's targets, read off this run's medians (and what the noise floor is)."""
+    out: list[str] = []
+    for result in results:
+        aa = result.row(AA)
+        if aa is not None and aa.wall is not None:
+            med, lo, hi = aa.wall
+            out.append(
+                f"{result.name}: noise floor (A/A) {med:.3f}x, CI half-width "
+                f"{(hi - lo) / 2:.3f}: differences smaller than that are not resolved"
+            )
+
+    def check(name: str, interval: Interval | None, limit: float, what: str) -> None:
+        if interval is None:
+            return
+        med, lo, hi = interval
+        state = "met" if med <= limit else "MISSED"
+        out.append(f"{name}: {what} {med:.3f}x [{lo:.3f}, {hi:.3f}] (target <= {limit}): {state}")
+
+    for result in results:
+        default, locate = result.row(DEFAULT), result.row(LOCATE)
+        if result.name == "transformer":
+            check(result.name, default.wall if default else None, 1.02, "default")
+            check(result.name, locate.wall if locate else None, 1.05, "locate_nonfinite")
+        check(
+            result.name, result.versus.get((DEFAULT, LIGHTNING)), 1.0, "default / Lightning-style"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- ops per step
@@ -756,11 +1003,127 @@ def device_memory_section() -> list[str]:
     return lines
 
 
+def cuda_memory_section(device: torch.device, steps: int = 20) -> list[str]:
+    """What the CUDA caching allocator holds for gradwatch, next to the same steps
+    unwatched: persistently (after a step) and at each step's peak, on ordinary steps and
+    on update-ratio steps (which snapshot the parameters once: the documented transient
+    copy). The persistent and ordinary-step columns should grow with the layers, not the
+    parameters: compare the two widths at the same depth."""
+    lines = [
+        f"\n### Device memory on {torch.cuda.get_device_name(device)} (torch.cuda memory "
+        f"stats, {steps} steps, default options)\n",
+        "| model | layers | parameter bytes | held after a step | extra peak, ordinary step "
+        "| extra peak, update-ratio step |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def run(model: nn.Module, watched: bool) -> tuple[int, int, int]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x = torch.randn(8, model[0].in_features, device=device)
+        watcher = gradwatch.watch(model, optimizer) if watched else None
+        held, peak_ordinary, peak_ratio = 0, 0, 0
+        try:
+            for step in range(steps):
+                synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                loss = model(x).square().mean()
+                loss.backward()
+                if watcher is not None:
+                    watcher.record_loss(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                synchronize(device)
+                peak = torch.cuda.max_memory_allocated(device)
+                if step >= 2:  # after the first steps' caches
+                    held = max(held, torch.cuda.memory_allocated(device))
+                    if step % 10 == 0:
+                        peak_ratio = max(peak_ratio, peak)
+                    else:
+                        peak_ordinary = max(peak_ordinary, peak)
+        finally:
+            if watcher is not None:
+                watcher.close()
+        return held, peak_ordinary, peak_ratio
+
+    for depth, width in ((10, 64), (10, 512), (100, 64)):
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)]).to(device)
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        plain = run(model, watched=False)
+        watched = run(model, watched=True)
+        held, ordinary, ratio = (w - p for w, p in zip(watched, plain))
+        lines.append(
+            f"| Linear stack {depth} x {width} | {depth} | {param_bytes / 2**10:.0f} KiB | "
+            f"{held / 2**10:.1f} KiB | {ordinary / 2**10:.1f} KiB | {ratio / 2**10:.1f} KiB |"
+        )
+        del model
+        torch.cuda.empty_cache()
+    lines.append(
+        "\nExtra = watched minus the same steps unwatched (the caching allocator rounds each "
+        "block up to 512 bytes). Held and ordinary-step peaks are a few vectors of length "
+        "(layers) or (parameter tensors): they should not change between the two widths of "
+        "depth 10. An update-ratio step's peak adds one copy of the parameters, freed after "
+        "the optimizer step."
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------- output
+def machine_name(device: torch.device) -> str:
+    """A short, file-name-safe name of what ran the benchmark: the GPU's name, or cpu."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def default_out_path(
+    device: torch.device, today: datetime.date | None = None, directory: str = RESULTS_DIR
+) -> str:
+    day = (today or datetime.date.today()).isoformat()
+    return os.path.join(directory, f"bench_overhead-{day}-{machine_name(device)}.md")
+
+
+def describe_machine(device: torch.device, threads: int) -> str:
+    gpu = ""
+    if device.type == "cuda":
+        gpu = f", GPU {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return (
+        f"gradwatch {gradwatch.__version__}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()} {os.cpu_count()} CPUs, torch "
+        f"threads {threads}{gpu}"
+    )
+
+
+def load_text() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+class Report:
+    """Prints each section as it is done and keeps the whole text for the results file
+    (written after every section, so a run cut short by a time limit keeps what it did)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, lines: list[str]) -> None:
+        print("\n".join(lines), flush=True)
+        self.lines += lines
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path, "w") as out:
+                out.write("\n".join(self.lines) + "\n")
+
+
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run while developing")
-    parser.add_argument("--rounds", type=int, help="timed rounds per workload")
+SECTIONS = ("timing", "ops", "consumer", "memory")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small models, 2 rounds, not saved"
+    )
+    parser.add_argument("--rounds", type=int, help="timed rounds per workload (default 20)")
     parser.add_argument(
         "--block",
         type=int,
@@ -768,43 +1131,112 @@ def main(argv: list[str] | None = None) -> None:
         help="timed steps per configuration and round (keep a multiple of 10: the "
         "default options sample activations and update ratios every 10 steps)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--memory-steps", type=int, help="steps of the memory run")
     parser.add_argument(
-        "--only", default="", help="comma-separated sections: timing,ops,consumer,memory"
+        "--threads", type=int, default=2, help="torch intra-op threads (default 2: all cores)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
+    parser.add_argument(
+        "--batch-scale", type=int, default=1, help="multiply every batch (a GPU needs bigger)"
+    )
+    parser.add_argument("--memory-steps", type=int, help="steps of the host-memory run")
+    parser.add_argument("--own-steps", type=int, help="steps of the own-time run (0: none)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated sections: " + ",".join(SECTIONS)
     )
     parser.add_argument(
         "--workloads", default="transformer,cnn,mlp", help="comma-separated workload names"
     )
+    parser.add_argument(
+        "--extras",
+        action="store_true",
+        help="also update_ratio_every=1, detect_anomaly, histograms, activation hooks",
+    )
+    parser.add_argument("--out", help="the results file (default: in --out-dir)")
+    parser.add_argument(
+        "--out-dir",
+        default=RESULTS_DIR,
+        help="where the results file goes, named by the date and the machine "
+        "(default benchmarks/results/)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 15)
-    memory_steps = args.memory_steps or (2000 if args.quick else 10_000)
-    sections = set(args.only.split(",")) if args.only else {"timing", "ops", "consumer", "memory"}
+    args.rounds = args.rounds or (2 if args.quick else 20)
+    args.memory_steps = args.memory_steps or (300 if args.quick else 10_000)
+    if args.own_steps is None:
+        args.own_steps = 10 if args.quick else 30
+    args.sections = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = args.sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    if args.block < 1 or args.rounds < 1 or args.batch_scale < 1:
+        parser.error("--block, --rounds and --batch-scale must be positive")
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    names = [w.name for w in workloads(small=True)]
+    args.workload_names = [n for n in args.workloads.split(",") if n]
+    if not set(args.workload_names) <= set(names):
+        parser.error(f"--workloads: choose from {names}, got {args.workloads!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[WorkloadResult]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("gradwatch").addHandler(logging.NullHandler())
     logging.getLogger("gradwatch").propagate = False
-
-    print(
-        f"gradwatch {gradwatch.__version__}, torch {torch.__version__}, Python "
-        f"{platform.python_version()}, {platform.machine()} {os.cpu_count()} CPUs, "
-        f"torch threads {torch.get_num_threads()}"
+    if args.no_save:
+        path = None
+    elif args.out:
+        path = args.out
+    elif not args.quick:
+        path = default_out_path(args.device, directory=args.out_dir)
+    else:
+        path = None
+    if path:
+        print(f"results file: {path}", flush=True)  # benchmarks/gpu_check.sh reads this line
+    report = Report(path)
+    shown = sys.argv if argv is None else ["benchmarks/bench_overhead.py", *argv]
+    report.add(
+        [
+            f"# bench_overhead, {datetime.datetime.now():%Y-%m-%d %H:%M}",
+            "",
+            describe_machine(args.device, torch.get_num_threads()),
+            f"command: {' '.join([os.path.basename(sys.executable), *shown])}",
+            f"load average at the start: {load_text()}",
+        ]
     )
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    chosen = [w for w in workloads() if w.name in args.workloads.split(",")]
-    base_ms: dict[str, float] = {}
-    if "timing" in sections:
+    chosen = [
+        w
+        for w in workloads(args.device, batch_scale=args.batch_scale, small=args.quick)
+        if w.name in args.workload_names
+    ]
+    results: list[WorkloadResult] = []
+    if "timing" in args.sections:
         with tempfile.TemporaryDirectory() as root:
             for workload in chosen:
-                lines = time_workload(workload, configs(), rounds, args.block, root)
-                base_ms[workload.name] = float(lines[3].split("|")[2].split()[0])
-                print("\n".join(lines), flush=True)
-    if "ops" in sections:
-        lines = ops_section(workloads()[0]) + device_memory_section()
-        print("\n".join(lines), flush=True)
-    if "consumer" in sections:
-        print("\n".join(consumer_section(base_ms)), flush=True)
-    if "memory" in sections:
-        print("\n".join(memory_section(memory_steps)), flush=True)
+                result = time_workload(
+                    workload,
+                    configs(extras=args.extras),
+                    args.rounds,
+                    args.block,
+                    root,
+                    own_steps=args.own_steps,
+                )
+                results.append(result)
+                report.add(workload_table(result))
+    if "ops" in args.sections:
+        report.add(ops_section(workloads(small=args.quick)[0]) + device_memory_section())
+    if "consumer" in args.sections:
+        report.add(consumer_section({r.name: r.base_ms for r in results}))
+    if "memory" in args.sections:
+        report.add(memory_section(args.memory_steps))
+        if args.device.type == "cuda":
+            report.add(cuda_memory_section(args.device))
+    report.add([*summary_table(results), f"\nload average at the end: {load_text()}"])
+    if report.path:
+        print(f"\nwritten to {report.path}", flush=True)
+    return results
 
 
 if __name__ == "__main__":
