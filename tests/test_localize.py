@@ -578,3 +578,119 @@ def test_float64_values_beyond_float32_range_are_not_mistaken_for_inf() -> None:
     model[1].bias.data.fill_(-1e305)  # log of a negative: the NaN comes from "2"
     alerts, _ = _nonfinite_alerts(model, [(x, y)])
     assert alerts and alerts[0].layer == "2", alerts
+
+
+# ----------------------------- real GPT-2 and language-model calls (issue 20 item 10)
+
+
+def _gpt2(n_layer: int = 2) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=n_layer, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0
+    )
+    config.eos_token_id = 0
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _gpt2_nonfinite_alert(model: nn.Module, after_watch=None):
+    """One step of ``model`` on token ids, localised; the first nonfinite alert."""
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True, activation_every=0) as gw:
+        if after_watch is not None:
+            after_watch(model)
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+    return next(a for a in gw.alerts if a.kind == "nonfinite")
+
+
+def _sqrt_at_zero_in_forward(module: nn.Module) -> None:
+    """A real backward-only fault inside ``module``'s own forward: ``sqrt(x * 0)`` adds
+    nothing forward, and its gradient is ``0 * inf = NaN`` (a custom layer's sqrt of a
+    norm that can be 0)."""
+    original = module.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return original(x + torch.sqrt(x * 0))
+
+    module.forward = forward
+
+
+@pytest.mark.parametrize(
+    ("child", "parent"),
+    [("transformer.h.0.mlp.c_fc", "GPT2MLP"), ("transformer.h.1.attn.c_attn", "GPT2Attention")],
+)
+def test_a_backward_nan_in_a_child_given_its_parents_input_names_the_child(child, parent):
+    model = _gpt2()
+    module = model.get_submodule(child)
+    parent_name = child.rsplit(".", 1)[0]
+    assert type(model.get_submodule(parent_name)).__name__ == parent
+    _sqrt_at_zero_in_forward(module)
+    alert = _gpt2_nonfinite_alert(model)
+    assert alert.layer == child, alert.message  # not the parent handing it its input
+    assert "backward" in alert.message
+
+
+class CausalLM(nn.Module):
+    """The standard language-model call: ``model(ids, attn_mask=mask)`` with an additive
+    causal mask of -inf above the diagonal next to integer token ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.block = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 40)
+
+    def forward(self, ids: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(ids), src_mask=attn_mask))
+
+
+def _causal_lm_alert(model: CausalLM):
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = nn.Transformer.generate_square_subsequent_mask(10)
+    assert mask.isneginf().any()  # -inf above the diagonal, 0 elsewhere
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True, activation_every=0) as gw:
+        logits = model(ids, attn_mask=mask)
+        nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
+        optimizer.step()
+    return next(a for a in gw.alerts if a.kind == "nonfinite")
+
+
+def test_a_minus_inf_mask_next_to_integer_ids_is_not_blamed_on_the_data() -> None:
+    torch.manual_seed(0)
+    model = CausalLM()
+    with torch.no_grad():
+        model.head.weight.fill_(3e38)  # a real overflow: the logits are inf
+    alert = _causal_lm_alert(model)
+    assert alert.layer == "head", alert.message
+    # The finding is the head; the mask is named only as the other reading of a -inf.
+    finding = alert.message.index("produced in the forward pass by 'head' (Linear)")
+    assert finding < alert.message.find("taken for an intentional mask")
+
+
+def test_a_minus_inf_mask_next_to_integer_ids_with_a_loss_fault_names_the_loss() -> None:
+    torch.manual_seed(0)
+    model = CausalLM()
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = nn.Transformer.generate_square_subsequent_mask(10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True, activation_every=0) as gw:
+        logits = model(ids, attn_mask=mask)
+        torch.log(logits.softmax(-1) * 0).mean().neg().backward()  # log(0): the loss's fault
+        optimizer.step()
+    alert = next(a for a in gw.alerts if a.kind == "nonfinite")
+    assert alert.layer is None and "loss" in alert.message, alert.message
+
+
+def test_a_nan_made_by_a_forward_hook_registered_after_watch_names_its_module() -> None:
+    def rescale_by_zero(module, args, output):  # a steering hook dividing by a 0 norm
+        return output / (output.norm(dim=-1, keepdim=True) * 0)
+
+    alert = _gpt2_nonfinite_alert(
+        _gpt2(),
+        after_watch=lambda m: m.transformer.h[0].mlp.register_forward_hook(rescale_by_zero),
+    )
+    assert alert.layer == "transformer.h.0.mlp", alert.message  # not the enclosing block
+    assert "forward" in alert.message

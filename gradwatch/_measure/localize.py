@@ -97,6 +97,10 @@ class _Call:
     name: str  # qualified module name
     type_name: str
     parent: int | None  # the enclosing call (None for an outermost call)
+    depth: int = 0  # how many calls enclose it
+    # Whether its first tensor input is a float one: in ``model(ids, attn_mask=mask)``
+    # the data are the integer ids, and the float mask only rides along with them.
+    float_first: bool = True
 
 
 @dataclasses.dataclass
@@ -128,9 +132,10 @@ class NonfiniteLocator:
             if module is None or info.has(CONTAINER):
                 continue  # a container only chains its children: they see the same tensors
             # Hooks are inert while traced (torch.compile, jit.trace): not a real call.
-            before = SafeHook(self, "_before", info.name, info.type_name)
+            after_handle = module.register_forward_hook(after, always_call=True)
+            before = SafeHook(self, "_before", info.name, info.type_name, after_handle.id)
             self.handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-            self.handles.append(module.register_forward_hook(after, always_call=True))
+            self.handles.append(after_handle)
 
     def remove(self) -> None:
         handles, self.handles = self.handles, []
@@ -189,13 +194,27 @@ class NonfiniteLocator:
         # A tensor that a call returns as it was given (nn.Identity, a block passing its
         # mask along) is both that call's output and its input: the gradient reaches the
         # call's output before the call passes it on, so its GOUT roles come first.
-        for kind, call in sorted(checked.roles, key=lambda role: role[0] != _Kind.GOUT):
+        # A tensor given to a module and, unchanged, to its child (GPT-2's GPT2MLP hands
+        # its input to mlp.c_fc) has one gradient for both input roles: the innermost
+        # call's comes first, as the child's backward is where the gradient was made.
+        calls = self._calls
+        for kind, call in sorted(
+            checked.roles, key=lambda role: (role[0] != _Kind.GOUT, -calls[role[1]].depth)
+        ):
             self._events.append(_Event(kind, call, slots))
 
     def _backward_done(self) -> None:
         self._in_backward = False
 
-    def _before(self, name: str, type_name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _before(
+        self, name: str, type_name: str, after_id: int, module: nn.Module, args: Any, kwargs: Any
+    ) -> None:
+        hooks = module._forward_hooks
+        if hooks and next(reversed(hooks)) != after_id and after_id in hooks:
+            # A forward hook registered after watch() (the user's, another tool's) may
+            # change the output: the output check runs after every other hook, so that
+            # a NaN such a hook makes is named at its module, not at the next one.
+            hooks.move_to_end(after_id)
         if not torch.is_grad_enabled() or self._in_backward:
             # Evaluation forwards, a submodule called under no_grad inside a training
             # forward, and activation-checkpoint recomputations during backward are not
@@ -205,9 +224,13 @@ class NonfiniteLocator:
             return
         call = len(self._calls)
         parent = self._stack[-1] if self._stack else None
-        self._calls.append(_Call(name, type_name, parent))
+        depth = 0 if parent is None else self._calls[parent].depth + 1
+        leaves = _leaves((args, kwargs))
+        first = next((leaf for leaf in leaves if isinstance(leaf, Tensor)), None)
+        float_first = first is None or first.is_floating_point() or first.is_complex()
+        self._calls.append(_Call(name, type_name, parent, depth, float_first))
         self._stack.append(call)
-        self._forward(_Kind.IN, call, _float_tensors((args, kwargs)))
+        self._forward(_Kind.IN, call, _float_tensors(leaves))
 
     def _after(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self._stack:
@@ -336,7 +359,8 @@ class _ForwardSearch:
         self.main_input: dict[int, int] = {}  # call -> min slot of its first input tensor
         for event in self.events:
             if event.kind == _Kind.IN:
-                self.main_input.setdefault(event.call, event.slots[0])
+                if self.calls[event.call].float_first:  # else no float input is the data
+                    self.main_input.setdefault(event.call, event.slots[0])
                 self.inputs.setdefault(event.call, set()).update(event.slots)
                 for slot in event.slots:
                     self.takers.setdefault(slot, []).append(event.call)
@@ -358,9 +382,7 @@ class _ForwardSearch:
         """Every tensor among ``slots`` holds -inf but neither NaN nor +inf (its min is
         -inf, its max finite): what an additive attention mask holds, and log(0)."""
         lows = {slot - slot % 2 for slot in slots}  # a tensor's slots are (min, max)
-        return all(
-            np.isneginf(self.host[low]) and np.isfinite(self.host[low + 1]) for low in lows
-        )
+        return all(np.isneginf(self.host[low]) and np.isfinite(self.host[low + 1]) for low in lows)
 
     def reads_as_mask(self, event: _Event, bad: set[int]) -> bool:
         """Whether ``bad`` values of ``event`` are read as an intentional -inf mask.
