@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -169,3 +170,107 @@ def test_optimizer_of_another_model_is_refused() -> None:
             mse,
             optimizer=torch.optim.SGD(other.parameters(), lr=0.1),
         )
+
+
+# ------------------------------------------------------- Hugging Face models (issue 18.6)
+def _tiny_vit() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
+def _tiny_gpt2() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    """The modules that own a parameter no earlier module owns (a tied head owns none)."""
+    seen: set[int] = set()
+    names = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen |= {id(p) for p in own}
+        if own:
+            names.append(name)
+    return names
+
+
+def test_hf_classifier_output_goes_to_loss_fn_as_logits() -> None:
+    model = _tiny_vit()
+    names = _layer_names(model)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 3, 8, 8, generator=generator)
+    labels = torch.randint(0, 3, (6,), generator=generator)
+    report = gradwatch.check(model, [(images, labels)], nn.functional.cross_entropy, steps=3)
+    assert report.steps == 3 and all(math.isfinite(v) for v in report.losses)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(_tiny_vit()(images).logits, labels)
+    assert report.losses[0] == pytest.approx(float(expected), rel=1e-5)
+    # layer names are the model's own: no wrapper prefix
+    assert [layer.name for layer in report.layers] == names
+
+
+def test_hf_model_own_loss_with_loss_fn_none_and_dict_inputs() -> None:
+    model = _tiny_gpt2()
+    names = _layer_names(model)
+    ids = torch.randint(0, 32, (4, 12), generator=torch.Generator().manual_seed(0))
+    report = gradwatch.check(model, [({"input_ids": ids}, ids)], None, steps=3)
+    with torch.no_grad():
+        expected = _tiny_gpt2()(input_ids=ids, labels=ids).loss
+    assert report.losses[0] == pytest.approx(float(expected), rel=1e-5)
+    assert [layer.name for layer in report.layers] == names
+    # tensor inputs work too: model(ids, labels=ids)
+    again = gradwatch.check(_tiny_gpt2(), [(ids, ids)], steps=2)
+    assert again.losses[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_loss_fn_none_needs_a_model_with_its_own_loss() -> None:
+    with pytest.raises(TypeError, match="loss_fn=None uses the model's own loss") as info:
+        gradwatch.check(make_mlp(), regression_batches(1), None, steps=2)
+    assert "Pass loss_fn" in str(info.value) and "Sequential" in str(info.value)
+
+
+# --------------------------------------------- losses that cannot train (issue 20.9)
+@pytest.mark.parametrize(
+    ("loss_fn", "error", "words"),
+    [
+        (lambda out, y: mse(out, y).detach(), ValueError, ["does not depend on the model's"]),
+        (lambda out, y: torch.tensor(mse(out, y).item()), ValueError, ["torch.no_grad()"]),
+        (lambda out, y: (out.argmax() == 0).sum(), TypeError, ["integer tensor (torch.int64)"]),
+        (
+            lambda out, y: (out * (1 + 1j)).abs().sum().to(torch.complex64) * 1j,
+            TypeError,
+            ["complex tensor (torch.complex64)", "real loss"],
+        ),
+    ],
+)
+def test_a_loss_that_cannot_train_is_refused_naming_loss_fn(loss_fn, error, words) -> None:
+    with pytest.raises(error) as info:
+        gradwatch.check(make_mlp(), regression_batches(1), loss_fn, steps=2)
+    text = str(info.value)
+    assert text.startswith("loss_fn returned") and "at step 0" in text
+    for word in words:
+        assert word in text
+
+
+def test_an_all_frozen_model_with_an_optimizer_is_refused() -> None:
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="model has no trainable parameters") as info:
+        gradwatch.check(model, regression_batches(1), mse, optimizer=optimizer, steps=2)
+    assert "optimizer has nothing to update" in str(info.value)
+    assert "requires_grad_(True)" in str(info.value)
