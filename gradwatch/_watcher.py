@@ -372,6 +372,7 @@ class Watcher:
         self._drain(block=True)
         policies = self._policies
         return {
+            "layers": list(self.index.names),  # what the history's per-layer arrays index
             "step": self._step,
             "history": self.history.state_dict(),
             "alerts": [dataclasses.asdict(alert) for alert in self._book.alerts],
@@ -386,6 +387,14 @@ class Watcher:
             raise RuntimeError(
                 f"Watcher.load_state_dict() after {self._step} step(s): restore the saved "
                 "state right after watch(), before the first step."
+            )
+        saved = list(state.get("layers", self.index.names))
+        if saved != list(self.index.names):
+            raise ValueError(
+                f"Watcher.load_state_dict(): the state was saved from a model with "
+                f"{len(saved)} layer(s) ({', '.join(saved[:3])}...), this watcher watches "
+                f"{len(self.index.names)} other ones. Restore it into the same model, or "
+                "start afresh without it."
             )
         self.history.load_state_dict(state["history"])
         for fields in state["alerts"]:

@@ -156,3 +156,11 @@ def test_load_state_dict_after_a_step_is_refused() -> None:
         optimizer.step()
         with pytest.raises(RuntimeError, match="before the first step"):
             watcher.load_state_dict(state)
+
+
+def test_a_state_of_another_model_is_refused() -> None:
+    state = _run(2).state_dict()  # make_mlp: four Linear layers
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 1))
+    watcher = gradwatch.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with watcher, pytest.raises(ValueError, match="saved from a model with 4 layer"):
+        watcher.load_state_dict(state)
