@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -154,7 +155,11 @@ def test_tensorboard_serves_scalars_layout_alerts_and_flow_image(
     assert "gradient_flow" in images["unstable"]
     pictures = server.get("/data/plugin/images/images?run=unstable&tag=gradient_flow")
     assert [picture["step"] for picture in pictures] == [4, 5]
-    assert pictures[0]["width"] > 600 and pictures[0]["height"] > 200
+    route = "/data/plugin/images/individualImage?" + pictures[-1]["query"]
+    with urllib.request.urlopen(server.url + route, timeout=5) as response:
+        png = response.read()
+    width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR
+    assert width > 600 and height > 200  # labelled: names, steps, colour bar
 
 
 # ------------------------------------------------ TensorBoard's reader, no server

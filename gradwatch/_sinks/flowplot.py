@@ -247,11 +247,13 @@ def flow_heatmap_rgb(
 
 
 #: Geometry of :func:`flow_picture_rgb`, in pixels: the font scale (5x7 glyphs drawn
-#: 2x), the heat map's largest size, the tallest row, and the widest layer label.
+#: 2x), the heat map's largest size, the tallest row (unless the heat map would be lower
+#: than its smallest height), and the widest layer label.
 FONT_SCALE = 2
 HEAT_WIDTH = 640
 HEAT_HEIGHT = 600
 MAX_ROW_HEIGHT = 18
+MIN_HEAT_HEIGHT = 220
 LABEL_WIDTH = 300
 INK = (40, 40, 40)
 BAR_WIDTH = 18
@@ -303,6 +305,8 @@ def flow_picture_rgb(
         tuple(data.layers[i] for i in rows), data.steps[columns], data.grad_norm[rows][:, columns]
     )
     row_h = int(np.clip(HEAT_HEIGHT // max(len(rows), 1), 1, MAX_ROW_HEIGHT))
+    # A few layers get taller rows, so that the colour bar has room for its values.
+    row_h = max(row_h, -(-MIN_HEAT_HEIGHT // max(len(rows), 1)))
     cell_w = max(1, HEAT_WIDTH // max(len(columns), 1))
     heat, _ = flow_heatmap_rgb(
         sampled, width=cell_w * len(columns) + SCALE_WIDTH, height=row_h * len(rows),
