@@ -364,3 +364,43 @@ def test_readme_ci_recipe_names_real_options() -> None:
     for command in commands:
         args = build_parser().parse_args(command.split()[1:])
         assert args.command == "check"
+
+
+def test_try_fixes_prints_causes_then_the_trials_and_json_holds_them(
+    in_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_main(
+        ["check", "diverging_model.py:build", "--steps", "10", "--try-fixes"], capsys
+    )
+    assert status == 1, err
+    # the cause first, what to change, the evidence; then the trials; then the alerts
+    causes = out.index("Causes (")
+    assert causes < out.index("   Change:") < out.index("   Evidence:")
+    assert out.index("   Evidence:") < out.index("Fixes tried from the same starting weights")
+    assert out.index("Fixes tried") < out.index("Alerts (the evidence")
+    assert "1. learning_rate_too_high (from step " in out
+    assert "in layer '0' (Linear)" in out  # layers read as layers
+    assert "Best: " in out
+    assert "gradwatch check: trying fix 1/" in err  # the progress, on stderr
+    assert "trying fix" not in out
+    status, out, _ = run_main(
+        ["check", "diverging_model.py:build", "--steps", "10", "--try-fixes", "--json"], capsys
+    )
+    data = json.loads(out)
+    trials = data["fix_trials"]
+    assert status == 1 and trials and trials[0]["ok"] is True
+    assert trials[0]["fix"] in ("lr_div_10", "lr_div_100", "clip_grad_norm", "linear_warmup")
+    assert data["diagnoses"][0]["cause"] == "learning_rate_too_high"
+
+
+def test_try_fixes_needs_enough_steps_and_healthy_prints_numbers(
+    in_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_main(
+        ["check", "healthy_model.py:build", "--steps", "5", "--try-fixes"], capsys
+    )
+    assert status == 2 and out == ""
+    assert "--try-fixes needs --steps 10 or more" in err
+    status, out, _ = run_main(["check", "healthy_model.py:build", "--steps", "3"], capsys)
+    assert status == 0
+    assert "Gradient norms at the last step: " in out and "Causes" not in out

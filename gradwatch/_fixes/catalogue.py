@@ -108,8 +108,9 @@ class Context:
 
 
 def warmup_length(steps: int) -> int:
-    """The warmup of a trial: a quarter of the check, at least 2 steps."""
-    return max(2, steps // 4)
+    """The warmup of a trial: a quarter of the check, at least 5 steps (half of the
+    shortest check), so a short check still sees the rate climb."""
+    return min(max(5, steps // 4), max(2, steps // 2))
 
 
 def _make(fix_id: str, causes: tuple[str, ...], context: Context, first_step: int) -> Fix | None:
