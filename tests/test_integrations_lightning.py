@@ -314,11 +314,19 @@ def test_alerts_and_the_diagnosis_go_to_lightnings_log(
             return None
 
     callback = GradWatchCallback()
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-        trainer = _trainer(callback, 4, logger=False)
+        trainer = _trainer(callback, 4, logger=logger)
         trainer.fit(Saturated(), _loader(4))
     watcher = callback.watcher
     assert watcher is not None and watcher.diagnoses
+    # The TensorBoardLogger's run has them in its Text tab, at their steps.
+    accumulator = EventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    texts = accumulator.Tensors("gradwatch/alerts/text_summary")
+    assert [event.step for event in texts] == [alert.step for alert in watcher.alerts]
+    first = texts[0].tensor_proto.string_val[0].decode()
+    assert first.startswith(f"**{watcher.alerts[0].severity.upper()}** `{watcher.alerts[0].kind}`")
     ours = [r for r in caplog.records if r.name == "lightning.pytorch.gradwatch"]
     alert_lines = [r.getMessage() for r in ours[:-1]]
     assert alert_lines == [alert.format() for alert in watcher.alerts]

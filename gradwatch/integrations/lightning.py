@@ -25,10 +25,11 @@ step)``, the way Lightning's own ``grad_norm`` logging reaches any logger), so a
 loggers all hold them, on Lightning's step axis and every ``log_every_n_steps`` steps as
 Lightning logs its own (``log_every=`` given to the callback overrides that cadence).
 A ``TensorBoardLogger`` also gets gradwatch's chart layout (one multi-line chart per
-statistic). Alerts go to Lightning's log (logger ``lightning.pytorch.gradwatch``) as
-they are raised, and at the end of fitting the run's diagnosis is logged there: the
-cause, what to change, the alerts as its evidence. ``logdir=`` adds gradwatch's own
-TensorBoard files (alerts as text, the gradient-flow picture) in that directory.
+statistic) and the alerts as text (tag ``gradwatch/alerts``). Alerts go to Lightning's
+log (logger ``lightning.pytorch.gradwatch``) as they are raised, and at the end of
+fitting the run's diagnosis is logged there: the cause, what to change, the alerts as its
+evidence. ``logdir=`` adds gradwatch's own TensorBoard run in that directory (every
+``log_every`` steps, alerts as text, the gradient-flow picture).
 
 Resuming: the callback's ``state_dict`` (saved in Lightning's checkpoints) holds the
 watcher's state (:meth:`gradwatch.Watcher.state_dict`), so ``trainer.fit(...,
@@ -49,7 +50,7 @@ import torch
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
 from gradwatch._measure.amp import scaler_found_inf
-from gradwatch._sinks.tensorboard import custom_scalars_layout
+from gradwatch._sinks.tensorboard import alert_markdown, custom_scalars_layout
 from gradwatch._watcher import Watcher
 from gradwatch.integrations._common import (
     check_logdir,
@@ -83,6 +84,8 @@ __all__ = ["GradWatchCallback"]
 
 #: Lightning's log: its own messages go to ``lightning.pytorch``, which prints them.
 lightning_log = logging.getLogger("lightning.pytorch.gradwatch")
+#: Where a ``TensorBoardLogger``'s run gets gradwatch's alerts (its Text tab).
+ALERT_TEXT_TAG = "gradwatch/alerts"
 
 
 class GradWatchCallback(pl.Callback):
@@ -226,10 +229,12 @@ class _Loggers:
 
     def __init__(self, trainer: pl.Trainer) -> None:
         self._loggers: list[Logger] = list(trainer.loggers)
-        for logger in self._loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # gradwatch's charts: one multi-line chart per statistic, all layers.
-                logger.experiment.add_custom_scalars(custom_scalars_layout())
+        self._writers = [
+            logger.experiment for logger in self._loggers if isinstance(logger, TensorBoardLogger)
+        ]
+        for writer in self._writers:
+            # gradwatch's charts: one multi-line chart per statistic, all layers.
+            writer.add_custom_scalars(custom_scalars_layout())
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         metrics = dict(scalars)
@@ -237,6 +242,8 @@ class _Loggers:
             logger.log_metrics(metrics, step)
 
     def write_alert(self, alert: Alert) -> None:
+        for writer in self._writers:  # TensorBoard's Text tab, at the alert's step
+            writer.add_text(ALERT_TEXT_TAG, alert_markdown(alert), alert.step)
         lightning_log.log(logging.getLevelName(alert.severity.upper()), "%s", alert.format())
 
     def flush(self) -> None:
