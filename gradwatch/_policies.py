@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import difflib
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -192,6 +193,10 @@ class StepPolicies:
         self._layer_names = index.names
         self._param_layer = index.param_layer
         self.clipped_steps = 0
+        # The clipper's step counter after our last step (adaptive clippers: a change in
+        # between means another watcher stepped it too).
+        self._clipper_steps = self.clipper.steps_seen if self.clipper is not None else 0
+        self._shared_warned = False
         self.skipped_steps = 0
         self.amp_skipped_steps = 0
 
@@ -209,7 +214,27 @@ class StepPolicies:
                     target.layers.append(self._layer_names[layer])
                     target.holders.append(layout.holders[position])
                     target.unit_axes.append(layout.unit_axes[position])
-            return self.clipper.clip_(target, total_norm).float()
+            self._check_shared(self.clipper)
+            coef = self.clipper.clip_(target, total_norm).float()
+            self._clipper_steps = self.clipper.steps_seen
+            return coef
+
+    def _check_shared(self, clipper: Clipper) -> None:
+        """Warn once if another run stepped this clipper since our last step: one adaptive
+        clipper shared by two open watchers mixes both runs' gradient statistics (a host
+        comparison of two step counters, no tensor read)."""
+        if self._shared_warned or clipper.steps_seen == self._clipper_steps:
+            return
+        self._shared_warned = True
+        name = type(clipper).__name__
+        warnings.warn(
+            f"clip: this {name} instance is also clipping another run's steps (it saw "
+            f"{clipper.steps_seen - self._clipper_steps} step(s) that were not this "
+            "watcher's), so its thresholds mix both runs' gradient norms. Give each "
+            f"gradwatch.watch() its own instance, e.g. clip={name}().",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def values(self, coef: Tensor | None, found_inf: Tensor | None) -> dict[str, Tensor]:
         """The policies' device values for the step vector, by segment name: the clip

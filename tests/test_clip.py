@@ -578,3 +578,20 @@ def test_stateless_clippers_may_be_reused() -> None:
         for _ in range(2):
             with gradwatch.watch(model, optimizer, clip=clipper) as gw:
                 train_steps(model, optimizer, regression_batches(2), gw)
+
+
+def test_one_adaptive_clipper_shared_by_two_open_watchers_warns_once() -> None:
+    clipper = gradwatch.ZClip(warmup_steps=2)
+    models = [make_mlp(seed=0), make_mlp(seed=1)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.01) for m in models]
+    watchers = [gradwatch.watch(m, o, clip=clipper) for m, o in zip(models, optimizers)]
+    train_steps(models[0], optimizers[0], regression_batches(1), watchers[0])
+    with pytest.warns(
+        UserWarning, match=r"this ZClip instance is also clipping another run"
+    ) as got:
+        for _ in range(3):
+            for model, optimizer, gw in zip(models, optimizers, watchers):
+                train_steps(model, optimizer, regression_batches(1), gw)
+    assert len([w for w in got if "also clipping" in str(w.message)]) == 2  # once per watcher
+    for gw in watchers:
+        gw.close()

@@ -34,6 +34,7 @@ every autograd node plus a Python traceback per forward op (see
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
@@ -209,8 +210,12 @@ class NonfiniteLocator:
     def _before(
         self, name: str, type_name: str, after_id: int, module: nn.Module, args: Any, kwargs: Any
     ) -> None:
-        hooks = module._forward_hooks
-        if hooks and next(reversed(hooks)) != after_id and after_id in hooks:
+        hooks = module._forward_hooks  # an OrderedDict: the order hooks run in
+        if (
+            isinstance(hooks, collections.OrderedDict)
+            and next(reversed(hooks), after_id) != after_id
+            and after_id in hooks
+        ):
             # A forward hook registered after watch() (the user's, another tool's) may
             # change the output: the output check runs after every other hook, so that
             # a NaN such a hook makes is named at its module, not at the next one.
