@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import gradwatch
-from gradwatch.pytest_plugin import assert_healthy, failure_message
+from gradwatch.pytest_plugin import WIDTH, assert_healthy, failure_message
 
 from .helpers import make_mlp, regression_batches
 
@@ -76,14 +76,25 @@ def test_fixture_passes_healthy_fails_unhealthy_and_writes_logs(
     result.stdout.fnmatch_lines(
         [
             "*_ test_nan _*",
-            "gradwatch found 1 problem(s) [[]fail_on='warning'[]]: nonfinite (error)",
+            "gradwatch found 1 problem(s) [[]fail_on='warning'[]]: nonfinite (error); "
+            "1 cause(s): *",
+            "gradwatch check: UNHEALTHY after 3 step(s)*",
+            "1 problem(s): 1 cause(s).",
+            "Cause 1: *",
         ]
     )
     out = result.stdout.str()
-    assert "gradwatch check: UNHEALTHY after 3 step(s)" in out
     assert "Try: lower the learning rate" in out  # the remedy is in the message
     assert "Per-layer norms" in out
     assert "Traceback" not in out  # pytrace=False: the report, not gradwatch's internals
+    # the cause, what to change and the evidence come before the alerts
+    message = out[out.index("_ test_nan _") : out.index("short test summary")]
+    assert message.index("Cause 1:") < message.index("Change:") < message.index("Evidence:")
+    assert message.index("Evidence:") < message.index("Alerts (the evidence):")
+    # each alert once: not again under "Captured log call"; lines wrapped
+    assert "Captured log" not in out
+    assert message.count("[error] nonfinite at step 0") == 1
+    assert max(len(line) for line in message.splitlines()) <= WIDTH
 
     from gradwatch._cli.logreader import read_run
 
@@ -97,6 +108,27 @@ def test_fixture_passes_healthy_fails_unhealthy_and_writes_logs(
     assert read_run(logs / runs[0]).steps() == list(range(5))
     assert read_run(logs / runs[1]).steps() == [0, 1]
     assert "nonfinite" in read_run(logs / runs[2]).alerts[0][1]
+
+
+def test_loading_the_plugin_imports_no_torch(project: pytest.Pytester) -> None:
+    """pytest loads the plugin in every run where gradwatch is installed: that must not
+    import torch (seconds) until a test uses the fixture. A fresh interpreter shows it."""
+    project.makepyfile(
+        test_light=textwrap.dedent(
+            """
+            import sys
+
+
+            def test_plugin_loaded_without_torch(request):
+                assert request.config.pluginmanager.has_plugin("gradwatch")
+                loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+                assert loaded == [], loaded
+                assert "gradwatch.pytest_plugin" in sys.modules
+            """
+        )
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
 
 
 def test_plugin_can_be_switched_off(project: pytest.Pytester) -> None:
