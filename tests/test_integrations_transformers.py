@@ -406,3 +406,21 @@ def test_the_readme_example_writes_into_the_trainers_tensorboard_run(
     np.testing.assert_allclose(
         _values(scalars["total/grad_norm"]), _values(scalars["train/grad_norm"]), rtol=1e-5
     )
+
+
+def test_a_tracker_without_a_run_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No MLflow run open (the Trainer's MLflow integration did not start one): gradwatch
+    says so once and training goes on without it."""
+    mlflow = pytest.importorskip("mlflow")
+    from gradwatch.integrations.transformers import _tracker
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    assert mlflow.active_run() is None
+    with caplog.at_level(logging.WARNING, logger="transformers.gradwatch"):
+        assert _tracker("mlflow") is None
+    (record,) = caplog.records
+    assert "report_to names 'mlflow'" in record.getMessage()
+    assert "no active MLflow run" in record.getMessage()

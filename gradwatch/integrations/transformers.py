@@ -83,6 +83,7 @@ from gradwatch.integrations._route import (
     AtTrainerSteps,
     Prefixed,
     ScalarsTo,
+    ScalarTarget,
     TrainerSteps,
     attach,
     every,
@@ -246,24 +247,18 @@ class GradWatchCallback(TrainerCallback):
         """gradwatch's TensorBoard file, the tracking runs of ``report_to``, the log
         history: each on the Trainer's steps."""
         steps = self._steps
+        reported = _reported_to(args)
         if self.logdir is not None:  # gradwatch's own run: every log_every steps
             own = tensorboard_sink(watcher, self.logdir, steps, every(self.config.log_every))
             attach(watcher, own, "TensorBoard")
-        elif "tensorboard" in _reported_to(args):  # the Trainer's run: its logging steps
+        elif "tensorboard" in reported:  # the Trainer's run: its logging steps
             run_dir = tensorboard_run_dir(args, state)
             attach(watcher, tensorboard_sink(watcher, run_dir, steps), "TensorBoard")
-        reported = _reported_to(args)
-        if "mlflow" in reported:
-            from gradwatch.sinks import MLflowSink  # mlflow is imported only here
-
-            # Under gradwatch/: the Trainer's own MLflow metric "grad_norm" would clash
-            # with grad_norm/<layer> (a file where a directory is needed, file store).
-            mlflow = ScalarsTo(Prefixed(MLflowSink(), "gradwatch/"))
-            attach(watcher, AtTrainerSteps(mlflow, steps), "MLflow")
-        if "wandb" in reported:
-            from gradwatch.sinks import WandbSink  # wandb is imported only here
-
-            attach(watcher, AtTrainerSteps(ScalarsTo(WandbSink()), steps), "W&B")
+        for name in ("mlflow", "wandb"):
+            if name in reported:
+                tracker = _tracker(name)
+                if tracker is not None:
+                    attach(watcher, AtTrainerSteps(ScalarsTo(tracker), steps), name)
         attach(watcher, AtTrainerSteps(ScalarsTo(_LogHistory(state)), steps), "log history")
 
     def _cadence(self, args: Any, state: Any) -> Callable[[int], bool]:
@@ -345,6 +340,29 @@ def tensorboard_run_dir(args: Any, state: Any = None) -> str:
             return path
     path = os.path.join(runs, f"{now.strftime('%b%d_%H-%M-%S')}_{host}")
     return path if trial is None else os.path.join(path, trial)
+
+
+def _tracker(name: str) -> ScalarTarget | None:
+    """gradwatch's sink into the run the Trainer's ``name`` integration opened at its
+    ``on_train_begin`` (before this callback's), or None, with a warning, when there is
+    none (the integration switched off by its environment variable, say): a tracker
+    gradwatch cannot reach must not stop training."""
+    from gradwatch import sinks  # mlflow and wandb are imported only by their sinks
+
+    try:
+        if name == "mlflow":
+            # Under gradwatch/: the Trainer's own MLflow metric "grad_norm" would clash
+            # with grad_norm/<layer> (a file where a directory is needed, file store).
+            return Prefixed(sinks.MLflowSink(), "gradwatch/")
+        return sinks.WandbSink()
+    except (ImportError, ValueError) as error:
+        transformers_log.warning(
+            "gradwatch: report_to names %r, but gradwatch cannot log into its run (%s); "
+            "its numbers go to the other destinations only.",
+            name,
+            error,
+        )
+        return None
 
 
 class _LogHistory:
