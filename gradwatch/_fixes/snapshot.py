@@ -135,7 +135,7 @@ def _accepted(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
     keeps ``decoupled_weight_decay`` there, which its constructor does not accept); each
     group keeps all of them anyway."""
     try:
-        parameters = inspect.signature(cls.__init__).parameters
+        parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return settings
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
