@@ -91,9 +91,12 @@ COMPONENTS: list[tuple[str, str]] = [
         "gradwatch._measure.attention:_AttentionMode.__torch_function__",
     ),
     (
-        "NaN localisation (NonfiniteLocator.take)",
-        "gradwatch._measure.localize:NonfiniteLocator.take",
+        "the model's own attention modules (nn.MultiheadAttention.forward)",
+        "torch.nn.modules.activation:MultiheadAttention.forward",
     ),
+    ("NaN localisation: forward checks", "gradwatch._measure.localize:NonfiniteLocator._forward"),
+    ("NaN localisation: gradient checks", "gradwatch._measure.localize:NonfiniteLocator._grad"),
+    ("NaN localisation: take", "gradwatch._measure.localize:NonfiniteLocator.take"),
 ]
 
 
@@ -113,7 +116,7 @@ def _resolve(spec: str) -> tuple[Any, str] | None:
 
 @contextlib.contextmanager
 def component_clocks(
-    components: list[tuple[str, str]], main: int
+    components: list[tuple[str, str]], main: int, clock: Callable[[], float] = time.perf_counter
 ) -> Iterator[tuple[dict[str, float], list[str]]]:
     """Wrap each component (on the thread ``main`` only) with a timer summing seconds into
     ``totals[label]`` (inclusive) and ``totals["self: " + label]`` (exclusive of the other
@@ -139,11 +142,11 @@ def component_clocks(
             if threading.get_ident() != main:
                 return __f(*args, **kwargs)
             stack.append(0.0)
-            start = time.perf_counter()
+            start = clock()
             try:
                 return __f(*args, **kwargs)
             finally:
-                spent = time.perf_counter() - start
+                spent = clock() - start
                 totals[__l] += spent
                 totals[f"self: {__l}"] += spent - stack.pop()
                 if stack:
@@ -177,16 +180,26 @@ def thread_cpu_seconds() -> dict[str, float]:
     return out
 
 
-def _step(workload: Workload, model: Any, optimizer: Any, watcher: Any, i: int) -> float:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _step(
+    workload: Workload,
+    model: Any,
+    optimizer: Any,
+    watcher: Any,
+    i: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     x, y = workload.batches[i % len(workload.batches)]
-    t0 = time.perf_counter()
+    t0 = clock()
     loss = workload.loss_fn(model(x), y)
     loss.backward()
     if watcher is not None:
         watcher.record_loss(loss)
     optimizer.step()
     optimizer.zero_grad()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -213,6 +226,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-components", action="store_true", help="no timers (for an outside profiler)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or the training thread's CPU time: steady on a busy machine, "
+        "complete with --threads 1 (with more, ops' work on other threads is left out)",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the unwatched steps after the run"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_options(args.options)
@@ -221,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     model = workload.make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     print(
-        f"{workload.name}, torch {torch.__version__} on {args.threads} threads, options "
+        f"{workload.name}, torch {torch.__version__} on {args.threads} threads, {args.clock} "
+        f"clock, options "
         f"{options or 'default'}, {args.steps} steps, load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}",
         flush=True,
@@ -232,10 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     watched: dict[bool, list[float]] = {True: [], False: []}
     unwatched: dict[bool, list[float]] = {True: [], False: []}
     main_thread = threading.get_ident()
+    clock = CLOCKS[args.clock]
     clocks = (
         contextlib.nullcontext(({}, []))
         if args.no_components
-        else component_clocks(COMPONENTS, main_thread)
+        else component_clocks(COMPONENTS, main_thread, CLOCKS[args.clock])
     )
     cpu_before = thread_cpu_seconds()
     with tempfile.TemporaryDirectory() as logdir, clocks as (totals, missing):
@@ -248,40 +273,45 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(1, args.steps + 1):
             sampled = i % args.every == 0
             before = dict(totals)
-            watched[sampled].append(_step(workload, model, optimizer, watcher, i))
+            watched[sampled].append(_step(workload, model, optimizer, watcher, i, clock))
             if sampled:
                 n_sampled += 1
                 for key in totals:
                     sampled_totals[key] += totals[key] - before[key]
         cpu_after = thread_cpu_seconds()  # before close(): the writer thread ends there
+        totals = dict(totals)  # close() draws a last picture and judges trends: not a step
         watcher.close()
         # The same number of unwatched steps right after, for the spike's baseline.
-        for i in range(1, args.steps + 1):
-            unwatched[i % args.every == 0].append(_step(workload, model, optimizer, None, i))
+        for i in range(1, 0 if args.no_baseline else args.steps + 1):
+            unwatched[i % args.every == 0].append(_step(workload, model, optimizer, None, i, clock))
 
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1e3:.1f} ms" if values else "-"
 
-    print("\nstep time (median)       | sampled steps | other steps")
+    print(f"\nstep {args.clock} time (median) | sampled steps | other steps")
     print(f"watched                  | {ms(watched[True]):>13} | {ms(watched[False]):>11}")
     print(f"unwatched (right after)  | {ms(unwatched[True]):>13} | {ms(unwatched[False]):>11}")
     if totals:
         steps = args.steps
         print(
             f"\n| component (indented = called by the one above) | ms/step, all {steps} "
-            f"steps: inclusive | self | ms per sampled step ({n_sampled}): inclusive | self |"
+            f"steps: inclusive | self | ms per sampled step ({n_sampled}): inclusive | self "
+            f"| ms per other step ({steps - n_sampled}): inclusive | self |"
         )
-        print("|---|---:|---:|---:|---:|")
-        per_sampled = max(n_sampled, 1)
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        per_sampled, per_other = max(n_sampled, 1), max(steps - n_sampled, 1)
         for label, _ in COMPONENTS:
             if label in totals:
                 own = f"self: {label}"
-                print(
-                    f"| {label} | {totals[label] / steps * 1e3:.2f} | "
-                    f"{totals[own] / steps * 1e3:.2f} | "
-                    f"{sampled_totals[label] / per_sampled * 1e3:.2f} | "
-                    f"{sampled_totals[own] / per_sampled * 1e3:.2f} |"
-                )
+                cells = [
+                    totals[label] / steps,
+                    totals[own] / steps,
+                    sampled_totals[label] / per_sampled,
+                    sampled_totals[own] / per_sampled,
+                    (totals[label] - sampled_totals[label]) / per_other,
+                    (totals[own] - sampled_totals[own]) / per_other,
+                ]
+                print(f"| {label} | " + " | ".join(f"{c * 1e3:.2f}" for c in cells) + " |")
         if missing:
             print("not in this checkout: " + "; ".join(missing))
     print("\n| thread | CPU seconds while watched | per step |")

@@ -438,3 +438,35 @@ def test_gpu_check_fails_clearly_without_a_gpu() -> None:
     assert done.returncode == 2, done.stderr
     assert "FAILED: no CUDA device" in done.stderr
     assert "CUDA-only tests" not in done.stderr  # stopped before running anything
+
+
+def test_profile_step_clocks_time_what_they_find_and_put_it_back() -> None:
+    import threading
+
+    profile = _benchmark_module("profile_step")
+    from gradwatch._watcher import Watcher
+
+    original = Watcher.__dict__["record_loss"]
+    components = [
+        ("record_loss", "gradwatch._watcher:Watcher.record_loss"),
+        ("gone", "gradwatch._watcher:Watcher.no_such_method"),
+        ("gone module", "gradwatch.no_such_module:Thing.method"),
+    ]
+    model = _stack(2)
+    with profile.component_clocks(components, threading.get_ident()) as (totals, missing):
+        assert Watcher.__dict__["record_loss"] is not original
+        with gradwatch.watch(model) as watcher:
+            loss = model(torch.randn(2, 8)).square().mean()
+            loss.backward()
+            watcher.record_loss(loss)
+            watcher.step()
+    assert Watcher.__dict__["record_loss"] is original
+    assert totals["record_loss"] > 0 and totals["self: record_loss"] > 0
+    assert [m.split(" (")[0] for m in missing] == ["gone", "gone module"]
+    assert profile.parse_options(["locate_nonfinite=True", "log_every=5", "x=abc"]) == {
+        "locate_nonfinite": True,
+        "log_every": 5,
+        "x": "abc",
+    }
+    threads = profile.thread_cpu_seconds()
+    assert threads["main (training) thread"] > 0
