@@ -48,18 +48,21 @@ class StepGuard:
         self._depth = 0
         self._step_thread: threading.Thread | None = None
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the watcher's lock (re-entrant: a step path may call another)."""
-        with self._lock:
-            self._holder = threading.get_ident()
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if not self._depth:
-                    self._holder = None
+    def held(self) -> StepGuard:
+        """``with guard.held():`` holds the watcher's lock (re-entrant: a step path may
+        call another). The guard is its own context manager: no generator per step."""
+        return self
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._holder = threading.get_ident()
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._holder = None
+        self._lock.release()
 
     @contextlib.contextmanager
     def tried(self, timeout: float) -> Iterator[bool]:
