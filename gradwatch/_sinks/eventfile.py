@@ -104,9 +104,9 @@ class EventFileWriter:
     """
 
     #: Records written since the last flush are kept (to write again if the file turns
-    #: out deleted); past this many bytes the writer thread flushes. That is the size of
-    #: the file object's own buffer, which reaches the OS at this size anyway: the kept
-    #: records stay a few KiB, and the flushes cost no more system calls than before.
+    #: out deleted); past this many bytes the writer thread flushes, i.e. writes its
+    #: buffer to the OS in one call (the size a buffered file object would write at):
+    #: the kept records stay a few KiB, one write per 8 KiB.
     REWRITE_BYTES = io.DEFAULT_BUFFER_SIZE
 
     def __init__(
