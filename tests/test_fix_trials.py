@@ -250,3 +250,31 @@ def test_rank_healthy_first_then_lower_loss() -> None:
     assert [t.fix for t in rank(trials)] == ["c", "b", "a", "d"]
     assert trials[2].loss_ratio == pytest.approx(0.4)
     assert "0.4x the original 5" in trials[2].comparison()
+
+
+@pytest.mark.slow
+def test_seed_zoo_failures_get_a_cause_and_working_fixes_first_healthy_get_none() -> None:
+    """Over the zoo's textbook scenarios (benchmarks/sweep_fixes.py prints the table): a
+    broken run check() flags has a cause; where a trial made it healthy, a healthy trial
+    is ranked first; a healthy run gets no diagnosis and no trial."""
+    from tests.zoo import SCENARIOS, build
+
+    fixed = 0
+    for scenario in SCENARIOS.values():
+        if "seed" not in scenario.tags:
+            continue
+        run = build(scenario, 0)
+        report = gradwatch.check(
+            run.model, run.batches, run.loss_fn, optimizer=run.optimizer,
+            steps=max(run.steps, 10), try_fixes=True,
+        )  # fmt: skip
+        if scenario.healthy:
+            assert report.ok and not report.diagnoses and not report.fix_trials, scenario.name
+            continue
+        if report.ok:
+            continue  # an edge case check() does not flag
+        assert report.diagnoses, scenario.name
+        if any(trial.ok for trial in report.fix_trials):
+            assert report.fix_trials[0].ok, (scenario.name, report.summary())
+            fixed += 1
+    assert fixed >= 10  # 15 of 18 flagged seed failures at the time of writing
