@@ -22,8 +22,8 @@ thread and reports its failures back instead of dying with a traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -148,25 +148,29 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
     """
     # tolist(): one conversion per array instead of a numpy scalar read per layer.
     has_grad = record.has_grad.tolist()
-    grad_norm = record.grad_norm.tolist()
-    weight_norm = record.weight_norm.tolist()
-    ratio = record.update_ratio.tolist() if record.update_ratio is not None else None
-    log_grad = _log10_list(record.grad_norm)
-    log_ratio = _log10_list(record.update_ratio) if record.update_ratio is not None else None
-    for layer, tag in enumerate(index.tags):
-        if has_grad[layer]:
-            yield f"grad_norm/{tag}", grad_norm[layer]
-        if record.weight_norm_measured:  # not the carried value of an unread step
-            yield f"weight_norm/{tag}", weight_norm[layer]
-        if ratio is not None and has_grad[layer]:
-            yield f"update_ratio/{tag}", ratio[layer]
-    for layer, tag in enumerate(index.tags):
-        log = log_grad[layer]
-        if has_grad[layer] and log is not None:
-            yield f"log10/grad_norm/{tag}", log
-        log = log_ratio[layer] if log_ratio is not None else None
-        if has_grad[layer] and log is not None:
-            yield f"log10/update_ratio/{tag}", log
+    names = _layer_names(index.tags)
+    ratio = record.update_ratio
+    for stat, values, when in (
+        ("grad_norm", record.grad_norm, has_grad),
+        ("weight_norm", record.weight_norm if record.weight_norm_measured else None, None),
+        ("update_ratio", ratio, has_grad),
+    ):
+        if values is None:  # weights not read this step (not carried values), no ratio
+            continue
+        plain = values.tolist()
+        for layer, name in enumerate(names[stat]):
+            if when is None or when[layer]:
+                yield name, plain[layer]
+    for stat, values in (("grad_norm", record.grad_norm), ("update_ratio", ratio)):
+        if values is None:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log10(values.astype(np.float64))
+        shown = (np.isfinite(logs) & record.has_grad).tolist()
+        log_values = logs.tolist()
+        for layer, name in enumerate(names[f"log10/{stat}"]):
+            if shown[layer]:  # zero or non-finite norms have no log10 view
+                yield name, log_values[layer]
     if record.activations:
         for stat, values in record.activations.items():
             sparse = stat == "nonfinite"  # almost always 0: written when it is not
@@ -180,12 +184,12 @@ def step_scalars(record: StepRecord, index: LayerIndex) -> Iterable[tuple[str, f
         yield "total/clip_coef", record.clip_coef
 
 
-def _log10_list(values: Any) -> list[float | None]:
-    """log10 of each value, None where it is zero, negative or not finite."""
-    array = np.asarray(values, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(array)
-    return [value if math.isfinite(value) else None for value in logs.tolist()]
+@functools.lru_cache(maxsize=8)
+def _layer_names(tags: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Every per-layer statistic's canonical names, built once per set of layers rather
+    than formatted again at every step."""
+    stats = ("grad_norm", "weight_norm", "update_ratio", "log10/grad_norm", "log10/update_ratio")
+    return {stat: tuple(f"{stat}/{tag}" for tag in tags) for stat in stats}
 
 
 class TagSpeller:
