@@ -79,8 +79,10 @@ def test_check_refuses_a_meta_model_too() -> None:
 
 _ATTACH = textwrap.dedent(
     """
-    import os, sys, torch, gradwatch
+    import os, sys, tempfile, torch, gradwatch
     from torch import nn
+    tempfile.gettempdir()  # torch may want a temporary directory: found before any limit
+    # SETUP
     logdir = sys.argv[1]
     model = nn.Linear(4, 2)
     try:
@@ -144,11 +146,12 @@ def test_a_full_disk_at_attach_names_the_logdir(tmp_path) -> None:
 def test_a_file_size_limit_at_attach_names_the_logdir(tmp_path) -> None:
     """The process may write no byte (``RLIMIT_FSIZE`` 0): writes fail with EFBIG."""
     script = tmp_path / "attach.py"
-    script.write_text(
+    limit = (
         "import resource, signal\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n" + _ATTACH
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
     )
+    script.write_text(_ATTACH.replace("# SETUP\n", limit))
     logdir = tmp_path / "run"
     logdir.mkdir()
     _assert_clear_disk_error(_run([sys.executable, str(script), str(logdir)]), str(logdir), 27)
