@@ -1,5 +1,7 @@
 """How gradwatch spells a module's name: in a TensorBoard tag, in tables and alerts, and
-inside a sentence.
+inside a sentence; and how a statistic is spelled as a TensorBoard tag (the tag groups
+and their order on the dashboard's first screen, :func:`tensorboard_tag`) and read back
+in either spelling (:func:`canonical_tag`).
 
 The one owner of the root module's spellings (its qualified name is the empty string),
 which users and tests read: the tag ``_root_``, ``(root module)`` in tables and alert
