@@ -294,3 +294,16 @@ def test_alerts_are_short_with_the_remedy_once_on_its_own_line() -> None:
     assert [line.strip() for line in lines].count(f"Try: {remedy}") == 1
     assert _report.short_message(long_message).startswith("The gradient grew 1000x in 10 steps.")
     assert len(_report.short_message("x" * 400)) == _report.ALERT_CHARS
+
+
+def test_plot_of_a_directory_of_runs_draws_each_run(
+    logs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    status, _, err = run_main(
+        ["report", str(logs["parent"]), "--plot", str(tmp_path / "f.png")], capsys
+    )
+    assert status == 0, err
+    for name in ("healthy", "unstable"):
+        assert (tmp_path / f"f-{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "f-not_gradwatch.png").exists()
