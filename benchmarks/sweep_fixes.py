@@ -4,11 +4,11 @@ whether a fix gradwatch applies itself makes the run healthy and is ranked first
 Every chosen scenario of ``tests.zoo`` (the broken ones, edge cases with no demand
 included; or with ``--healthy`` the healthy ones) is built (seeded) and run through
 ``gradwatch.check(model, batches, loss_fn, optimizer=..., steps=..., try_fixes=True)``,
-i.e. check()'s own loop: a scenario's learning-rate scheduler and in-loop clipping are
-not part of it (the table marks such scenarios "sched"/"clip", since check() judges
-them without those). A broken scenario should name its cause first and, where one of
-gradwatch's fixes applies, find one that makes the run healthy, ranked first; a healthy
-one should get no diagnosis and no trial.
+i.e. check()'s own loop: a scenario's learning-rate scheduler is not part of it, and its
+in-loop clipping becomes watch()'s ``clip=`` policy, which clips after measuring (the
+table marks such scenarios "sched"/"clip"). A broken scenario should name its cause
+first and, where one of gradwatch's fixes applies, find one that makes the run healthy,
+ranked first; a healthy one should get no diagnosis and no trial.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep_fixes.py   # failing seeds
     ... benchmarks/sweep_fixes.py --tags real                   # the real-model failures
@@ -64,6 +64,7 @@ def sweep(scenario: Scenario, seed: int, steps: int | None, verbose: bool) -> di
         optimizer=run.optimizer,
         steps=steps or run.steps,
         try_fixes=True,
+        clip=run.clip,  # the run's own clipping, as watch()'s clip policy
     )
     seconds = time.perf_counter() - start
     trials = report.fix_trials
