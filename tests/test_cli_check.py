@@ -404,3 +404,32 @@ def test_try_fixes_needs_enough_steps_and_healthy_prints_numbers(
     status, out, _ = run_main(["check", "healthy_model.py:build", "--steps", "3"], capsys)
     assert status == 0
     assert "Gradient norms at the last step: " in out and "Causes" not in out
+
+
+HF_TARGET = """
+import torch
+import transformers
+
+
+def build():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+        eos_token_id=0, loss_type="ForCausalLM",
+    )
+    ids = torch.randint(0, 32, (4, 12))
+    return transformers.GPT2LMHeadModel(config), [({"input_ids": ids}, ids)], None
+"""
+
+
+def test_a_hugging_face_target_may_return_loss_fn_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("transformers")
+    (tmp_path / "hf_model.py").write_text(HF_TARGET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    status, out, err = run_main(["check", "hf_model.py:build", "--steps", "2", "--json"], capsys)
+    assert status in (0, 1), err
+    data = json.loads(out)
+    assert data["steps"] == 2 and data["layers"][0]["name"] == "transformer.wte"

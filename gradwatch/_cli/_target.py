@@ -188,10 +188,11 @@ def validate_returned(value: object, target: str) -> CheckInputs:
             f"{target} returned {type(data).__name__} as data (2nd item); expected an "
             "iterable of (inputs, targets) batches, e.g. [(x, y)] or a DataLoader."
         )
-    if not callable(loss_fn):
+    if loss_fn is not None and not callable(loss_fn):  # None: a Hugging Face model's own loss
         raise UsageError(
             f"{target} returned {type(loss_fn).__name__} as loss_fn (3rd item); expected a "
-            "callable loss_fn(outputs, targets), e.g. torch.nn.functional.mse_loss."
+            "callable loss_fn(outputs, targets), e.g. torch.nn.functional.mse_loss (or None "
+            "for a Hugging Face model's own loss)."
         )
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageError(
