@@ -25,6 +25,7 @@ import collections
 import difflib
 import math
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -145,9 +146,28 @@ def _is_hf_conv1d(module: torch.nn.Module) -> bool:
     return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
 
 
-def _check_clipper(clipper: Clipper, layout: ParamLayout, model_name: str) -> None:
-    """Refuse, at attach, a clipper this run cannot use as the user meant it."""
+#: The config each clipper was last attached with (both weakly held).
+_LAST_CONFIG: weakref.WeakKeyDictionary[Clipper, weakref.ref[WatchConfig]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _check_clipper(
+    clipper: Clipper, layout: ParamLayout, model_name: str, config: WatchConfig
+) -> None:
+    """Refuse, at attach, a clipper this run cannot use as the user meant it.
+
+    A clipper that already clipped steps is refused: its running statistics would carry
+    into this run. One exception: the same config object attached again is a replay of
+    one run's settings (``check(try_fixes=True)`` trains each fix trial with the
+    original run's config), so the clipper starts afresh, as the original run did.
+    """
+    last = _LAST_CONFIG.get(clipper)
+    _LAST_CONFIG[clipper] = weakref.ref(config)
     seen = clipper.steps_seen
+    if seen and last is not None and last() is config:
+        clipper.reset()
+        seen = 0
     if seen:
         name = type(clipper).__name__
         raise ValueError(
@@ -182,7 +202,7 @@ class StepPolicies:
         self._layout = ParamLayout(index, model)
         if self.clipper is not None:
             model_name = model.root.type_name if model is not None else "the model"
-            _check_clipper(self.clipper, self._layout, model_name)
+            _check_clipper(self.clipper, self._layout, model_name, config)
         self.spikes = (
             SpikeSkipper(float(config.skip_spikes), config.spike_window)
             if config.skip_spikes is not None

@@ -595,3 +595,20 @@ def test_one_adaptive_clipper_shared_by_two_open_watchers_warns_once() -> None:
     assert len([w for w in got if "also clipping" in str(w.message)]) == 2  # once per watcher
     for gw in watchers:
         gw.close()
+
+
+def test_check_fix_trials_replay_the_config_with_a_fresh_adaptive_clipper() -> None:
+    """check(try_fixes=True) trains each trial with the original run's config: its
+    AutoClip starts afresh in each (not refused, not carrying the first run's norms)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)  # diverges: fixes are tried
+    data = [(torch.randn(16, 8), torch.randn(16, 1)) for _ in range(30)]
+    clipper = gradwatch.AutoClip()
+    report = gradwatch.check(
+        model, data, loss_fn=nn.functional.mse_loss, optimizer=optimizer, steps=30,
+        try_fixes=True, clip=clipper,
+    )  # fmt: skip
+    assert report.fix_trials
+    assert all(trial.error is None for trial in report.fix_trials), report.fix_trials
+    assert clipper.steps_seen == 30  # the last trial's run alone
