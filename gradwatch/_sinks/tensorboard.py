@@ -84,20 +84,29 @@ def chart_key(canonical: str) -> str:
 
 
 def _group_regex(key: str) -> str:
-    """The regex of a per-layer chart: its statistic's tag group (``^2_grad_norm/``)."""
+    """The regex of a per-layer chart: its statistic's tag group, in either spelling
+    (``^(?:2_grad_norm|grad_norm)/``): gradwatch's own event files carry the TensorBoard
+    tags, a trainer's loggers (Lightning's TensorBoardLogger) the canonical names."""
     group = tensorboard_tag(f"{key}/x", 0, 1).rpartition("/")[0]
-    return f"^{re.escape(group)}/"
+    return f"^(?:{re.escape(group)}|{re.escape(key)})/"
+
+
+def _total_regex(key: str) -> str:
+    """The regex of a totals chart, in either spelling (``^(?:1_total/loss|total/loss)$``)."""
+    return f"^(?:{re.escape(tensorboard_tag(key))}|{re.escape(key)})$"
 
 
 def custom_scalars_layout(
-    present: Iterable[str] = ALWAYS_CHARTS,
+    present: Iterable[str] | None = None,
 ) -> dict[str, dict[str, list[Any]]]:
     """Multi-line charts holding every layer, one per statistic in ``present`` (chart keys,
-    see :func:`chart_key`); categories in reading order, the activations closed.
+    see :func:`chart_key`; None: every chart, for a writer that cannot tell which
+    statistics will come, such as a trainer's logger); categories in reading order.
 
     Custom Scalars charts every run that matches; pick runs on the left to compare them.
     """
-    shown = set(present)
+    every = (GRADIENT_FLOW_CHARTS, TOTAL_CHARTS, LAYER_CHARTS, ACTIVATION_CHARTS)
+    shown = set(present) if present is not None else {key for d in every for key in d}
 
     def charts(titles: dict[str, str], regex: Any) -> dict[str, list[Any]]:
         return {title: ["Multiline", [regex(key)]] for key, title in titles.items() if key in shown}
@@ -106,9 +115,7 @@ def custom_scalars_layout(
         f"{CATEGORY_PREFIX}gradient flow (log10, all layers)": charts(
             GRADIENT_FLOW_CHARTS, _group_regex
         ),
-        f"{CATEGORY_PREFIX}totals": charts(
-            TOTAL_CHARTS, lambda key: f"^{re.escape(tensorboard_tag(key))}$"
-        ),
+        f"{CATEGORY_PREFIX}totals": charts(TOTAL_CHARTS, _total_regex),
         f"{CATEGORY_PREFIX}layers (linear scale)": charts(LAYER_CHARTS, _group_regex),
         f"{CATEGORY_PREFIX}activations (sampled steps)": charts(ACTIVATION_CHARTS, _group_regex),
     }
@@ -121,7 +128,7 @@ CLOSED_CATEGORIES: frozenset[str] = frozenset(
 )
 
 
-def layout_summary(present: Iterable[str] = ALWAYS_CHARTS) -> Any:
+def layout_summary(present: Iterable[str] | None = ALWAYS_CHARTS) -> Any:
     """The custom-scalars ``Summary`` of :func:`custom_scalars_layout`."""
     from torch.utils.tensorboard import summary as summaries
 
