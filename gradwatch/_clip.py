@@ -108,9 +108,9 @@ class Clipper(abc.ABC):
     """Base class of gradwatch's clippers; pass an instance as ``watch(..., clip=...)``.
 
     A clipper keeps its running state (if any) on the model's device; a watcher uses the
-    instance it was given, so pass a fresh instance to each run: a watcher refuses an
+    instance it was given, so pass a fresh instance to each run: a watcher warns of an
     adaptive clipper that already clipped steps of another run (:attr:`steps_seen`), as
-    its running statistics would carry over silently; ``reset()`` makes one fresh again.
+    its running statistics carry over; ``reset()`` makes one fresh again.
     """
 
     @property

@@ -155,12 +155,14 @@ _LAST_CONFIG: weakref.WeakKeyDictionary[Clipper, weakref.ref[WatchConfig]] = (
 def _check_clipper(
     clipper: Clipper, layout: ParamLayout, model_name: str, config: WatchConfig
 ) -> None:
-    """Refuse, at attach, a clipper this run cannot use as the user meant it.
+    """Tell, at attach, of a clipper this run may not use as the user meant it.
 
-    A clipper that already clipped steps is refused: its running statistics would carry
-    into this run. One exception: the same config object attached again is a replay of
-    one run's settings (``check(try_fixes=True)`` trains each fix trial with the
-    original run's config), so the clipper starts afresh, as the original run did.
+    A clipper that already clipped steps carries its running statistics into this run:
+    a warning says so and how to start afresh (a notebook cell run again, a second
+    ``fit()`` on purpose: continuing may be wanted, so it is not refused). The same config
+    object attached again is a replay of one run's settings (``check(try_fixes=True)``
+    trains each fix trial with the original run's config): the clipper starts afresh, as
+    the original run did. An ``AGC`` exclude name that matches nothing is refused.
     """
     last = _LAST_CONFIG.get(clipper)
     _LAST_CONFIG[clipper] = weakref.ref(config)
@@ -170,11 +172,14 @@ def _check_clipper(
         seen = 0
     if seen:
         name = type(clipper).__name__
-        raise ValueError(
-            f"clip: this {name} instance already clipped {seen} step(s) of another run, "
-            "and its running statistics would carry over into this one (its thresholds "
-            f"would come from the other run's gradients). Pass a fresh instance, e.g. "
-            f"clip={name}(), or call .reset() on it first to reuse it deliberately."
+        warnings.warn(
+            f"clip: this {name} instance already clipped {seen} step(s) of another run; "
+            "its running statistics carry over into this one (its first thresholds come "
+            f"from that run's gradient norms). For a fresh start pass a new instance, "
+            f"e.g. clip={name}(), or call .reset() on it first; to continue that run on "
+            "purpose, ignore this warning.",
+            UserWarning,
+            stacklevel=5,
         )
     if isinstance(clipper, AGC):
         known = set(layout.module_names)
