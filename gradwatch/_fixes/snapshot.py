@@ -85,8 +85,9 @@ class Snapshot:
             rng=(torch.get_rng_state(), _cuda_states()),
             optimizer_facts=OptimizerFacts.of(optimizer),
         )
-        model_copy, _ = snapshot.build()  # refuse an optimizer that cannot be rebuilt now
-        del model_copy
+        # Refuse an optimizer that cannot be rebuilt now, before training. Building one
+        # over the pristine copy changes none of its weights; it is dropped at once.
+        snapshot.optimizer_for(pristine)
         return snapshot
 
     def build(
@@ -96,6 +97,16 @@ class Snapshot:
         settings over it, its learning rates scaled by ``lr_factor`` or set to
         ``lr_value``."""
         model = copy.deepcopy(self.model)
+        return model, self.optimizer_for(model, lr_factor=lr_factor, lr_value=lr_value)
+
+    def optimizer_for(
+        self,
+        model: nn.Module,
+        *,
+        lr_factor: float | None = None,
+        lr_value: float | None = None,
+    ) -> torch.optim.Optimizer:
+        """The user's optimizer rebuilt over ``model`` (a copy of the starting model)."""
         params = list(model.parameters())
         groups = []
         for settings, positions in self.groups:
@@ -117,7 +128,7 @@ class Snapshot:
                 "can be built from its parameter groups and defaults (every torch.optim "
                 "optimizer can), or try_fixes=False."
             ) from error
-        return model, optimizer
+        return optimizer
 
     def restore_rng(self) -> None:
         """Put the random state back to what it was before the original run."""
