@@ -432,7 +432,9 @@ def check(
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             "model has no trainable parameters (none requires grad), so there is nothing "
-            "to check" + (" and optimizer has nothing to update" if optimizer else "") + ". "
+            "to check"
+            + ("" if optimizer is None else " and optimizer has nothing to update")
+            + ". "
             "Unfreeze the parameters you want to train (p.requires_grad_(True))."
         )
     if optimizer is None:
@@ -441,10 +443,11 @@ def check(
     batches: list[Batch] = []
     if try_fixes:
         validate_model_and_optimizer(model, optimizer)
-        snapshot = Snapshot.take(model, optimizer)  # before anything trains the model
         # Every run must see the same batches: a one-shot iterator can be read only once,
-        # a shuffling loader would shuffle anew.
+        # a shuffling loader would shuffle anew (and draw from the random state, so the
+        # snapshot's random state is taken after it).
         data = batches = list(_cycle(data, steps))
+        snapshot = Snapshot.take(model, optimizer)  # before anything trains the model
     original = _train(
         model,
         optimizer,
