@@ -278,3 +278,21 @@ def test_seed_zoo_failures_get_a_cause_and_working_fixes_first_healthy_get_none(
             assert report.fix_trials[0].ok, (scenario.name, report.summary())
             fixed += 1
     assert fixed >= 10  # 15 of 18 flagged seed failures at the time of writing
+
+
+def test_trials_are_reproducible_with_dropout_and_a_shuffling_loader() -> None:
+    """Each trial replays the original run's batches and random state: the same seed gives
+    the same trials, loss for loss."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = regression_batches(1, batch=64)[0]
+    outcomes = []
+    for _ in range(2):
+        model = relu_mlp(dead_bias=True)
+        model.insert(1, nn.Dropout(0.2))
+        torch.manual_seed(7)
+        loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+        report = gradwatch.check(model, loader, mse, steps=10, try_fixes=True)
+        assert report.fix_trials
+        outcomes.append([(t.fix, t.ok, t.final_loss) for t in report.fix_trials])
+    assert outcomes[0] == outcomes[1]
