@@ -845,7 +845,8 @@ def allocated_bytes(model: nn.Module, x: Tensor, **options: Any) -> int:
 
 def ops_section(transformer: Workload) -> list[str]:
     lines = [
-        "\n### Ops per gradwatch measurement (torch.profiler, one step, update ratios off)\n",
+        "\n### Ops per gradwatch measurement (torch.profiler, one step between weight "
+        "readings, update ratios off)\n",
         "| model | layers | parameter tensors | top-level aten ops | `_foreach_norm` calls "
         "| aten ops incl. per-tensor CPU fallback |",
         "|---|---:|---:|---:|---:|---:|",
