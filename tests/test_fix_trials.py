@@ -296,3 +296,39 @@ def test_trials_are_reproducible_with_dropout_and_a_shuffling_loader() -> None:
         assert report.fix_trials
         outcomes.append([(t.fix, t.ok, t.final_loss) for t in report.fix_trials])
     assert outcomes[0] == outcomes[1]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock shape: a two-conv branch and a downsample shortcut."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.downsample = nn.Sequential(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + self.downsample(x))
+
+
+class ResNetLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.layer1 = nn.Sequential(BasicBlock(8), BasicBlock(8))
+        self.fc = nn.Linear(8, 2)
+
+
+def test_reinit_zeroes_each_residual_branch_output_not_the_stem_or_shortcut() -> None:
+    from gradwatch._diagnosis.facts import ModelFacts
+    from gradwatch._fixes.reinit import reinitialise
+    from gradwatch._measure.model import ModelMap
+
+    model = ResNetLike()
+    model_map = ModelMap.of(model)
+    done = reinitialise(model, ModelFacts.of(model_map), model_map)
+    assert "('layer1.0.conv2', 'layer1.1.conv2')" in done
+    zero = {name for name, p in model.named_parameters() if name.endswith("weight") and not p.any()}
+    assert zero == {"layer1.0.conv2.weight", "layer1.1.conv2.weight"}
+    assert model.stem.weight.std() > 0 and model.layer1[0].downsample[0].weight.std() > 0

@@ -109,22 +109,46 @@ def reinitialise(model: nn.Module, facts: ModelFacts, model_map: ModelMap) -> st
     return "; ".join(parts) + ", zero biases" if parts else ""
 
 
+#: Names of the shortcut path of a residual block (torchvision's ``downsample``, Hugging
+#: Face's ``shortcut``): never zeroed, or the block would pass nothing.
+_SHORTCUT = re.compile(r"downsample|shortcut|skip|residual", re.IGNORECASE)
+
+
 def _zero_block_outputs(model: nn.Module, model_map: ModelMap) -> list[str]:
-    """Zero the last linear-like layer inside each residual-looking block."""
+    """Zero the last weight layer of the branch of each innermost residual-looking block.
+
+    A block is a module whose class name looks residual, with at least two linear-like
+    layers inside (a stem or a single conv is no branch) and no such block inside it
+    (``ResNetModel`` holds the blocks, it is not one). Its shortcut layers are skipped.
+    """
     modules = dict(model.named_modules())
     linear = [info.name for info in model_map.modules if info.has(LINEAR_LIKE)]
-    zeroed = []
+    blocks: dict[str, list[str]] = {}
     for info in model_map.modules:
         if not _RESIDUAL_BLOCK.search(info.type_name) or info.roles - {"container"}:
             continue
-        inside = [name for name in linear if name.startswith(info.name + ".")]
-        if not inside:
-            continue
-        last = modules.get(inside[-1])
+        prefix = info.name + "." if info.name else ""
+        branch = [
+            name
+            for name in linear
+            if name.startswith(prefix) and not _SHORTCUT.search(name[len(prefix) :])
+        ]
+        if len(branch) >= 2:
+            blocks[info.name] = branch
+    innermost = [
+        name
+        for name in blocks
+        if not any(
+            other != name and other.startswith(name + "." if name else "") for other in blocks
+        )
+    ]
+    zeroed = []
+    for name in innermost:
+        last = modules.get(blocks[name][-1])
         weight = None if last is None else _weight(last)
         if last is None or weight is None:
             continue
         nn.init.zeros_(weight)
         _zero_bias(last)
-        zeroed.append(inside[-1])
+        zeroed.append(blocks[name][-1])
     return zeroed
