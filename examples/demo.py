@@ -61,7 +61,11 @@ def run(
     torch.manual_seed(0)
     model, optimizer = SCENARIOS[name]()
     target = torch.randn(32, 1) / 32**0.5  # unit-variance targets: learnable in a few dozen steps
-    with gradwatch.watch(model, optimizer, logdir=os.path.join(logdir, name)) as gw:
+    # tensorboard_tags="ordered": TensorBoard opens on the totals and the gradient flow,
+    # layers in depth order (the default keeps the stable names, grad_norm/<layer>, ...).
+    with gradwatch.watch(
+        model, optimizer, logdir=os.path.join(logdir, name), tensorboard_tags="ordered"
+    ) as gw:
         for _ in range(steps):
             x = torch.randn(64, 32)
             loss = nn.functional.mse_loss(model(x), x @ target)

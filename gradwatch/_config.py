@@ -32,6 +32,8 @@ NonfinitePolicy = Literal["warn", "skip", "raise"]
 NONFINITE_POLICIES: tuple[str, ...] = ("warn", "skip", "raise")
 DistributedMode = Literal["auto", "off"]
 DISTRIBUTED_MODES: tuple[str, ...] = ("auto", "off")
+TensorBoardTags = Literal["stable", "ordered"]
+TENSORBOARD_TAGS: tuple[str, ...] = ("stable", "ordered")
 
 # Rules shared by several options.
 _FRACTION = Number(exclusive_minimum=0, maximum=1, hint="It is a fraction in (0, 1].")
@@ -117,6 +119,13 @@ class WatchConfig:
             TensorBoard's Images tab every this many steps, and once at ``close()``;
             ``0`` switches it off. Drawn with numpy alone (no matplotlib) in a few
             milliseconds on the host.
+        tensorboard_tags: ``"stable"``: the TensorBoard tags are the documented, stable
+            names (``grad_norm/<layer>``, ``total/loss``, ``act_<stat>/<layer>``), which
+            dashboards and scripts can rely on; TensorBoard lists them alphabetically.
+            ``"ordered"``: spelled for the first screen (``1_total/loss``,
+            ``2_grad_norm/03-<layer>``, ...): totals and gradient flow first, layers in
+            depth order wherever a view sorts by name. ``gradwatch report`` and the
+            public sinks read and get the stable names either way.
 
     Detector thresholds (see ``gradwatch/_detectors/`` and the README for the physics):
 
@@ -256,6 +265,12 @@ class WatchConfig:
     flow_image_every: int = field(
         default=100,
         metadata=rule(IntAtLeast(0, hint="Use 0 to switch the gradient-flow image off.")),
+    )
+    tensorboard_tags: TensorBoardTags = field(
+        default="stable",
+        metadata=rule(
+            OneOf(*TENSORBOARD_TAGS, hint="Use 'ordered' for depth-ordered tag groups.")
+        ),
     )
 
     def __post_init__(self) -> None:

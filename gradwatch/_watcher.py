@@ -272,6 +272,7 @@ class Watcher:
                         flush_secs=self.config.flush_secs,
                         history=self.history,
                         flow_image_every=self.config.flow_image_every,
+                        ordered_tags=self.config.tensorboard_tags == "ordered",
                     ),
                     "TensorBoard",
                 )
@@ -280,6 +281,7 @@ class Watcher:
                     self.history,
                     flush_secs=self.config.flush_secs,
                     flow_image_every=self.config.flow_image_every,
+                    ordered_tags=self.config.tensorboard_tags == "ordered",
                 ):
                     self._add_sink(sink, name)
             self._probe, self._locator = self._attach_probes(model)

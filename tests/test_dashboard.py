@@ -50,7 +50,12 @@ def _get(url: str, timeout: float = 5.0) -> Any:
 def write_unstable_run(logdir: Path) -> None:
     """A short run with a NaN at step 3, so there are scalars, an alert and an image."""
     watched_run(
-        make_mlp(depth=3), regression_batches(6), nan_at=3, logdir=logdir, flow_image_every=4
+        make_mlp(depth=3),
+        regression_batches(6),
+        nan_at=3,
+        logdir=logdir,
+        flow_image_every=4,
+        tensorboard_tags="ordered",
     )
 
 
@@ -211,9 +216,26 @@ def write_backwards_run(logdir: Path, steps: int = 12, **options: Any) -> gradwa
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(32, 6)
     batches = [(x, x[:, :1])] * steps
+    options.setdefault("tensorboard_tags", "ordered")
     with gradwatch.watch(model, optimizer, logdir=logdir, activation_every=5, **options) as gw:
         train_steps(model, optimizer, batches, gw)
     return gw
+
+
+def test_default_tags_are_the_stable_documented_names(tmp_path: Path) -> None:
+    """By default the event file carries the stable names users' dashboards and scripts
+    rely on (``grad_norm/<layer>``, ``total/loss``, ...), not the ordered spelling."""
+    write_backwards_run(tmp_path, tensorboard_tags="stable")
+    tags = set(accumulate(tmp_path).Tags()["scalars"])
+    assert {"grad_norm/zeta", "grad_norm/alpha", "weight_norm/zeta", "total/loss"} <= tags
+    assert {"total/grad_norm", "update_ratio/zeta", "log10/grad_norm/zeta"} <= tags
+    assert any(tag.startswith("act_") for tag in tags)
+    assert not any(tag[0].isdigit() for tag in tags), sorted(tags)
+    layout = latest_layout(accumulate(tmp_path))
+    for category in layout.category:  # the layout's charts find the stable names too
+        for chart in category.chart:
+            (regex,) = chart.multiline.tag
+            assert any(re.match(regex, tag) for tag in tags), chart.title
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +304,9 @@ def test_clipping_and_nonfinite_activations_get_their_charts(tmp_path: Path) -> 
 
     model = make_mlp(depth=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gradwatch.watch(model, optimizer, logdir=tmp_path / "nan", activation_every=1) as gw:
+    with gradwatch.watch(
+        model, optimizer, logdir=tmp_path / "nan", activation_every=1, tensorboard_tags="ordered"
+    ) as gw:
         train_steps(model, optimizer, regression_batches(4), gw, nan_at=2)
     poisoned = accumulate(tmp_path / "nan")
     nonfinite = [tag for tag in poisoned.Tags()["scalars"] if tag.startswith("5_act_nonfinite/")]

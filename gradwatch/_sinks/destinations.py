@@ -47,7 +47,12 @@ class Destinations:
         return cls(writer, tuple(checked), offset)
 
     def open(
-        self, history: History, *, flush_secs: float, flow_image_every: int
+        self,
+        history: History,
+        *,
+        flush_secs: float,
+        flow_image_every: int,
+        ordered_tags: bool = False,
     ) -> list[tuple[object, str]]:
         """The internal sinks to add, each with the name its warnings use."""
         opened: list[tuple[object, str]] = []
@@ -61,6 +66,7 @@ class Destinations:
                 history=history,
                 flow_image_every=flow_image_every,
                 events=events,
+                ordered_tags=ordered_tags,
             )
             opened.append((sink, "TensorBoard (writer=)"))
         scalars = StepScalars()  # one {tag: value} per logged step, shared by all sinks

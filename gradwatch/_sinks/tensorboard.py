@@ -207,8 +207,10 @@ class TagSpeller:
     spelled once per distinct set of tags (see :class:`SummaryTemplates`), not per step.
     """
 
-    def __init__(self, index: LayerIndex) -> None:
+    def __init__(self, index: LayerIndex, *, ordered: bool = True) -> None:
         self.index = index
+        #: False: write the canonical names themselves (``tensorboard_tags="stable"``).
+        self.ordered = ordered
         self._layers = {tag: depth for depth, tag in enumerate(index.tags)}
         self._modules: dict[str, int] = {}
 
@@ -220,6 +222,8 @@ class TagSpeller:
         return len(self._modules) != before
 
     def __call__(self, canonical: str) -> str:
+        if not self.ordered:
+            return canonical
         stat, _, rest = canonical.partition("/")
         if stat == "total":
             return tensorboard_tag(canonical)
@@ -357,11 +361,16 @@ class TensorBoardSink:
         history: History | None = None,
         flow_image_every: int = 0,
         events: Any | None = None,
+        ordered_tags: bool = False,
     ) -> None:
         """``events``: where to write instead of a new event file under ``logdir``, any
         object with ``add_summary(summary, step)``, ``flush()`` and ``close()`` (the
         user's own SummaryWriter, :mod:`gradwatch._sinks.user_writer`); it gets the
-        layout first, at step 0."""
+        layout first, at step 0.
+
+        ``ordered_tags``: spell tags for the first screen (``2_grad_norm/03-fc1``,
+        ``tensorboard_tags="ordered"``) instead of the stable canonical names
+        (``grad_norm/fc1``, the default)."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         from gradwatch._sinks.eventfile import EventFileWriter
@@ -373,6 +382,7 @@ class TensorBoardSink:
         # replaced (deleted mid-run, see EventFileWriter), so every file has its charts.
         self._charts = set(ALWAYS_CHARTS)
         self._speller: TagSpeller | None = None
+        self._ordered_tags = ordered_tags
         self._last_summary: Any = None
         layout = layout_summary(self._charts)
         if events is None:
@@ -401,7 +411,7 @@ class TensorBoardSink:
             self._check_logdir()
         speller = self._speller
         if speller is None or speller.index is not index:
-            speller = self._speller = TagSpeller(index)
+            speller = self._speller = TagSpeller(index, ordered=self._ordered_tags)
             self._templates.spell = speller
             self._templates.clear()
         if record.activation_layers and speller.add_modules(record.activation_layers):

@@ -56,6 +56,7 @@ def tensorboard_sink(
         flush_secs=config.flush_secs,
         history=watcher.history,
         flow_image_every=config.flow_image_every,
+        ordered_tags=config.tensorboard_tags == "ordered",
     )
     return AtTrainerSteps(sink, steps, keep)
 
