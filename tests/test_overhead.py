@@ -322,9 +322,15 @@ def test_summary_table_lines_up_every_configuration_and_reads_the_targets(bench:
     default_row = next(row for row in table if row.startswith(f"| {default.label}"))
     assert "1.015x [1.005, 1.025]" in default_row and "1.060x" in default_row
     text = "\n".join(lines)
-    assert "transformer: default 1.015x [1.005, 1.025] (target <= 1.02): met" in text
+    assert (
+        "transformer: default 1.015x [1.005, 1.025] (target <= 1.02): met by the median, "
+        "not resolved" in text
+    )
     assert "transformer: locate_nonfinite 1.070x" in text and "(target <= 1.05): MISSED" in text
-    assert "transformer: default / Lightning-style 0.980x" in text
+    assert (
+        "transformer: default / Lightning-style 0.980x [0.980, 0.980] (target <= 1.0): met\n"
+        in text
+    )
     assert "mlp: default / Lightning-style 1.030x [1.030, 1.030] (target <= 1.0): MISSED" in text
     assert "transformer: noise floor (A/A) 1.004x, CI half-width 0.010" in text
 
