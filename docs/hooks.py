@@ -5,8 +5,6 @@
   one owner, the dataclass (its fields and its docstring). The page holds the marker
   ``<!-- gradwatch:options -->`` and the table is put there, so the page cannot drift from
   the code. An option without a description in the docstring fails the build.
-- Pages written by other parts of the project (the JSON schema, the dashboard screenshots)
-  join the navigation when they exist, so the site builds with or without them.
 
 tests/test_docs.py builds the site and tests these functions.
 """
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- gradwatch:options -->"
@@ -82,33 +79,6 @@ def options_table(config: Any = None) -> str:
             "entry for each (the options page is generated from it)."
         )
     return "\n".join(rows)
-
-
-#: Pages that join the navigation when they exist: (section, title, path under docs/).
-OPTIONAL_PAGES = (
-    ("Use it", "The dashboard", "dashboard.md"),
-    ("Reference", "JSON output", "json.md"),
-)
-
-
-def with_optional_pages(nav: list[Any], docs_dir: Path) -> list[Any]:
-    """``nav`` with each of :data:`OPTIONAL_PAGES` that exists added at the end of its
-    section (a page that is already listed is left where it is)."""
-    listed = repr(nav)
-    for section, title, page in OPTIONAL_PAGES:
-        if not (docs_dir / page).is_file() or f"'{page}'" in listed:
-            continue
-        for entry in nav:
-            if isinstance(entry, dict) and section in entry:
-                entry[section].append({title: page})
-    return nav
-
-
-def on_config(config: Any, **_: Any) -> Any:
-    """MkDocs event: the navigation with the optional pages that exist."""
-    if config.nav:
-        config.nav = with_optional_pages(config.nav, Path(config.docs_dir))
-    return config
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:

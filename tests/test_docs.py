@@ -207,14 +207,6 @@ def test_the_options_table_refuses_an_undocumented_option() -> None:
         hooks.options_table(Config)
 
 
-def test_optional_pages_join_the_navigation_when_they_exist(tmp_path: Path) -> None:
-    hooks = _hooks()
-    nav: list[Any] = [{"Home": "index.md"}, {"Reference": [{"API": "reference/api.md"}]}]
-    assert hooks.with_optional_pages(nav, tmp_path)[1]["Reference"] == [{"API": "reference/api.md"}]
-    (tmp_path / "json.md").write_text("# JSON\n")
-    assert {"JSON output": "json.md"} in hooks.with_optional_pages(nav, tmp_path)[1]["Reference"]
-
-
 def test_readme_links_into_docs_exist() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\((docs/[^)#\s]+)", readme)
