@@ -40,7 +40,8 @@ else
   # resolves to the CUDA build on Linux; never replace a working CUDA torch).
   if ! "$PY" -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null; then
     log "installing torch (CUDA build) into $VENV ..."
-    "$PY" -m pip install -q torch >&2 || { log "pip install torch failed"; exit 1; }
+    # --ignore-installed: a CPU-only torch among the system packages must not satisfy it
+    "$PY" -m pip install -q --ignore-installed torch >&2 || { log "pip install torch failed"; exit 1; }
   fi
   missing=""
   for module in numpy tensorboard pytest; do
@@ -86,7 +87,7 @@ TESTS_RC=${PIPESTATUS[0]}
 # ----------------------------------------------------------------- 4. the overhead table
 log "overhead table on the GPU ..."
 timeout "${GPU_CHECK_BENCH_TIMEOUT:-170}" "$PY" benchmarks/bench_overhead.py \
-  --device cuda --batch-scale 8 --rounds 15 --own-steps 0 --memory-steps 2000 \
+  --device cuda --batch-scale 8 --rounds 15 --own-steps 20 --memory-steps 2000 \
   --only timing,memory --out-dir "$RESULTS" "$@" 2>&1 | tee "$WORK/bench.txt" >&2
 BENCH_RC=${PIPESTATUS[0]}
 BENCH_FILE="$(sed -n 's/^results file: //p' "$WORK/bench.txt" | tail -n 1)"
