@@ -1176,6 +1176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     if args.block < 1 or args.rounds < 1 or args.batch_scale < 1:
         parser.error("--block, --rounds and --batch-scale must be positive")
+    if 0 < args.own_steps < 10:
+        parser.error(f"--own-steps: 0 (none) or at least 10 (one block), got {args.own_steps}")
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")

@@ -346,6 +346,9 @@ def test_arguments_quick_mode_and_clear_errors(bench: Any, capsys) -> None:
         bench.parse_args(["--only", "timing,speed"])
     assert "unknown section(s) ['speed']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        bench.parse_args(["--own-steps", "5"])
+    assert "--own-steps: 0 (none) or at least 10" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         bench.parse_args(["--workloads", "resnet"])
     assert "--workloads: choose from" in capsys.readouterr().err
     if not torch.cuda.is_available():
