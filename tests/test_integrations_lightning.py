@@ -155,6 +155,11 @@ def test_logs_the_plain_loop_tags_through_the_trainers_logger_before_clipping(
     # On Lightning's step axis: the steps its own train_loss is logged at.
     assert [step for step, _ in scalars["total/grad_norm"]] == list(range(steps))
     assert [step for step, _ in scalars["train_loss"]] == list(range(steps))
+    # `gradwatch report` reads the logger's run as one run (one event per metric there).
+    from gradwatch._cli.logreader import read_run
+
+    run = read_run(log_dir)
+    assert len(run.runs) == 1 and run.steps() == list(range(steps))
 
     # Measured before Lightning's clipping (to 1e-3): the LightningModule's own norms.
     logged = np.array([_series(scalars, f"grad_norm/net.{i}") for i in (0, 2)]).T

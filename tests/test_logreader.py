@@ -104,3 +104,25 @@ def test_new_and_old_spellings_name_the_same_statistic() -> None:
         assert canonical_tag(name) == name  # the old spelling is already canonical
     assert tensorboard_tag("update_ratio/x", 7, 150) == "3_update_ratio/007-x"
     assert canonical_tag("accuracy") == "accuracy"  # someone else's tag is left alone
+
+
+def test_a_logger_writing_one_event_per_tag_is_one_run(tmp_path) -> None:
+    """A trainer's logger (Lightning's TensorBoardLogger) writes one event per metric,
+    several at the same step: that is one run, not a new run at every repeated step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(1, 12, 2):
+        for layer in ("0", "2", "4"):
+            writer.add_scalar(f"grad_norm/{layer}", 0.1 * step, step)
+            writer.add_scalar(f"weight_norm/{layer}", 1.0, step)
+        writer.add_scalar("total/grad_norm", 0.3 * step, step)
+    writer.close()
+    run = read_run(tmp_path)
+    assert len(run.runs) == 1
+    assert [step for step, _ in run.scalars["grad_norm/2"]] == list(range(1, 12, 2))
+    again = SummaryWriter(str(tmp_path))  # the same tags from step 1 again: a second run
+    for layer in ("0", "2", "4"):
+        again.add_scalar(f"grad_norm/{layer}", 0.5, 1)
+    again.close()
+    assert len(read_run(tmp_path).runs) == 2

@@ -281,7 +281,10 @@ class _Part:
     )
     started: float | None = None
     ended: float = 0.0
-    last_layer_step: int | None = None
+    #: The last step of each per-layer tag: a tag seen again at that step or an earlier
+    #: one means the steps restarted (one writer writes all its tags at once; a trainer's
+    #: logger such as Lightning's writes one event per tag, several at the same step).
+    last_tag_step: dict[str, int] = dataclasses.field(default_factory=dict)
     order: int = 0
 
     def span(self) -> tuple[float, float]:
@@ -315,14 +318,18 @@ def _read_file(path: str, damage: FileDamage) -> list[_Part]:
             values = event.summary.value
             # A run's layout comes first, at step 0; one at a later step only adds charts.
             starts_run = event.step == 0 and any(v.tag == LAYOUT_TAG for v in values)
-            per_layer = any(_canonical(v.tag, names).startswith(GRADWATCH_PREFIXES) for v in values)
-            last = part.last_layer_step
-            if last is not None and (starts_run or (per_layer and event.step <= last)):
+            # One per-layer tag of the event says whether the steps restarted.
+            tag = next(
+                (v.tag for v in values if _canonical(v.tag, names).startswith(GRADWATCH_PREFIXES)),
+                None,
+            )
+            last = part.last_tag_step.get(tag, -1) if tag is not None else -1
+            if part.last_tag_step and (starts_run or event.step <= last):
                 part = _Part(name, order=len(parts))  # the steps restarted: a new run
                 parts.append(part)
             _add_summary(part, event, damage, names)
-            if per_layer:
-                part.last_layer_step = event.step
+            if tag is not None:
+                part.last_tag_step[tag] = event.step
         if part.started is None:
             part.started = event.wall_time
         part.ended = max(part.ended, event.wall_time)
