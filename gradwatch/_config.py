@@ -268,9 +268,7 @@ class WatchConfig:
     )
     tensorboard_tags: TensorBoardTags = field(
         default="stable",
-        metadata=rule(
-            OneOf(*TENSORBOARD_TAGS, hint="Use 'ordered' for depth-ordered tag groups.")
-        ),
+        metadata=rule(OneOf(*TENSORBOARD_TAGS, hint="Use 'ordered' for depth-ordered tag groups.")),
     )
 
     def __post_init__(self) -> None:

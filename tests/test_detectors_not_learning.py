@@ -92,7 +92,12 @@ def test_judged_at_the_last_step_before_the_history_forgets_step_0() -> None:
     model = he_mlp(depth=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     report = gradwatch.check(
-        model, regression(6), mse, optimizer=optimizer, steps=30, history=22,
+        model,
+        regression(6),
+        mse,
+        optimizer=optimizer,
+        steps=30,
+        history=22,
         not_learning_steps=21,
     )
     alerts = not_learning(report)

@@ -169,8 +169,6 @@ def test_a_run_shorter_than_the_cadence_is_judged_at_close() -> None:
 def test_a_long_trend_window_still_makes_one_episode() -> None:
     """With trend_window=60 the detector judges every 10 steps (not 30): well within the
     alert book's 20-step gap, so a lasting vanishing gradient stays one alert."""
-    report = gradwatch.check(
-        linear_chain(0.5), chain_batches(2), mse, steps=100, trend_window=60
-    )
+    report = gradwatch.check(linear_chain(0.5), chain_batches(2), mse, steps=100, trend_window=60)
     alerts = vanishing(report)
     assert len(alerts) == 1, [(a.step, a.severity) for a in alerts]

@@ -39,7 +39,12 @@ def test_column_series_match_the_records_across_the_wrap() -> None:
     for step in range(13):
         loss = None if step == 11 else 0.5 * step
         record = StepRecord(
-            step, np.ones(2), np.ones(2), np.ones(2, dtype=bool), float(step), loss=loss,
+            step,
+            np.ones(2),
+            np.ones(2),
+            np.ones(2, dtype=bool),
+            float(step),
+            loss=loss,
             skipped=step == 12,
         )
         history.append(record)

@@ -14,6 +14,7 @@ from gradwatch._names import quoted_name
 #: MAD x this = a standard deviation for normally distributed data.
 MAD_TO_SD = 1.4826
 
+
 def layer_label(context: DetectorContext, layer: int) -> str:
     return quoted_name(context.layer_names[layer])
 

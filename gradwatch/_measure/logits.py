@@ -19,8 +19,9 @@ read back to the host. Above :data:`MEASURED_VALUES` values, every k-th token is
 measured (at least :data:`MIN_TOKENS` tokens): the mean is estimated without bias, and
 logits that drift upward drift for every token, so the maxima over thousands of tokens
 see it as well as the maxima over all (a (32, 2048, 50257) output is 3.3e9 values, which
-would cost a sampled step more than the model's own output layer). Several forwards in one step (gradient accumulation) give the mean
-over all their tokens and the maxima over all of them.
+would cost a sampled step more than the model's own output layer). Several forwards in
+one step (gradient accumulation) give the mean over all their tokens and the maxima over
+all of them.
 
 Only training forwards count (gradients enabled, root module in training mode) unless
 ``include_eval=True``, as for the activation statistics.

@@ -88,9 +88,7 @@ class StructureProbes:
         )
         self.logits = LogitProbe(root, include_eval=include_eval) if root is not None else None
         self.recurrent = (
-            RecurrentProbe(model, include_eval=include_eval)
-            if model.with_role(RECURRENT)
-            else None
+            RecurrentProbe(model, include_eval=include_eval) if model.with_role(RECURRENT) else None
         )
         self._armed = False
 
