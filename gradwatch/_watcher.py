@@ -40,7 +40,7 @@ from gradwatch._detectors import (
     judges_trend,
 )
 from gradwatch._detectors.nonfinite import nonfinite_alert
-from gradwatch._diagnosis import Diagnosis, ModelFacts, diagnose
+from gradwatch._diagnosis import Diagnosis, ModelFacts, diagnose, diagnoses_markdown
 from gradwatch._errors import NonFiniteError
 from gradwatch._history import History
 from gradwatch._lifecycle import StepGuard, flush_on_sigterm, release_sigterm
@@ -226,6 +226,9 @@ class Watcher:
             weight_norm_every=self.config.weight_norm_every,
         )
         self._book = AlertBook()
+        #: A warning or error was published since the diagnoses were last written.
+        self._diagnoses_due = False
+        self._diagnosis_written = ""
         optimizer_facts = OptimizerFacts.of(optimizer)
         # What the diagnosis may know of the model's structure, read once here.
         self._facts = ModelFacts.of(
@@ -487,6 +490,10 @@ class Watcher:
                     with contextlib.suppress(Exception):
                         for alert in self._relay.finish():
                             self._publish(alert)
+                latest = self.history.latest
+                if self._diagnoses_due and latest is not None:
+                    with contextlib.suppress(Exception):
+                        self._write_diagnoses(latest.step)  # alerts of the last judgement
         finally:
             release_sigterm(self)
             self._stack.close()
@@ -696,6 +703,18 @@ class Watcher:
         if record.step % self.config.log_every == 0:
             for sink in self._sinks:
                 sink.write_step(record, self.index)
+        if self._diagnoses_due:
+            self._write_diagnoses(record.step)
+
+    def _write_diagnoses(self, step: int) -> None:
+        """After a step that raised a warning or error: the causes, where sinks show them
+        (TensorBoard's Text tab), when they changed. Alerts are rare, so is this."""
+        self._diagnoses_due = False
+        markdown = diagnoses_markdown(self.diagnoses)
+        if markdown and markdown != self._diagnosis_written:
+            self._diagnosis_written = markdown
+            for sink in self._sinks:
+                sink.write_diagnosis(step, markdown)
 
     def _run_detectors(self, detectors: list[Detector]) -> None:
         for detector in detectors:
@@ -721,6 +740,8 @@ class Watcher:
             return
         for sink in self._sinks:
             sink.write_alert(alert)
+        if alert.severity != "info":
+            self._diagnoses_due = True
 
 
 def _check_found_inf(found_inf: object) -> None:

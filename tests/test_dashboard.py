@@ -327,3 +327,28 @@ def test_flow_image_is_labelled_and_readable(backwards) -> None:
     _, accumulator = backwards
     [image] = accumulator.Images("gradient_flow")[-1:]
     assert image.width > 600 and image.height > 200
+
+
+def test_the_diagnosis_is_in_the_text_tab_before_its_evidence(tmp_path: Path) -> None:
+    """TensorBoard's Text tab lists tags by name: ``0_diagnosis`` (the causes, what to
+    change) comes before ``alerts`` (their evidence), and is written when it changes."""
+    from .unstable_models import chain_batches, linear_chain
+
+    model = linear_chain(1.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradwatch.watch(model, optimizer, logdir=tmp_path) as gw:
+        train_steps(model, optimizer, chain_batches(4), gw)
+    assert gw.diagnoses
+    accumulator = accumulate(tmp_path)
+    texts = accumulator.Tags()["tensors"]
+    assert sorted(tag for tag in texts if tag in ("0_diagnosis", "alerts")) == [
+        "0_diagnosis",
+        "alerts",
+    ]
+    events = accumulator.Tensors("0_diagnosis")
+    latest = events[-1].tensor_proto.string_val[0].decode()
+    top = gw.diagnoses[0]
+    assert latest.startswith(f"**Cause 1: `{top.cause}`**")
+    assert top.remedies[0] in latest and "*Evidence:*" in latest
+    steps = [event.step for event in events]
+    assert steps == sorted(set(steps))  # written at the steps where the causes changed

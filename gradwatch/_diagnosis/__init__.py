@@ -5,6 +5,6 @@ this model. See ``docs/architecture.md`` for where this stage sits.
 
 from gradwatch._diagnosis.diagnose import diagnose
 from gradwatch._diagnosis.facts import ModelFacts
-from gradwatch._diagnosis.record import CAUSES, Diagnosis
+from gradwatch._diagnosis.record import CAUSES, Diagnosis, diagnoses_markdown
 
-__all__ = ["CAUSES", "Diagnosis", "ModelFacts", "diagnose"]
+__all__ = ["CAUSES", "Diagnosis", "ModelFacts", "diagnose", "diagnoses_markdown"]

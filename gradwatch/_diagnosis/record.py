@@ -76,3 +76,25 @@ class Diagnosis:
             "step": self.step,
             "evidence": [alert.to_dict() for alert in self.evidence],
         }
+
+
+def diagnoses_markdown(diagnoses: tuple[Diagnosis, ...] | list[Diagnosis]) -> str:
+    """The causes as Markdown for TensorBoard's Text tab: for each, the cause and its
+    summary, what to change, then the alerts it explains (its evidence)."""
+    parts = []
+    for rank, diagnosis in enumerate(diagnoses, 1):
+        where = "" if diagnosis.layer is None else f" in `{diagnosis.layer or '(root module)'}`"
+        lines = [
+            f"**Cause {rank}: `{diagnosis.cause}`** (from step {diagnosis.step}{where})",
+            "",
+            diagnosis.summary,
+        ]
+        if diagnosis.remedies:
+            lines += ["", "*Change:*", ""]
+            lines += [f"{i}. {remedy}" for i, remedy in enumerate(diagnosis.remedies, 1)]
+        evidence = "; ".join(
+            f"`{a.kind}` ({a.severity}) at step {a.step}" for a in diagnosis.evidence
+        )
+        lines += ["", f"*Evidence:* {evidence}."]
+        parts.append("\n".join(lines))
+    return "\n\n---\n\n".join(parts)

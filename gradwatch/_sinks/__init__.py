@@ -71,6 +71,11 @@ class GuardedSink:
     def write_alert(self, alert: Alert) -> None:
         self._guard("write_alert", alert)
 
+    def write_diagnosis(self, step: int, markdown: str) -> None:
+        """The current diagnoses, for sinks that show them (TensorBoard's Text tab)."""
+        if hasattr(self.sink, "write_diagnosis"):
+            self._guard("write_diagnosis", step, markdown)
+
     def flush(self) -> None:
         self._guard("flush")
 

@@ -237,6 +237,10 @@ class TagSpeller:
         return tensorboard_tag(canonical, depth, count)
 
 
+#: Text tag of the diagnoses (the causes): "0_" sorts it before "alerts", their evidence.
+DIAGNOSIS_TAG = "0_diagnosis"
+
+
 def alert_markdown(alert: Alert) -> str:
     value = "" if alert.value is None else f" value `{alert.value:.4g}`"
     threshold = "" if alert.threshold is None else f", threshold `{alert.threshold:.4g}`"
@@ -482,6 +486,13 @@ class TensorBoardSink:
         self._check_logdir()
         self._file_writer.add_summary(text_summary("alerts", alert_markdown(alert)), alert.step)
         # An alert is on disk as soon as it is raised, so a killed process keeps it.
+        self._file_writer.flush()
+
+    def write_diagnosis(self, step: int, markdown: str) -> None:
+        """The causes so far under the ``0_diagnosis`` text tag, first in the Text tab
+        (tags sort by name), written again at each step where they change."""
+        self._check_logdir()
+        self._file_writer.add_summary(text_summary(DIAGNOSIS_TAG, markdown), step)
         self._file_writer.flush()
 
     def flush(self) -> None:
