@@ -97,5 +97,9 @@ fi
 
 # ----------------------------------------------------------------- 5. one summary
 "$PY" benchmarks/gpu_summary.py --tests-rc "$TESTS_RC" --tests-xml "$WORK/cuda-tests.xml" \
-  --bench-rc "$BENCH_RC" --bench-file "$BENCH_FILE"
-exit $?
+  --bench-rc "$BENCH_RC" --bench-file "$BENCH_FILE" | tee "$WORK/summary.txt"
+SUMMARY_RC=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then
+  cp "$WORK/summary.txt" "$OUT/gpu_check-summary.txt" 2>/dev/null || true
+fi
+exit "$SUMMARY_RC"
