@@ -27,6 +27,10 @@ from .helpers import make_mlp
         ({"flush_secs": float("nan")}, ValueError, ["flush_secs", "finite"]),
         ({"flow_image_every": -1}, ValueError, ["flow_image_every", "0 to switch"]),
         ({"flow_image_every": 2.5}, TypeError, ["flow_image_every", "int"]),
+        ({"weight_norm_every": 0}, ValueError, ["weight_norm_every", ">= 1", "Use 1"]),
+        ({"weight_norm_every": 2.0}, TypeError, ["weight_norm_every", "int"]),
+        ({"tensorboard_tags": "pretty"}, ValueError, ["tensorboard_tags", "'stable'", "'ordered'"]),
+        ({"tensorboard_tags": None}, (TypeError, ValueError), ["tensorboard_tags"]),
     ],
 )
 def test_bad_options_are_refused(options: dict, error: type, names: list[str]) -> None:
