@@ -47,6 +47,9 @@ def _fork(child) -> int:
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
         code = 0
         try:
+            # As DataLoader workers do: the parent's OpenMP thread pool does not survive
+            # fork(), and a multi-threaded kernel in the child would wait for it forever.
+            torch.set_num_threads(1)
             child()
         except BaseException:
             code = 1
