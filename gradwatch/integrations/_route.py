@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from gradwatch._alerts import Alert
 from gradwatch._diagnosis import Diagnosis
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
 from gradwatch._sinks import Sink
-from gradwatch._sinks.tensorboard import step_scalars
+from gradwatch._sinks.public import Sink as PublicSink
 from gradwatch._watcher import Watcher
 
 
@@ -66,44 +66,13 @@ class TrainerSteps:
         )
 
 
-class ScalarTarget(Protocol):
-    """What takes a step's scalars by name: a trainer's loggers, a tracking run."""
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
-
-    def write_alert(self, alert: Alert) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class ScalarsTo:
-    """A sink that hands each step's scalars, under gradwatch's tags, to ``target``."""
-
-    def __init__(self, target: ScalarTarget) -> None:
-        self.target = target
-
-    def write_step(self, record: StepRecord, index: LayerIndex) -> None:
-        self.target.write_scalars(record.step, dict(step_scalars(record, index)))
-
-    def write_alert(self, alert: Alert) -> None:
-        self.target.write_alert(alert)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def close(self) -> None:
-        self.target.close()
-
-
 class Prefixed:
     """``target`` with ``prefix`` in front of every scalar's name: gradwatch's names in a
     namespace of their own where a trainer logs names they would clash with (the Hugging
     Face Trainer's MLflow metric ``grad_norm`` is a file in MLflow's file store, so
     ``grad_norm/<layer>`` beside it cannot be created)."""
 
-    def __init__(self, target: ScalarTarget, prefix: str) -> None:
+    def __init__(self, target: PublicSink, prefix: str) -> None:
         self.target = target
         self.prefix = prefix
 

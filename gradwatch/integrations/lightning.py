@@ -50,6 +50,7 @@ import torch
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
 from gradwatch._measure.amp import scaler_found_inf
+from gradwatch._sinks.public import PublicSinkAdapter, StepScalars
 from gradwatch._sinks.tensorboard import alert_markdown, custom_scalars_layout
 from gradwatch._watcher import Watcher
 from gradwatch.integrations._common import (
@@ -61,7 +62,6 @@ from gradwatch.integrations._common import (
 )
 from gradwatch.integrations._route import (
     AtTrainerSteps,
-    ScalarsTo,
     TrainerSteps,
     attach,
     every,
@@ -130,7 +130,8 @@ class GradWatchCallback(pl.Callback):
         watcher = Watcher(pl_module, None, config=watcher_config(self.config))
         self.watcher = watcher
         if watcher.is_writer:
-            attach(watcher, AtTrainerSteps(ScalarsTo(_Loggers(trainer)), self._steps), "loggers")
+            loggers = PublicSinkAdapter(_Loggers(trainer), StepScalars())
+            attach(watcher, AtTrainerSteps(loggers, self._steps), "loggers")
             if self.logdir is not None:
                 # gradwatch's own run: every log_every steps, on Lightning's step axis.
                 own = every(self.config.log_every)

@@ -71,6 +71,8 @@ from torch import Tensor, nn
 from gradwatch._alerts import Alert
 from gradwatch._config import WatchConfig
 from gradwatch._measure.hooks import SafeHook
+from gradwatch._sinks.public import PublicSinkAdapter, StepScalars
+from gradwatch._sinks.public import Sink as PublicSink
 from gradwatch._watcher import Watcher
 from gradwatch.integrations._common import (
     check_logdir,
@@ -82,8 +84,6 @@ from gradwatch.integrations._common import (
 from gradwatch.integrations._route import (
     AtTrainerSteps,
     Prefixed,
-    ScalarsTo,
-    ScalarTarget,
     TrainerSteps,
     attach,
     every,
@@ -254,12 +254,15 @@ class GradWatchCallback(TrainerCallback):
         elif "tensorboard" in reported:  # the Trainer's run: its logging steps
             run_dir = tensorboard_run_dir(args, state)
             attach(watcher, tensorboard_sink(watcher, run_dir, steps), "TensorBoard")
+        scalars = StepScalars()  # one {tag: value} per logged step, shared by the targets
         for name in ("mlflow", "wandb"):
             if name in reported:
                 tracker = _tracker(name)
                 if tracker is not None:
-                    attach(watcher, AtTrainerSteps(ScalarsTo(tracker), steps), name)
-        attach(watcher, AtTrainerSteps(ScalarsTo(_LogHistory(state)), steps), "log history")
+                    adapter = PublicSinkAdapter(tracker, scalars)
+                    attach(watcher, AtTrainerSteps(adapter, steps), name)
+        history = PublicSinkAdapter(_LogHistory(state), scalars)
+        attach(watcher, AtTrainerSteps(history, steps), "log history")
 
     def _cadence(self, args: Any, state: Any) -> Callable[[int], bool]:
         """Which of the Trainer's steps get scalars: ``log_every`` if given, else those
@@ -342,7 +345,7 @@ def tensorboard_run_dir(args: Any, state: Any = None) -> str:
     return path if trial is None else os.path.join(path, trial)
 
 
-def _tracker(name: str) -> ScalarTarget | None:
+def _tracker(name: str) -> PublicSink | None:
     """gradwatch's sink into the run the Trainer's ``name`` integration opened at its
     ``on_train_begin`` (before this callback's), or None, with a warning, when there is
     none (the integration switched off by its environment variable, say): a tracker
