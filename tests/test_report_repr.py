@@ -13,6 +13,7 @@ from torch import nn
 import gradwatch
 
 from .helpers import regression_batches
+from .unstable_models import negative_bias_relu_mlp
 
 
 def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -65,21 +66,11 @@ def parse(page: str) -> Page:
     return parser
 
 
-def dead_relu_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for i in range(4):
-        linear = nn.Linear(8 if i == 0 else 32, 32)
-        if i == 2:
-            nn.init.constant_(linear.bias, -10.0)
-        layers += [linear, nn.ReLU()]
-    layers.append(nn.Linear(32, 1))
-    return nn.Sequential(*layers)
-
-
 @pytest.fixture(scope="module")
 def unhealthy() -> gradwatch.Report:
-    return gradwatch.check(dead_relu_model(), regression_batches(2), mse, steps=10, try_fixes=True)
+    return gradwatch.check(
+        negative_bias_relu_mlp(), regression_batches(2), mse, steps=10, try_fixes=True
+    )
 
 
 def test_html_holds_verdict_causes_fixes_and_marks_vanishing_layers(unhealthy) -> None:
