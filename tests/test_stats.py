@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradwatch._measure.layers import LayerIndex
-from gradwatch._measure.stats import LayerNorms, snapshot, update_squared
+from gradwatch._measure.stats import LayerNorms, WeightSnapshot, snapshot, update_squared
 
 
 def _by_hand(module: nn.Module) -> float:
@@ -85,6 +85,38 @@ def test_update_squared_is_the_squared_norm_of_the_change() -> None:
         model[1].weight.add_(0.5)  # 8 entries moved by 0.5 -> squared norm 2.0
     update = update_squared(index, norms, before)
     torch.testing.assert_close(update, torch.tensor([0.0, 2.0]))
+
+
+def test_cpu_weight_snapshot_reuses_its_buffers_and_stays_exact() -> None:
+    """On the CPU the update ratio's copy is refilled in place (no fresh pages per
+    update-ratio step), holds the weights as they were, and measures the update exactly
+    however often it is reused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2).double())
+    index = LayerIndex.from_model(model)
+    norms = LayerNorms(index, index.device())
+    keeper = WeightSnapshot()
+    first = keeper.take(index.params)
+    pointers = [t.data_ptr() for t in first]
+    for move in (0.5, 0.25):
+        before = keeper.take(index.params)
+        assert [t.data_ptr() for t in before] == pointers  # the same buffers, refilled
+        assert all(not t.requires_grad for t in before)
+        assert all(torch.equal(b, p.detach()) for b, p in zip(before, index.params))
+        with torch.no_grad():
+            model[1].weight.add_(move)  # 8 entries moved -> squared norm 8·move²
+        update = update_squared(index, norms, before)
+        torch.testing.assert_close(update, torch.tensor([0.0, 8 * move**2]))
+
+
+def test_weight_snapshot_makes_a_fresh_copy_above_its_memory_limit() -> None:
+    model = nn.Linear(4, 4)
+    index = LayerIndex.from_model(model)
+    keeper = WeightSnapshot(keep_bytes=16)  # smaller than the weights: nothing is kept
+    first, second = keeper.take(index.params), keeper.take(index.params)
+    assert first[0].data_ptr() != second[0].data_ptr()
+    assert torch.equal(second[0], model.weight.detach())
+    assert keeper._kept == []
 
 
 def test_a_huge_layer_norm_is_accurate_to_float64() -> None:

@@ -47,7 +47,7 @@ from torch import Tensor
 from gradwatch._alerts import Alert
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
-from gradwatch._measure.stats import LayerNorms, LocalNorms, NormReducer, snapshot
+from gradwatch._measure.stats import LayerNorms, LocalNorms, NormReducer, WeightSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ class GlobalNorms:
         )
         self._contributes = tuple(_contributes(p, rank) for p in index.params)
         self._norms = LayerNorms(index, device)
+        self._snapshot = WeightSnapshot()
 
     @classmethod
     def create(cls, index: LayerIndex, device: torch.device, mode: str) -> GlobalNorms | None:
@@ -187,7 +188,7 @@ class GlobalNorms:
 
     def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
         """A copy of this rank's local parameter values, for the update ratio."""
-        return snapshot([local_tensor(p) for p in params])
+        return self._snapshot.take([local_tensor(p) for p in params])
 
     def update_squared(self, before: list[Tensor]) -> Tensor:
         """Global per-layer ‖Δw‖² from :meth:`snapshot`'s copy; consumes ``before``.

@@ -128,10 +128,63 @@ class LayerNorms:
         return ids
 
 
+#: On the CPU, the update ratio's copy of the weights is kept between update-ratio steps
+#: when the weights take at most this many bytes (see :class:`WeightSnapshot`).
+KEEP_CPU_SNAPSHOT_BYTES = 256 * 2**20
+
+
 def snapshot(params: Sequence[Tensor]) -> list[Tensor]:
     """A detached copy of ``params`` (the one transient copy an update ratio costs)."""
     with torch.no_grad():
         return list(torch._foreach_mul(list(params), 1.0)) if params else []
+
+
+class WeightSnapshot:
+    """The update ratio's copy of the weights from before the update, made cheaply.
+
+    On an accelerator the copy is transient: made on an update-ratio step, consumed after
+    the update, and its memory goes back to the caching allocator, which hands it out
+    again at once (device memory stays O(layers) outside that step). The CPU allocator
+    keeps no such cache: a fresh weight-sized copy is new pages the kernel must fault in
+    and zero, which costs more than copying into them (1.9 ms against 1.1 ms for a
+    2.9M-parameter MLP). So on the CPU, for weights of at most
+    :data:`KEEP_CPU_SNAPSHOT_BYTES`, the copy's buffers are kept and refilled in place:
+    host memory stays flat (one copy of those weights, for the whole run).
+    """
+
+    def __init__(self, keep_bytes: int = KEEP_CPU_SNAPSHOT_BYTES) -> None:
+        self._keep_bytes = keep_bytes
+        self._kept: list[Tensor] = []
+
+    def take(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """A detached copy of ``params``; may reuse the previous copy's buffers."""
+        params = list(params)
+        if not self._keepable(params):
+            self._kept = []
+            return snapshot(params)
+        with torch.no_grad():
+            if not self._fits(params):
+                self._kept = [
+                    torch.empty_like(p, memory_format=torch.preserve_format) for p in params
+                ]
+            if params:
+                torch._foreach_copy_(self._kept, params)
+        return list(self._kept)
+
+    def _keepable(self, params: list[Tensor]) -> bool:
+        nbytes = 0
+        for p in params:
+            if p.device.type != "cpu" or p.layout != torch.strided:
+                return False
+            nbytes += p.numel() * p.element_size()
+        return nbytes <= self._keep_bytes
+
+    def _fits(self, params: list[Tensor]) -> bool:
+        kept = self._kept
+        return len(kept) == len(params) and all(
+            k.shape == p.shape and k.dtype == p.dtype and k.stride() == p.stride()
+            for k, p in zip(kept, params)
+        )
 
 
 def update_squared(index: LayerIndex, norms: LayerNorms, before: list[Tensor]) -> Tensor:
@@ -186,6 +239,7 @@ class LocalNorms:
     def __init__(self, index: LayerIndex, device: torch.device) -> None:
         self._index = index
         self._norms = LayerNorms(index, device)
+        self._snapshot = WeightSnapshot()
 
     def reduce_step(
         self,
@@ -198,7 +252,7 @@ class LocalNorms:
         return self._norms.squared(grads), weights, loss
 
     def snapshot(self, params: Sequence[Tensor]) -> list[Tensor]:
-        return snapshot(params)
+        return self._snapshot.take(params)
 
     def update_squared(self, before: list[Tensor]) -> Tensor:
         return update_squared(self._index, self._norms, before)
