@@ -306,6 +306,9 @@ def test_nonfinite_fraction_is_exact_past_float32_integer_range(
     from gradwatch._measure import activations as _activations
     from gradwatch._measure.activations import ROLE_MIXING, STATS, _Target, output_stats
 
+    # The whole output is measured here (a huge output is otherwise measured on a part of
+    # at most MEASURED_VALUES values): the counting itself is what is checked.
+    monkeypatch.setattr(_activations, "MEASURED_VALUES", 2**40)
     y = torch.rand(5, 2**23 // 5 * 2 + 3)  # 2**24 + a few values
     for index in range(planted):
         y[index, 7 * index] = float("nan")
@@ -416,6 +419,10 @@ def test_a_large_sequence_output_is_measured_on_every_kth_position() -> None:
     assert torch.equal(part[:, 1], output[:, 512 // part.shape[1]])  # whole kept positions
     small = torch.randn(8, 16, 32)
     assert measured_part(small) is small
+    wide = torch.randn(256, 1024, generator=generator)  # (samples, features): every k-th unit
+    columns = measured_part(wide)
+    assert columns.numel() <= MEASURED_VALUES < wide.numel() and columns.shape[0] == 256
+    assert torch.equal(columns[:, 1], wide[:, 1024 // columns.shape[1]])
     from gradwatch._measure.activations import ROLE_RECTIFIER, _Target, output_stats
 
     target = _Target(name="relu", role=ROLE_RECTIFIER, bounds=None)
