@@ -506,18 +506,47 @@ def own_time_clock() -> Iterator[list[float]]:
             setattr(owner, name, function)
 
 
+@contextlib.contextmanager
+def peer_time_clock(mode: Mode) -> Iterator[list[float]]:
+    """Time spent in a peer configuration's own work (its ``after_backward``, which is
+    all it adds to a step), summed into ``clock[0]``: the same measure as
+    :func:`own_time_clock` gives gradwatch, so the two compare without machine noise."""
+    clock = [0.0]
+    work = mode.after_backward
+
+    def timed(model: nn.Module, loss: Tensor, step: int) -> None:
+        start = time.perf_counter()
+        try:
+            work(model, loss, step)
+        finally:
+            clock[0] += time.perf_counter() - start
+
+    mode.after_backward = timed  # type: ignore[method-assign]
+    try:
+        yield clock
+    finally:
+        del mode.after_backward  # the class's method again
+
+
+def has_own_time(mode: Mode) -> bool:
+    """Whether a configuration does work of its own that its own time can measure."""
+    return isinstance(mode, GradwatchMode) or type(mode).after_backward is not Mode.after_backward
+
+
 def own_time_per_step(
     workload: Workload,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    mode: GradwatchMode,
+    mode: Mode,
     steps: int,
     root: str,
 ) -> float:
-    """Median over blocks of 10 steps of gradwatch's own time per step, in seconds."""
+    """Median over blocks of 10 steps of a configuration's own time per step, in seconds:
+    gradwatch's hooks (:func:`own_time_clock`) or a peer's work (:func:`peer_time_clock`)."""
     per_step: list[float] = []
-    alerts = mode.alerts  # the note in the table counts the timed rounds' alerts only
-    with own_time_clock() as clock:
+    alerts = mode.alerts if isinstance(mode, GradwatchMode) else 0
+    clocked = own_time_clock() if isinstance(mode, GradwatchMode) else peer_time_clock(mode)
+    with clocked as clock:
         mode.attach(model, optimizer, root)
         for step in range(1 + steps):
             if step % 10 == 1:
@@ -530,7 +559,8 @@ def own_time_per_step(
             if step % 10 == 0 and step:
                 per_step.append(clock[0] / 10)
         mode.detach()
-    mode.alerts = alerts
+    if isinstance(mode, GradwatchMode):
+        mode.alerts = alerts  # the note in the table counts the timed rounds' alerts only
     return statistics.median(per_step)
 
 
@@ -645,7 +675,7 @@ def time_workload(
     own: dict[int, float] = {}
     if own_steps:
         for i, mode in enumerate(modes):
-            if isinstance(mode, GradwatchMode):
+            if has_own_time(mode):
                 own[i] = own_time_per_step(
                     workload, model, optimizer, mode, own_steps, os.path.join(root, f"own-{i}")
                 )
@@ -697,7 +727,7 @@ def workload_table(result: WorkloadResult) -> list[str]:
     lines = [
         f"\n### {result.header}\n",
         "| configuration | median step | wall-time ratio [95% CI] | CPU-time ratio [95% CI] "
-        "| gradwatch's own time per step | target |",
+        "| own time per step | target |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for row in result.rows:
@@ -712,7 +742,8 @@ def workload_table(result: WorkloadResult) -> list[str]:
     lines.append(
         "\nRatios: median over rounds of (block time / the baseline's block time in the same "
         "round), bootstrap 95% CI. Own time: the time spent inside gradwatch's hooks on the "
-        "training thread (median over blocks of 10 steps, measured after the timed rounds), "
+        "training thread, or in a peer's own logging code (median over blocks of 10 steps, "
+        "measured after the timed rounds), "
         "and 1 + that over the unwatched step: the overhead without the machine's noise, but "
         "also without what gradwatch costs the user's kernels (evicted caches, the device)."
     )
@@ -740,6 +771,11 @@ def summary_table(results: list[WorkloadResult]) -> list[str]:
     for pair in results[0].versus:
         cells = [ratio_text(r.versus.get(pair)) for r in results]
         lines.append(f"| {pair[0]} / {pair[1]} (same round) | " + " | ".join(cells) + " | |")
+    for row in results[0].rows[1:]:
+        owns = [r.row(row.key) for r in results]
+        if any(o is not None and o.own_ms for o in owns):
+            cells = [f"{o.own_ms:.2f} ms" if o is not None and o.own_ms else "" for o in owns]
+            lines.append(f"| own time per step: {row.key} | " + " | ".join(cells) + " | |")
     lines.append("")
     lines += [f"- {line}" for line in verdicts(results)]
     return lines
@@ -777,6 +813,13 @@ def verdicts(results: list[WorkloadResult]) -> list[str]:
         check(
             result.name, result.versus.get((DEFAULT, LIGHTNING)), 1.0, "default / Lightning-style"
         )
+        peer = result.row(LIGHTNING)
+        if default and peer and default.own_ms and peer.own_ms:
+            out.append(
+                f"{result.name}: own time per step, default {default.own_ms:.2f} ms against "
+                f"Lightning-style {peer.own_ms:.2f} ms ({default.own_ms / peer.own_ms:.2f}x; "
+                "without the machine's noise, and without cache effects on the user's kernels)"
+            )
     return out
 
 
