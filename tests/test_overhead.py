@@ -384,9 +384,12 @@ def test_quick_run_times_every_configuration_on_a_real_model(bench: Any, tmp_pat
     assert [row.key for row in result.rows] == [c.key for c in bench.configs()]
     assert all(row.wall is not None for row in result.rows[1:])
     assert set(result.versus) == set(bench.VERSUS)
-    assert all(row.own_ms for row in result.rows if row.key.startswith(("norms", "default")))
+    timed_alone = ("norms", "default", "lightning", "torchtitan")  # gradwatch and the peers
+    assert all(row.own_ms for row in result.rows if row.key.startswith(timed_alone))
+    assert not any(row.own_ms for row in result.rows if row.key in ("unwatched", "aa"))
     text = out.read_text()
     assert "## Summary" in text and "| configuration | mlp | target |" in text
+    assert "| own time per step: lightning |" in text and "against Lightning-style" in text
 
 
 def _junit_of_a_real_pytest_run(pytester: Any, outcomes: str) -> pathlib.Path:
