@@ -51,8 +51,10 @@ class WatchConfig:
             (alerts are always written at once). Statistics are still measured and
             checked every step.
         update_ratio_every: measure the update ratio ‖Δw‖/‖w‖ every this many steps;
-            ``0`` switches it off. A sampled step keeps one transient copy of the
-            parameters between the measurement and the update (freed right after).
+            ``0`` switches it off. A sampled step keeps one copy of the parameters
+            between the measurement and the update: transient on an accelerator (freed
+            right after); on the CPU, for up to 256 MiB of weights, kept and refilled
+            in place (fresh pages cost more there than the copy).
         weight_norm_every: read the weights for their norms ‖w‖ every this many steps
             (and on every update-ratio step); ``1`` reads them every step. Weights move
             slowly (~1e-3 of their norm per healthy step), so between readings the
