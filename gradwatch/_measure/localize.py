@@ -40,14 +40,14 @@ import enum
 import logging
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._measure.hooks import SafeHook
+from gradwatch._measure.hooks import CopyInertHook, SafeHook
 from gradwatch._measure.model import CONTAINER, ModelMap
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
 from gradwatch._names import sentence_name
@@ -67,34 +67,15 @@ class _Kind(enum.IntEnum):
     GIN = 3  # gradient w.r.t. the inputs of a call
 
 
-@dataclasses.dataclass(frozen=True)
-class _Event:
+# Plain tuples, not dataclasses: thousands are made per step on the hot path, and a
+# frozen dataclass costs three times as much to build.
+class _Event(NamedTuple):
     kind: _Kind
     call: int  # index of the forward call the event belongs to
     slots: tuple[int, ...]  # slots of the checked values (2 per tensor: min and max)
 
 
-@dataclasses.dataclass
-class _GradRoles:
-    """What the gradient of one checked tensor is checked for: every (kind, call) role
-    the tensor played, in the step (``generation``) its gradient hook was added in."""
-
-    generation: int
-    roles: list[tuple[_Kind, int]] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class _Seen:
-    """A tensor checked this step (weakly held), its slots, and its gradient's roles."""
-
-    ref: weakref.ref[Tensor]
-    version: int  # an in-place change after the check means checking again
-    slots: tuple[int, ...]
-    grad: _GradRoles | None = None  # set once a gradient hook is on the tensor
-
-
-@dataclasses.dataclass(frozen=True)
-class _Call:
+class _Call(NamedTuple):
     name: str  # qualified module name
     type_name: str
     parent: int | None  # the enclosing call (None for an outermost call)
@@ -113,6 +94,98 @@ class StepTrace:
     values: Tensor | None
 
 
+# ----------------------------------------------------------------------- hooks
+# Three small hook classes instead of SafeHook: they run per module call and per
+# checked tensor, so each is one guarded call into the locator with nothing else to
+# build (no argument tuples, no weak reference to the locator per hook). They keep
+# SafeHook's guarantees: copies and pickles become inert (CopyInertHook), the locator
+# is held weakly, they do nothing while traced, and a failure is logged (as SafeHook
+# logs it) and swallowed, never breaking the user's forward or backward.
+class _BeforeCall(CopyInertHook):
+    """Forward pre-hook of one module: records the call and checks its inputs."""
+
+    __slots__ = ("after_id", "name", "owner", "type_name")
+
+    def __init__(
+        self, owner: weakref.ref[NonfiniteLocator], name: str, type_name: str, after_id: int
+    ) -> None:
+        self.owner = owner
+        self.name = name
+        self.type_name = type_name
+        self.after_id = after_id  # the handle id of the module's _AfterCall
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if _is_compiling() or _is_tracing():  # inert while traced (see SafeHook)
+            return
+        owner = self.owner()
+        if owner is not None:
+            try:
+                owner._before(self, module, args, kwargs)
+            except Exception:
+                _failed(owner, "_before")
+
+
+class _AfterCall(CopyInertHook):
+    """Forward hook (the same object on every module): checks the call's outputs."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: weakref.ref[NonfiniteLocator]) -> None:
+        self.owner = owner
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if _is_compiling() or _is_tracing():
+            return
+        owner = self.owner()
+        if owner is not None:
+            try:
+                owner._after(output)
+            except Exception:
+                _failed(owner, "_after")
+
+
+class _Checked(CopyInertHook):
+    """A tensor checked this step (weakly held) and its slots; once it requires a
+    gradient, also the hook on it that checks that gradient for every (kind, call) role
+    the tensor played, in the step (``generation``) the hook was added in."""
+
+    __slots__ = ("generation", "owner", "ref", "roles", "slots", "version")
+
+    def __init__(
+        self,
+        owner: weakref.ref[NonfiniteLocator],
+        tensor: Tensor,
+        version: int,
+        slots: tuple[int, int],
+        generation: int,
+    ) -> None:
+        self.owner = owner
+        self.ref = weakref.ref(tensor)
+        self.version = version  # an in-place change after the check means checking again
+        self.slots = slots
+        self.generation = generation
+        self.roles: list[tuple[_Kind, int]] | None = None  # set once the hook is on
+
+    def __call__(self, grad: Tensor | None) -> None:
+        if _is_compiling() or _is_tracing():
+            return
+        owner = self.owner()
+        if owner is not None:
+            try:
+                owner._grad(self, grad)
+            except Exception:
+                _failed(owner, "_grad")
+
+
+def _failed(owner: NonfiniteLocator, method: str) -> None:
+    """Log a hook's failure as SafeHook does (call inside the ``except`` clause)."""
+    SafeHook(owner, method)._failed(owner)
+
+
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
+
+
 class NonfiniteLocator:
     """Owns the localisation hooks of one model; hand its handles to the watcher's stack."""
 
@@ -122,19 +195,22 @@ class NonfiniteLocator:
         self._events: list[_Event] = []
         self._values: list[Tensor] = []
         self._stack: list[int | None] = []  # open calls (None: not recorded)
-        self._seen: dict[int, _Seen] = {}  # tensors checked this step, by id
+        self._seen: dict[int, _Checked] = {}  # tensors checked this step, by id
+        # Gradients checked this step, by id: (weakly held gradient, its version, slots).
+        self._grads: dict[int, tuple[weakref.ref[Tensor], int, tuple[int, int]]] = {}
         self._generation = 0  # bumped by take(): gradient hooks of an older step are ignored
         # True from the first gradient of a backward pass to its end: forward calls then
         # are activation-checkpoint recomputations of calls already recorded.
         self._in_backward = False
-        after = SafeHook(self, "_after")  # the same for every module
+        self._ref = weakref.ref(self)  # shared by every hook: they hold the locator weakly
+        after = _AfterCall(self._ref)  # the same for every module
         for info in ModelMap.of(model).modules:
             module = info.module
             if module is None or info.has(CONTAINER):
                 continue  # a container only chains its children: they see the same tensors
             # Hooks are inert while traced (torch.compile, jit.trace): not a real call.
             after_handle = module.register_forward_hook(after, always_call=True)
-            before = SafeHook(self, "_before", info.name, info.type_name, after_handle.id)
+            before = _BeforeCall(self._ref, info.name, info.type_name, after_handle.id)
             self.handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
             self.handles.append(after_handle)
 
@@ -146,7 +222,8 @@ class NonfiniteLocator:
     # ----------------------------------------------------------------- recording
     def _slots(self, tensor: Tensor) -> tuple[int, int]:
         """Queue the min/max of ``tensor`` on its device; returns its two slots."""
-        tensor = tensor.detach()
+        if tensor.requires_grad:
+            tensor = tensor.detach()  # the check must not join the autograd graph
         if tensor.is_complex():
             tensor = torch.view_as_real(tensor.resolve_conj())  # it refuses a conj view
         # One reduction kernel, no host read: NaN propagates into min and max, an inf
@@ -156,32 +233,37 @@ class NonfiniteLocator:
         # back at once, with aminmax only where it is not finite. Twice as fast on a hot
         # tensor alone, it was no faster within a training step.)
         low, high = torch.aminmax(tensor)
-        first = len(self._values)
-        self._values.append(low)
-        self._values.append(high)
+        values = self._values
+        first = len(values)
+        values.append(low)
+        values.append(high)
         return first, first + 1
 
     def _forward(self, kind: _Kind, call: int, tensors: list[Tensor]) -> None:
         """Check forward tensors once each (a module's input is usually the previous
         module's output: the same tensor, checked once) and hook their gradients."""
-        if not tensors or len(self._values) >= MAX_CHECKS_PER_STEP:
+        if len(self._values) >= MAX_CHECKS_PER_STEP:
             return
-        slots: list[int] = []
-        grad_kind = _Kind.GIN if kind == _Kind.IN else _Kind.GOUT
+        seen = self._seen
+        grad_kind = _Kind.GIN if kind is _Kind.IN else _Kind.GOUT
+        slots: tuple[int, ...] = ()
         for tensor in tensors:
-            seen = self._seen.get(id(tensor))
-            if seen is None or seen.ref() is not tensor or seen.version != tensor._version:
-                seen = _Seen(weakref.ref(tensor), tensor._version, self._slots(tensor))
-                self._seen[id(tensor)] = seen
-            slots.extend(seen.slots)
+            checked = seen.get(id(tensor))
+            version = tensor._version
+            if checked is None or checked.version != version or checked.ref() is not tensor:
+                checked = _Checked(
+                    self._ref, tensor, version, self._slots(tensor), self._generation
+                )
+                seen[id(tensor)] = checked
+            slots += checked.slots
             if tensor.requires_grad:
-                if seen.grad is None:
-                    seen.grad = _GradRoles(self._generation)
-                    tensor.register_hook(SafeHook(self, "_grad", seen.grad))
-                seen.grad.roles.append((grad_kind, call))
-        self._events.append(_Event(kind, call, tuple(slots)))
+                if checked.roles is None:
+                    checked.roles = []
+                    tensor.register_hook(checked)
+                checked.roles.append((grad_kind, call))
+        self._events.append(_Event(kind, call, slots))
 
-    def _grad(self, checked: _GradRoles, grad: Tensor | None) -> None:
+    def _grad(self, checked: _Checked, grad: Tensor | None) -> None:
         if grad is None or checked.generation != self._generation or not grad.numel():
             return  # nothing to check, or a gradient of an older step
         if not self._in_backward:
@@ -189,9 +271,22 @@ class NonfiniteLocator:
             # set only once that is certain, so a failure cannot leave it stuck.
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
             self._in_backward = True
-        if len(self._values) >= MAX_CHECKS_PER_STEP:
+        if len(self._values) >= MAX_CHECKS_PER_STEP or not checked.roles:
             return
-        slots = self._slots(grad)
+        # One gradient often reaches several checked tensors as the same tensor object
+        # (an addition hands its gradient unchanged to both operands: a residual block's
+        # output and its branch); unchanged since (same version), it is checked once.
+        known = self._grads.get(id(grad))
+        if known is not None and known[0]() is grad and known[1] == grad._version:
+            slots = known[2]
+        else:
+            slots = self._slots(grad)
+            self._grads[id(grad)] = (weakref.ref(grad), grad._version, slots)
+        events = self._events
+        roles = checked.roles
+        if len(roles) == 1:  # the common case: nothing to order
+            events.append(_Event(roles[0][0], roles[0][1], slots))
+            return
         # A tensor that a call returns as it was given (nn.Identity, a block passing its
         # mask along) is both that call's output and its input: the gradient reaches the
         # call's output before the call passes it on, so its GOUT roles come first.
@@ -200,17 +295,16 @@ class NonfiniteLocator:
         # call's comes first, as the child's backward is where the gradient was made.
         calls = self._calls
         for kind, call in sorted(
-            checked.roles, key=lambda role: (role[0] != _Kind.GOUT, -calls[role[1]].depth)
+            roles, key=lambda role: (role[0] != _Kind.GOUT, -calls[role[1]].depth)
         ):
-            self._events.append(_Event(kind, call, slots))
+            events.append(_Event(kind, call, slots))
 
     def _backward_done(self) -> None:
         self._in_backward = False
 
-    def _before(
-        self, name: str, type_name: str, after_id: int, module: nn.Module, args: Any, kwargs: Any
-    ) -> None:
+    def _before(self, hook: _BeforeCall, module: nn.Module, args: Any, kwargs: Any) -> None:
         hooks = module._forward_hooks  # an OrderedDict: the order hooks run in
+        after_id = hook.after_id
         if (
             isinstance(hooks, collections.OrderedDict)
             and next(reversed(hooks), after_id) != after_id
@@ -220,29 +314,38 @@ class NonfiniteLocator:
             # change the output: the output check runs after every other hook, so that
             # a NaN such a hook makes is named at its module, not at the next one.
             hooks.move_to_end(after_id)
-        if not torch.is_grad_enabled() or self._in_backward:
+        stack = self._stack
+        if self._in_backward or not torch.is_grad_enabled():
             # Evaluation forwards, a submodule called under no_grad inside a training
             # forward, and activation-checkpoint recomputations during backward are not
             # new calls of the step; the marker keeps _after from popping (and recording
             # the output of) the enclosing call instead.
-            self._stack.append(None)
+            stack.append(None)
             return
-        call = len(self._calls)
-        parent = self._stack[-1] if self._stack else None
-        depth = 0 if parent is None else self._calls[parent].depth + 1
-        leaves = _leaves((args, kwargs))
-        first = next((leaf for leaf in leaves if isinstance(leaf, Tensor)), None)
-        float_first = first is None or first.is_floating_point() or first.is_complex()
-        self._calls.append(_Call(name, type_name, parent, depth, float_first))
-        self._stack.append(call)
-        self._forward(_Kind.IN, call, _float_tensors(leaves))
+        calls = self._calls
+        call = len(calls)
+        parent = stack[-1] if stack else None
+        depth = 0 if parent is None else calls[parent].depth + 1
+        tensors, float_first = _inputs(args, kwargs)
+        calls.append(_Call(hook.name, hook.type_name, parent, depth, float_first))
+        stack.append(call)
+        if tensors:
+            self._forward(_Kind.IN, call, tensors)
 
-    def _after(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._stack:
+    def _after(self, output: Any) -> None:
+        stack = self._stack
+        if not stack:
             return
-        call = self._stack.pop()
-        if call is not None:
-            self._forward(_Kind.OUT, call, _float_tensors(output))
+        call = stack.pop()
+        if call is None:
+            return
+        if type(output) is Tensor:  # the common case, without building a list of leaves
+            if _is_float(output) and output.numel():
+                self._forward(_Kind.OUT, call, [output])
+            return
+        tensors = _float_tensors(output)
+        if tensors:
+            self._forward(_Kind.OUT, call, tensors)
 
     # ----------------------------------------------------------------- per step
     def take(self) -> StepTrace | None:
@@ -250,7 +353,7 @@ class NonfiniteLocator:
         calls, events, values = self._calls, self._events, self._values
         self._calls, self._events, self._values, self._stack = [], [], [], []
         self._in_backward = False
-        self._seen = {}
+        self._seen, self._grads = {}, {}
         self._generation += 1
         if not events:
             return None
@@ -265,12 +368,15 @@ def _stack_float32(values: list[Tensor]) -> Tensor:
     float32's range are clipped to it: only whether a value is finite (and whether a min
     is -inf) is read, and converting them would make them inf.
     """
-    device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+    devices = {value.device for value in values}
+    if len(devices) == 1:
+        # The common case, one device: stack promotes mixed dtypes to one that holds
+        # them all exactly (float64 if any is), which _to_float32 then clips.
+        return _to_float32(torch.stack(values))
+    device = next((d for d in devices if d.type != "cpu"), values[0].device)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for slot, value in enumerate(values):
         groups.setdefault((value.device, value.dtype), []).append(slot)
-    if len(groups) == 1:
-        return _to_float32(torch.stack(values))
     stacked = torch.empty(len(values), dtype=torch.float32, device=device)
     for (group_device, _), slots in groups.items():
         part = _to_float32(torch.stack([values[s] for s in slots]))
@@ -522,14 +628,31 @@ def locate(trace: StepTrace, record: StepRecord) -> NonfiniteOrigin | None:
         return None
 
 
+def _is_float(tensor: Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def _inputs(args: Any, kwargs: Any) -> tuple[list[Tensor], bool]:
+    """A call's non-empty float tensor inputs, and whether its first tensor input is a
+    float one (see ``_Call.float_first``)."""
+    if not kwargs and type(args) is tuple and len(args) == 1 and type(args[0]) is Tensor:
+        (tensor,) = args  # the common case, ``module(x)``, without building lists
+        if not _is_float(tensor):
+            return [], False
+        return ([tensor] if tensor.numel() else []), True
+    leaves = _leaves((args, kwargs))
+    first = next((leaf for leaf in leaves if isinstance(leaf, Tensor)), None)
+    return _floats(leaves), first is None or _is_float(first)
+
+
 def _float_tensors(tree: Any) -> list[Tensor]:
     """The non-empty floating-point (or complex) tensors in a module's inputs or output."""
+    return _floats(_leaves(tree))
+
+
+def _floats(leaves: list[Any]) -> list[Tensor]:
     return [
-        leaf
-        for leaf in _leaves(tree)
-        if isinstance(leaf, Tensor)
-        and (leaf.is_floating_point() or leaf.is_complex())
-        and leaf.numel() > 0
+        leaf for leaf in leaves if isinstance(leaf, Tensor) and _is_float(leaf) and leaf.numel() > 0
     ]
 
 
