@@ -694,3 +694,102 @@ def test_a_nan_made_by_a_forward_hook_registered_after_watch_names_its_module() 
     )
     assert alert.layer == "transformer.h.0.mlp", alert.message  # not the enclosing block
     assert "forward" in alert.message
+
+
+class SqrtAbs(nn.Module):
+    """sqrt(|x|): finite forward at 0, NaN gradient there (0 * inf in backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x.abs())
+
+
+class Residual(nn.Module):
+    """x + inner(x): the addition hands its output's gradient, the same tensor, to the
+    inner module's output too."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+def _residual_model(inner: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16, bias=False), Residual(inner), nn.Linear(16, 1))
+
+
+def _one_traced_step(model: nn.Module, x: torch.Tensor) -> _localize.StepTrace:
+    locator = _localize.NonfiniteLocator(model)
+    try:
+        model(x).square().mean().backward()
+        trace = locator.take()
+    finally:
+        locator.remove()
+    assert trace is not None and trace.values is not None
+    return trace
+
+
+def _gradient_slots(trace: _localize.StepTrace, name: str) -> tuple[int, ...]:
+    """The slots of the gradient reaching the output of the call of module ``name``."""
+    return next(
+        event.slots
+        for event in trace.events
+        if event.kind == _localize._Kind.GOUT and trace.calls[event.call].name == name
+    )
+
+
+def test_a_gradient_shared_through_a_residual_is_checked_once_and_its_producer_named() -> None:
+    """The residual's output and its branch get one gradient tensor: checked once (both
+    events read the same slots), and the branch that made the NaN is still named."""
+    model = _residual_model(SqrtAbs())
+    x, y = regression_batches(1)[0]
+    x[0] = 0.0  # the branch sees a zero row: sqrt's gradient is NaN there
+    trace = _one_traced_step(model, x)
+    assert _gradient_slots(trace, "1") == _gradient_slots(trace, "1.inner")
+    alerts, gw = _nonfinite_alerts(_residual_model(SqrtAbs()), [(x, y)])
+    assert alerts and alerts[0].layer == "1.inner", gw.alerts
+    assert "backward" in alerts[0].message
+
+
+class PoisonsItsOutputGradient(nn.Module):
+    """Its forward puts a hook on its output that writes NaN into the gradient in place
+    (before gradwatch's hook on that tensor runs, which is added after the forward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x * 2.0
+        out.register_hook(lambda grad: grad.fill_(math.nan))
+        return out
+
+
+def test_a_gradient_changed_in_place_after_its_check_is_checked_again() -> None:
+    """The shared gradient was finite when the residual's output was checked; changed in
+    place before the branch's check, it is checked again there, as it then is."""
+    trace = _one_traced_step(_residual_model(PoisonsItsOutputGradient()), torch.ones(4, 8))
+    values = trace.values.numpy()
+    outer, inner = _gradient_slots(trace, "1"), _gradient_slots(trace, "1.inner")
+    assert np.isfinite(values[list(outer)]).all()
+    assert np.isnan(values[list(inner)]).all()
+
+
+def test_a_failing_check_never_breaks_the_forward_or_backward(caplog) -> None:
+    """A failure inside a localisation hook (forward or gradient) is logged once and
+    swallowed: the user's training step goes on."""
+    model = _model(nn.Identity())
+    locator = _localize.NonfiniteLocator(model)
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("injected")
+
+    locator._grad = fail  # type: ignore[method-assign]
+    x, _ = regression_batches(1)[0]
+    with caplog.at_level("WARNING", logger="gradwatch"):
+        model(x).sum().backward()
+        locator._slots = fail  # type: ignore[method-assign]
+        model(x).sum().backward()
+    locator.remove()
+    assert all(p.grad is not None for p in model.parameters())
+    failed = [r.getMessage() for r in caplog.records if "failed and was skipped" in r.getMessage()]
+    assert any("NonfiniteLocator._grad" in m for m in failed), failed
+    assert any("NonfiniteLocator._before" in m for m in failed), failed
