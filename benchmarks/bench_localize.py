@@ -1,28 +1,42 @@
 """What NaN localisation costs: watch(locate_nonfinite=True) vs plain vs detect_anomaly.
 
-Three copies of one model train side by side, one step each in turn (alternating, so
-that machine noise hits all three alike), and the median step time of each is compared
+Copies of one model train side by side, one step each in turn (alternating, so that
+machine noise hits all of them alike), and the median step time of each is compared
 with the plain run's::
 
     python benchmarks/bench_localize.py                 # CPU (or CUDA when available)
     python benchmarks/bench_localize.py --steps 60 --width 512 --depth 12 --device cuda
+    python benchmarks/bench_localize.py --workload transformer --threads 2 --steps 40
 
-Prints one line per mode: median step time and its ratio to the plain step.
+``--workload stack`` (the default) is a deep Linear/LayerNorm/GELU stack sized by
+``--depth``/``--width``/``--batch``; ``transformer``, ``cnn`` and ``mlp`` are the models of
+``bench_overhead.py`` (the transformer is the one issue 21's targets are stated on).
+
+Prints one line per mode: median step time, its ratio to the plain step, and the median
+of the per-round ratios (each round runs every mode once: the steadier number on a busy
+machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_overhead import workloads
 
 import gradwatch
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def make_model(depth: int, width: int) -> nn.Module:
@@ -32,37 +46,54 @@ def make_model(depth: int, width: int) -> nn.Module:
     return nn.Sequential(*blocks, nn.Linear(width, 1))
 
 
+def _workload(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[nn.Module, list[tuple[Tensor, Tensor]], LossFn]:
+    """The model (on ``device``), its batches and its loss."""
+    torch.manual_seed(0)
+    if args.workload == "stack":
+        x = torch.randn(args.batch, args.width, device=device)
+        y = torch.randn(args.batch, 1, device=device)
+        return make_model(args.depth, args.width).to(device), [(x, y)], nn.functional.mse_loss
+    workload = next(w for w in workloads(device) if w.name == args.workload)
+    return workload.make_model().to(device), workload.batches, workload.loss_fn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="stack", help="stack, transformer, cnn or mlp")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    parser.add_argument("--no-anomaly", action="store_true", help="skip detect_anomaly")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    base = make_model(args.depth, args.width).to(device)
-    x = torch.randn(args.batch, args.width, device=device)
-    y = torch.randn(args.batch, 1, device=device)
+    base, batches, loss_fn = _workload(args, device)
 
-    def runner(model: nn.Module, anomaly: bool) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    def runner(
+        model: nn.Module, anomaly: bool
+    ) -> tuple[Callable[[int], None], torch.optim.Optimizer]:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-        def step() -> None:
+        def step(i: int) -> None:
+            x, y = batches[i % len(batches)]
             if anomaly:
                 with torch.autograd.detect_anomaly(check_nan=True):
-                    nn.functional.mse_loss(model(x), y).backward()
+                    loss_fn(model(x), y).backward()
             else:
-                nn.functional.mse_loss(model(x), y).backward()
+                loss_fn(model(x), y).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         return step, optimizer
 
     plain, _ = runner(copy.deepcopy(base), anomaly=False)
-    anomaly, _ = runner(copy.deepcopy(base), anomaly=True)
     watched_model = copy.deepcopy(base)
     watched, watched_optimizer = runner(watched_model, anomaly=False)
     gw = gradwatch.watch(
@@ -71,34 +102,46 @@ def main() -> None:
     base_model = copy.deepcopy(base)
     watched_base, base_optimizer = runner(base_model, anomaly=False)
     gw_base = gradwatch.watch(base_model, base_optimizer, activation_every=0)
-    modes: dict[str, Callable[[], None]] = {
+    modes: dict[str, Callable[[int], None]] = {
         "plain": plain,
         "watch() (no localisation)": watched_base,
         "watch(locate_nonfinite=True)": watched,
-        "detect_anomaly": anomaly,
     }
+    if not args.no_anomaly:
+        modes["detect_anomaly"] = runner(copy.deepcopy(base), anomaly=True)[0]
     times: dict[str, list[float]] = {name: [] for name in modes}
     warnings.filterwarnings("ignore", message=".*Anomaly Detection.*")
+    names = list(modes)
     for i in range(args.warmup + args.steps):
-        for name, step in modes.items():
+        for name in names if i % 2 == 0 else names[::-1]:  # no mode always runs first
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            step()
+            modes[name](i)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     gw.close()
     gw_base.close()
-    plain_median = statistics.median(times["plain"])
+    plain_times = times["plain"]
+    plain_median = statistics.median(plain_times)
+    shape = (
+        f"depth={args.depth} width={args.width} batch={args.batch}"
+        if args.workload == "stack"
+        else args.workload
+    )
     print(
-        f"device={device} depth={args.depth} width={args.width} batch={args.batch} "
-        f"steps={args.steps} (median step time, ratio to plain)"
+        f"device={device} {shape} threads={torch.get_num_threads()} steps={args.steps} "
+        "(median step time, ratio to plain, median per-round ratio)"
     )
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"  {name:32s} {median * 1e3:9.3f} ms   x{median / plain_median:.2f}")
+        paired = statistics.median(v / p for v, p in zip(values, plain_times, strict=True))
+        print(
+            f"  {name:32s} {median * 1e3:9.3f} ms   x{median / plain_median:.3f}"
+            f"   per round x{paired:.3f}"
+        )
 
 
 if __name__ == "__main__":
