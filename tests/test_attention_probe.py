@@ -457,3 +457,75 @@ def test_evaluation_forwards_keep_the_fast_path_of_multihead_attention() -> None
         assert torch.equal(mha(x, x, x)[0], expected)
         assert seen == [None]  # no mode: the fast path is still open
         assert probe.collect() is None
+
+
+class _ForwardingMHA(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` subclass with its own ``forward`` (the same maths):
+    measured through the torch-function mode, not from its inputs."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs)
+
+
+def _mha_pair(**options: Any) -> tuple[nn.MultiheadAttention, nn.MultiheadAttention]:
+    torch.manual_seed(11)
+    plain = nn.MultiheadAttention(16, 4, **options)
+    subclass = _ForwardingMHA(16, 4, **options)
+    subclass.load_state_dict(plain.state_dict())
+    return plain, subclass
+
+
+_PADDING = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+_CAUSAL = torch.ones(6, 6, dtype=torch.bool).triu(1)
+
+
+@pytest.mark.parametrize(
+    ("options", "call"),
+    [
+        ({"batch_first": True}, {"attn_mask": _CAUSAL, "key_padding_mask": _PADDING}),
+        ({}, {"attn_mask": _CAUSAL.float() * -1e4}),  # (length, batch, embed), float mask
+        ({"batch_first": True}, {"key_padding_mask": _PADDING.float() * -30.0}),
+        ({"batch_first": True}, {"attn_mask": torch.randn(2 * 4, 6, 6)}),  # per head
+        ({"batch_first": True, "kdim": 8, "vdim": 8}, {}),  # cross-attention, own k proj
+        ({"batch_first": True, "bias": False}, {"need_weights": True}),
+    ],
+    ids=["bool-masks", "seq-first-float", "float-padding", "3d-mask", "kdim", "no-bias"],
+)
+@pytest.mark.parametrize("first_sequence", [False, True])
+def test_multihead_attention_is_measured_from_its_inputs_as_the_mode_measures_it(
+    options: dict[str, Any], call: dict[str, Any], first_sequence: bool
+) -> None:
+    """A plain ``nn.MultiheadAttention`` is measured from its query, key and masks in a
+    forward pre-hook, with no torch-function mode over its forward (which slows every op
+    of it); the statistics equal the mode's, which sees the SDPA/softmax call inside."""
+    plain, subclass = _mha_pair(**options)
+    generator = torch.Generator().manual_seed(3)
+    shape = (2, 6, 16) if options.get("batch_first") else (6, 2, 16)
+    x = torch.randn(*shape, generator=generator)
+    memory = torch.randn(*shape[:2], options.get("kdim", 16), generator=generator)
+    kv = memory if "kdim" in options else x
+
+    def run(module: nn.MultiheadAttention) -> Callable[[], Any]:
+        return lambda: module(x, kv, kv, **{"need_weights": False, **call})
+
+    probe = AttentionProbe(plain, first_sequence=first_sequence)
+    probe.arm()
+    run(plain)()
+    assert not list(probe._modes)  # no mode was ever pushed
+    direct = probe.collect()
+    if call.get("need_weights") and first_sequence:
+        # The mode reads need_weights' softmax over the whole batch (first_sequence is for
+        # SDPA calls); measured from the inputs it is the first sequence: compare with it.
+        x, kv = x[:1], kv[:1]
+    through_mode = _measure(subclass, run(subclass), first_sequence=first_sequence)
+    assert direct is not None and direct.modules == through_mode.modules == ("",)
+    assert _triple(direct) == pytest.approx(_triple(through_mode), rel=1e-5)
+
+
+def test_multihead_attention_with_extra_key_rows_is_still_measured_through_the_mode() -> None:
+    torch.manual_seed(12)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True, add_bias_kv=True, add_zero_attn=True)
+    x = torch.randn(2, 5, 16)
+    sample = _measure(mha, lambda: mha(x, x, x, need_weights=False))
+    assert sample.modules == ("",) and math.isfinite(sample.max_logit[0].item())
+    assert sample.max_entropy[0].item() == pytest.approx(math.log(5 + 2), rel=1e-5)

@@ -27,10 +27,17 @@ named ``*Attention*``: Hugging Face's, timm's, most model code's; the roles of
   ``need_weights=True``: ``bmm`` then softmax): the eager attention paths. The input is
   the logits (mask included), the output the probabilities, both already computed.
 
-``nn.MultiheadAttention`` calls ``F.multi_head_attention_forward``, one Python function
-that itself dispatches on torch-function modes, so the mode would see that one call and
-none of the SDPA or softmax calls inside it; it is run instead as a copy whose only
-difference is that its own dispatch check answers "no", with the mode active inside.
+``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoderLayer`` and its kin) needs
+no mode: its forward pre-hook recomputes the scores from the call's query and key and
+the module's own projection weights (:func:`mha_call_stats`), as SDPA would see them,
+with its masks. A mode costs a Python dispatch on every torch op of the forward (it
+made the module's own attention about a quarter slower on a sampled step). Only an
+``nn.MultiheadAttention`` with ``add_bias_kv``/``add_zero_attn``, a subclass with its own
+``forward``, or one inside another watched attention module goes through the mode:
+``F.multi_head_attention_forward`` itself dispatches on torch-function modes, so the mode
+would see that one call and none of the SDPA or softmax calls inside it; it is run
+instead as a copy whose only difference is that its own dispatch check answers "no",
+with the mode active inside.
 
 The calls are attributed to the innermost attention module running (a stack kept by
 forward pre-hooks and always-called forward hooks); a model with no module recognised
@@ -96,6 +103,16 @@ _SDPA_ARGS = (
     "is_causal",
     "scale",
     "enable_gqa",
+)
+_MHA_ARGS = (
+    "query",
+    "key",
+    "value",
+    "key_padding_mask",
+    "need_weights",
+    "attn_mask",
+    "average_attn_weights",
+    "is_causal",
 )
 #: Compared by identity: a function handed to a mode need not be hashable.
 _SOFTMAXES = (F.softmax, torch.softmax, torch.special.softmax, Tensor.softmax)
@@ -270,6 +287,89 @@ def _sdpa_bound(q: Tensor, k: Tensor, attn_mask: Tensor | None, scale: float) ->
     return CallStats(bound, None, None, None, int(k.shape[-2]), bounded=True)
 
 
+def is_plain_mha(module: nn.Module) -> bool:
+    """An ``nn.MultiheadAttention`` whose statistics :func:`mha_call_stats` can compute
+    from its inputs: torch's own forward, and no extra key/value rows."""
+    return (
+        isinstance(module, nn.MultiheadAttention)
+        and type(module).forward is nn.MultiheadAttention.forward
+        and module.bias_k is None
+        and not module.add_zero_attn
+    )
+
+
+def mha_call_stats(
+    mha: nn.MultiheadAttention,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    first_sequence: bool,
+) -> CallStats | None:
+    """Statistics of one ``nn.MultiheadAttention`` call, from its arguments (before it
+    runs): queries and keys projected with the module's weights, split into heads,
+    scaled by 1/√head_dim, with its ``attn_mask`` and ``key_padding_mask`` (a boolean
+    one masks where True, a float one is added), as ``F.multi_head_attention_forward``
+    hands them to SDPA (``is_causal`` is only a hint there: ``attn_mask`` holds the
+    mask). ``first_sequence``: the first sequence of the batch only. None when the call
+    is not one this can read (then nothing is measured for it)."""
+    params = dict(zip(_MHA_ARGS, args))
+    params.update(kwargs)
+    query, key = params.get("query"), params.get("key")
+    if not (_plain(query) and _plain(key)) or query.dim() != key.dim():
+        return None
+    if query.dim() == 2:  # unbatched: (length, embed)
+        query, key = query.unsqueeze(0), key.unsqueeze(0)
+    elif query.dim() != 3:
+        return None
+    elif not mha.batch_first:  # (length, batch, embed)
+        query, key = query.transpose(0, 1), key.transpose(0, 1)
+    batch = int(query.shape[0])
+    if first_sequence:
+        query, key = query[:1], key[:1]
+    sequences, length, keys = int(query.shape[0]), int(query.shape[1]), int(key.shape[1])
+    if sequences == 0 or length == 0 or keys == 0:
+        return None
+    embed, heads = mha.embed_dim, mha.num_heads
+    if mha._qkv_same_embed_dim:
+        w_q, w_k = mha.in_proj_weight[:embed], mha.in_proj_weight[embed : 2 * embed]
+    else:
+        w_q, w_k = mha.q_proj_weight, mha.k_proj_weight
+    bias = mha.in_proj_bias
+    b_q, b_k = (None, None) if bias is None else (bias[:embed], bias[embed : 2 * embed])
+    q = F.linear(query, w_q, b_q).view(sequences, length, heads, -1).transpose(1, 2)
+    k = F.linear(key, w_k, b_k).view(sequences, keys, heads, -1).transpose(1, 2)
+    mask = _mha_mask(params.get("attn_mask"), params.get("key_padding_mask"), batch, heads)
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:sequences]
+    return sdpa_stats(q, k, mask)
+
+
+def _mha_mask(attn_mask: Any, padding: Any, batch: int, heads: int) -> Tensor | None:
+    """``nn.MultiheadAttention``'s two masks as one additive float mask that broadcasts
+    over (batch, heads, queries, keys): (queries, keys) or (batch, heads, queries, keys)."""
+    masks: list[Tensor] = []
+    if isinstance(attn_mask, Tensor):
+        additive = _additive(attn_mask)
+        if additive.dim() == 3:  # (batch·heads, queries, keys), batch-major
+            additive = additive.view(batch, heads, *additive.shape[-2:])
+        masks.append(additive)
+    if isinstance(padding, Tensor):
+        additive = _additive(padding)  # (batch, keys), or (keys,) unbatched
+        masks.append(additive.view(-1, 1, 1, additive.shape[-1]))
+    if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else masks[0] + masks[1]
+
+
+def _additive(mask: Tensor) -> Tensor:
+    """An ``nn.MultiheadAttention`` mask as float32 to add: -inf where a boolean one is
+    True (masked), a float one as it is."""
+    mask = mask.detach()
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(mask, -math.inf)
+    return mask.float()
+
+
 # ------------------------------------------------------------------- the probe
 @dataclasses.dataclass
 class _Frame:
@@ -343,8 +443,10 @@ class AttentionProbe:
         attention = model_map.with_role(ATTENTION)
         self.fallback = not attention
         watched = attention or (model_map.root,)
-        self._modules: list[tuple[str, weakref.ref[nn.Module]]] = [
-            (info.name, info.ref) for info in watched
+        # (name, module, whether its statistics come from its inputs: see is_plain_mha)
+        self._modules: list[tuple[str, weakref.ref[nn.Module], bool]] = [
+            (info.name, info.ref, info.module is not None and is_plain_mha(info.module))
+            for info in watched
         ]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seen: dict[str, _Accumulator] = {}
@@ -355,7 +457,7 @@ class AttentionProbe:
     @property
     def targets(self) -> tuple[str, ...]:
         """Names of the watched modules: the attention modules, or the root (``""``)."""
-        return tuple(name for name, _ in self._modules)
+        return tuple(name for name, _, _ in self._modules)
 
     @property
     def armed(self) -> bool:
@@ -366,13 +468,17 @@ class AttentionProbe:
         if self._handles:
             return
         self._seen = {}
-        for name, ref in self._modules:
+        for name, ref, direct in self._modules:
             module = ref()
             if module is None:
                 continue
-            enter = SafeHook(self, "_enter", name, not self.fallback)
             leave = SafeHook(self, "_leave", name)
-            self._handles.append(module.register_forward_pre_hook(enter))
+            if direct:
+                enter = SafeHook(self, "_enter_mha", name)
+                self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True))
+            else:
+                enter = SafeHook(self, "_enter", name, not self.fallback)
+                self._handles.append(module.register_forward_pre_hook(enter))
             # always_call: a forward that raises still leaves, and the mode is removed.
             self._handles.append(module.register_forward_hook(leave, always_call=True))
 
@@ -431,6 +537,31 @@ class AttentionProbe:
             state.mode = mode
             self._modes.add(mode)
 
+    def _enter_mha(
+        self, name: str, module: nn.MultiheadAttention, args: Any, kwargs: dict[str, Any]
+    ) -> None:
+        """A plain ``nn.MultiheadAttention`` starts: measure it from its inputs, no mode.
+
+        Inside another watched attention module's forward (a mode already watches this
+        thread) it is watched like any attention module instead, so that the calls are
+        attributed as before."""
+        if self._state.mode is not None:
+            self._enter(name, True, module, args)
+            return
+        counting = self.include_eval or (module.training and torch.is_grad_enabled())
+        # A frame that watches nothing: _leave pops it, and calls inside it are not seen.
+        self._state.frames.append(_Frame(name, False, True))
+        if not counting:
+            return
+        try:
+            with torch.no_grad():
+                call = mha_call_stats(module, args, kwargs, first_sequence=self.first_sequence)
+        except Exception as error:  # a statistic must never break the user's forward
+            self._failed(error)
+            return
+        if call is not None:
+            self._record(name, call)
+
     def _leave(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         state = self._state
         frames = state.frames
@@ -455,12 +586,15 @@ class AttentionProbe:
                 if func is _SDPA
                 else self._softmax(frame, args, kwargs, out)
             )
-        if call is None:
-            return
-        acc = self._seen.get(frame.name)
+        if call is not None:
+            self._record(frame.name, call)
+
+    def _record(self, name: str, call: CallStats) -> None:
+        """Add one attention call's statistics to its module's for this step."""
+        acc = self._seen.get(name)
         if acc is None:
             # The first call of this module at this step: dict order is execution order.
-            self._seen[frame.name] = _Accumulator(
+            self._seen[name] = _Accumulator(
                 call.max_logit,
                 call.entropy_sum,
                 call.log_keys_sum,
