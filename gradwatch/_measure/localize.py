@@ -5,6 +5,10 @@ inputs), a forward hook (its outputs) and, on those tensors, gradient hooks (the
 w.r.t. its outputs and w.r.t. its inputs). Each hook reduces each tensor to its min and
 max with one ``torch.aminmax`` kernel (NaN propagates through both; an inf shows in one)
 and appends the two device scalars to a list, with a host-side event naming the module.
+A tensor is checked once per step while unchanged (same tensor object, same version
+counter: an in-place change means checking again), whatever roles it plays: a module's
+input is usually the previous module's output, and one gradient tensor often reaches
+several checked tensors (an addition hands its gradient unchanged to both operands).
 Nothing is read back: the list is stacked into one device vector when the step is
 measured, and only read (one small copy) when that step's statistics show a non-finite
 loss, gradient or weight.
