@@ -458,6 +458,7 @@ VERSUS: list[tuple[str, str]] = [(NORMS, LIGHTNING), (DEFAULT, LIGHTNING), (DEFA
 def _entry_points() -> list[tuple[type, str]]:
     from gradwatch._measure.attention import AttentionProbe
     from gradwatch._measure.hooks import SafeHook
+    from gradwatch._measure.localize import _AfterCall, _BeforeCall, _Checked
     from gradwatch._watcher import Watcher
 
     return [
@@ -472,6 +473,11 @@ def _entry_points() -> list[tuple[type, str]]:
         # (the mode's per-op dispatch is left out).
         (SafeHook, "__call__"),
         (AttentionProbe, "_observe"),
+        # NaN localisation's own hooks (lighter than SafeHook, with the same guarantees):
+        # before and after each module call, and on each checked tensor's gradient.
+        (_BeforeCall, "__call__"),
+        (_AfterCall, "__call__"),
+        (_Checked, "__call__"),
     ]
 
 
