@@ -85,21 +85,27 @@ class SafeHook(CopyInertHook):
                 getattr(owner, self._on_error)(*self._bound)
             except Exception:
                 logger.debug("gradwatch: %s.%s failed", type(owner).__name__, self._on_error)
-        where = f"{type(owner).__name__}.{self._method}"
-        if _first_failure(owner, self._method):
-            logger.warning(
-                "gradwatch: %s failed and was skipped (training goes on without that "
-                "measurement; later failures of it are logged at DEBUG level)",
-                where,
-                exc_info=True,
-            )
-        else:
-            logger.debug("gradwatch: %s failed again", where, exc_info=True)
+        log_failure(owner, self._method)
 
     def __repr__(self) -> str:
         owner = self._owner()
         name = type(owner).__name__ if owner is not None else "(gone)"
         return f"<gradwatch safe hook {name}.{self._method}>"
+
+
+def log_failure(owner: object, method: str) -> None:
+    """Log that hook method ``owner.<method>`` failed: a warning the first time, DEBUG
+    after. Called inside the ``except`` clause: the exception is the current one."""
+    where = f"{type(owner).__name__}.{method}"
+    if _first_failure(owner, method):
+        logger.warning(
+            "gradwatch: %s failed and was skipped (training goes on without that "
+            "measurement; later failures of it are logged at DEBUG level)",
+            where,
+            exc_info=True,
+        )
+    else:
+        logger.debug("gradwatch: %s failed again", where, exc_info=True)
 
 
 #: Per owner, the methods whose failure has been logged (owners are held weakly).

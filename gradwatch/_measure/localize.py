@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._measure.hooks import CopyInertHook, SafeHook
+from gradwatch._measure.hooks import CopyInertHook, log_failure
 from gradwatch._measure.model import CONTAINER, ModelMap
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
 from gradwatch._names import sentence_name
@@ -126,7 +126,7 @@ class _BeforeCall(CopyInertHook):
             try:
                 owner._before(self, module, args, kwargs)
             except Exception:
-                _failed(owner, "_before")
+                log_failure(owner, "_before")
 
 
 class _AfterCall(CopyInertHook):
@@ -145,7 +145,7 @@ class _AfterCall(CopyInertHook):
             try:
                 owner._after(output)
             except Exception:
-                _failed(owner, "_after")
+                log_failure(owner, "_after")
 
 
 class _Checked(CopyInertHook):
@@ -178,12 +178,7 @@ class _Checked(CopyInertHook):
             try:
                 owner._grad(self, grad)
             except Exception:
-                _failed(owner, "_grad")
-
-
-def _failed(owner: NonfiniteLocator, method: str) -> None:
-    """Log a hook's failure as SafeHook does (call inside the ``except`` clause)."""
-    SafeHook(owner, method)._failed(owner)
+                log_failure(owner, "_grad")
 
 
 _is_compiling = torch.compiler.is_compiling
