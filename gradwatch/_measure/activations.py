@@ -231,31 +231,48 @@ def _finite_stats_on_host(
     # values whose sum overflows only send the output down the careful path).
     if not math.isfinite(centre):
         return None
+    batch_std, saturated, dead = _applies(target, samples)
     values = [centre]
     layout = [0, 1]
     # The spread splits exactly into two non-negative parts, so no cancellation: each
     # unit's spread across the batch, plus the spread of the unit means (both centred
     # two-pass sums: E[x²] - E[x]² cancels when a bias dominates the output).
-    within_var = 0.0
-    if samples >= 2:
-        within = torch.sub(flat, unit_means, out=pool.get(flat, 1)).reshape(-1)
-        within_var = float(torch.dot(within, within)) / total_values
+    within = _within_unit_variance(flat, unit_means, pool)
+    within_var = 0.0 if within is None else float(within)
     between = unit_means.sub_(centre)
     between_var = float(torch.dot(between, between)) / units
     values.append(math.sqrt(between_var + within_var))
-    if samples >= 2:
+    if batch_std:
         values.append(math.sqrt(within_var))
         layout.append(2)
-    if target.bounds is not None:
+    if saturated:
+        assert target.bounds is not None
         values.append(float(_saturated_count(flat, flat, target.bounds, pool)) / total_values)
         layout.append(3)
-    if target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES:
-        alive = flat.amax(dim=0).clamp_(min=0.0).sign_().sum()
-        values.append(1.0 - float(alive) / units)
+    if dead:
+        values.append(float(_dead_fraction(flat)))
         layout.append(4)
     values.append(0.0)  # nonfinite: none, by the check above
     layout.append(5)
     return torch.from_numpy(np.array(values, dtype=np.float32)), tuple(layout)
+
+
+def _applies(target: _Target, samples: int) -> tuple[bool, bool, bool]:
+    """Which of ``batch_std``, ``saturated`` and ``dead`` apply to an output of
+    ``samples`` samples of ``target``: the one owner of these conditions, which both the
+    host shortcut and the careful path lay their statistics out by."""
+    return (
+        samples >= 2,  # a spread across the batch needs a batch
+        target.bounds is not None,
+        target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES,
+    )
+
+
+def _dead_fraction(safe: Tensor) -> Tensor:
+    """Fraction of units that output <= 0 for every sample (a device scalar): a unit is
+    alive when its maximum over the batch is > 0."""
+    alive = safe.amax(dim=0).clamp_(min=0.0).sign_()
+    return 1.0 - alive.mean()
 
 
 def _saturated_count(
@@ -322,22 +339,22 @@ def _assemble(
     target: _Target,
     pool: ScratchBuffers,
 ) -> tuple[Tensor, tuple[int, ...]]:
-    """The statistics that apply, stacked, and which they are (indices into
-    :data:`STATS`): one owner for the conditions that decide both. ``safe`` is ``flat``
-    with non-finite values zeroed (``flat`` itself when it has none)."""
+    """The statistics that apply (:func:`_applies`), stacked, and which they are
+    (indices into :data:`STATS`). ``safe`` is ``flat`` with non-finite values zeroed
+    (``flat`` itself when it has none)."""
+    batch_std, saturated, dead = _applies(target, flat.shape[0])
     parts = [mean, std]
     layout = [0, 1]
-    if within_var is not None:  # a batch of at least two samples
+    if batch_std:
+        assert within_var is not None, "measured for every batch of two samples or more"
         parts.append(within_var.sqrt())  # RMS over units of the spread across the batch
         layout.append(2)
-    total = flat.numel()
-    if target.bounds is not None:
-        parts.append(_saturated_count(flat, safe, target.bounds, pool) / total)
+    if saturated:
+        assert target.bounds is not None
+        parts.append(_saturated_count(flat, safe, target.bounds, pool) / flat.numel())
         layout.append(3)
-    if target.role == ROLE_RECTIFIER and flat.shape[0] >= MIN_DEAD_SAMPLES:
-        # A unit is alive when some sample's output is > 0: its maximum over the batch.
-        alive = safe.amax(dim=0).clamp_(min=0.0).sign_()
-        parts.append(1.0 - alive.mean())
+    if dead:
+        parts.append(_dead_fraction(safe))
         layout.append(4)
     parts.append(nonfinite)
     layout.append(5)
