@@ -30,8 +30,8 @@ named ``*Attention*``: Hugging Face's, timm's, most model code's; the roles of
 ``nn.MultiheadAttention`` (also inside ``nn.TransformerEncoderLayer`` and its kin) needs
 no mode: its forward pre-hook recomputes the scores from the call's query and key and
 the module's own projection weights (:func:`mha_call_stats`), as SDPA would see them,
-with its masks. A mode costs a Python dispatch on every torch op of the forward (it
-made the module's own attention about a quarter slower on a sampled step). Only an
+with its masks. A mode costs a Python dispatch on every torch op of the forward (the
+module's own attention ran about a sixth slower under it on a sampled step). Only an
 ``nn.MultiheadAttention`` with ``add_bias_kv``/``add_zero_attn``, a subclass with its own
 ``forward``, or one inside another watched attention module goes through the mode:
 ``F.multi_head_attention_forward`` itself dispatches on torch-function modes, so the mode
@@ -226,10 +226,8 @@ def sdpa_stats(
             scores, torch.zeros_like(above, dtype=scores.dtype).masked_fill_(above, -math.inf)
         )
     if attn_mask is not None:
-        mask = attn_mask.detach()
-        if mask.dtype == torch.bool:  # True takes part
-            mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill_(~mask, -math.inf)
-        scores = _add_mask(scores, mask.float())
+        # SDPA's boolean mask: True takes part.
+        scores = _add_mask(scores, _additive(attn_mask, masked=False))
     return softmax_stats(scores)
 
 
@@ -361,12 +359,14 @@ def _mha_mask(attn_mask: Any, padding: Any, batch: int, heads: int) -> Tensor | 
     return masks[0] if len(masks) == 1 else masks[0] + masks[1]
 
 
-def _additive(mask: Tensor) -> Tensor:
-    """An ``nn.MultiheadAttention`` mask as float32 to add: -inf where a boolean one is
-    True (masked), a float one as it is."""
+def _additive(mask: Tensor, *, masked: bool = True) -> Tensor:
+    """A mask as float32 to add to the scores: a float one as it is; a boolean one -inf
+    where it equals ``masked`` (``nn.MultiheadAttention``: True is masked; SDPA: False
+    is), 0 elsewhere."""
     mask = mask.detach()
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, device=mask.device).masked_fill_(mask, -math.inf)
+        hidden = mask if masked else ~mask
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(hidden, -math.inf)
     return mask.float()
 
 
