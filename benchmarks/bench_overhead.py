@@ -536,7 +536,7 @@ def peer_time_clock(mode: Mode) -> Iterator[list[float]]:
 
 def has_own_time(mode: Mode) -> bool:
     """Whether a configuration does work of its own that its own time can measure."""
-    return isinstance(mode, GradwatchMode) or type(mode).after_backward is not Mode.after_backward
+    return type(mode).after_backward is not Mode.after_backward
 
 
 def own_time_per_step(

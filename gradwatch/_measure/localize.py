@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._measure.hooks import CopyInertHook, log_failure
+from gradwatch._measure.hooks import CopyInertHook, _is_compiling, _is_tracing, log_failure
 from gradwatch._measure.model import CONTAINER, ModelMap
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
 from gradwatch._names import sentence_name
@@ -179,10 +179,6 @@ class _Checked(CopyInertHook):
                 owner._grad(self, grad)
             except Exception:
                 log_failure(owner, "_grad")
-
-
-_is_compiling = torch.compiler.is_compiling
-_is_tracing = torch.jit.is_tracing
 
 
 class NonfiniteLocator:
