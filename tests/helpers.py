@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwatch
 
@@ -98,3 +100,15 @@ def watched_run(
     with gradwatch.watch(model, optimizer, **watch_options) as gw:
         losses = train_steps(model, optimizer, batches, gw, loss_fn=loss_fn, nan_at=nan_at)
     return gw, losses
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched at the top level (what would be kernel launches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))

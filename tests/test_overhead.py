@@ -26,25 +26,12 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwatch
 from gradwatch._cli.logreader import read_run
 from gradwatch._sinks.tensorboard import SummaryTemplates, step_scalars
 
-from .helpers import train_steps
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched at the top level (what would be kernel launches)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
+from .helpers import OpCounter, train_steps
 
 
 def _stack(depth: int, *, float64_from: int | None = None) -> nn.Module:

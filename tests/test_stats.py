@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from gradwatch._measure.layers import LayerIndex
-from gradwatch._measure.stats import LayerNorms, WeightSnapshot, snapshot, update_squared
+from gradwatch._measure.stats import (
+    DOT_MIN_VALUES,
+    LayerNorms,
+    WeightSnapshot,
+    snapshot,
+    update_squared,
+)
+
+from .helpers import OpCounter
 
 
 def _by_hand(module: nn.Module) -> float:
@@ -133,3 +141,51 @@ def test_a_huge_layer_norm_is_accurate_to_float64() -> None:
     one_sum = torch._foreach_norm([model.weight.detach()], 2.0)[0].item()
     assert abs(one_sum - exact) / exact > 1e-3  # what a single float32 reduction gives
     assert abs(ours - exact) / exact < 1e-4
+
+
+def _large_model(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Two layers above DOT_MIN_VALUES (one of them in chunks) and small ones around."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 8),  # small: the batched norm
+        nn.Linear(512, 256),  # 131,072 weights: a dot product
+        nn.LayerNorm(256),
+        nn.Linear(256, 5000, bias=False),  # 1.28M weights: two chunks, a dot each
+    ).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_large_cpu_tensors_take_dot_products_and_match_float64(dtype: torch.dtype) -> None:
+    model = _large_model(dtype)
+    index = LayerIndex.from_model(model)
+    assert max(p.numel() for p in index.params) >= DOT_MIN_VALUES
+    with OpCounter() as counter:
+        squared = LayerNorms(index, index.device()).squared(index.params)
+    assert counter.ops["aten.dot"] == 3  # 131,072 weights, and 1.28M in two chunks
+    assert counter.ops["aten._foreach_norm"] == 1  # everything else, batched
+    expected = torch.tensor([_by_hand(layer) for layer in model], dtype=torch.float64)
+    torch.testing.assert_close(squared.double(), expected, rtol=1e-5, atol=0.0)
+
+
+def test_a_large_tensor_that_is_not_contiguous_keeps_the_norm_kernel() -> None:
+    model = _large_model()
+    with torch.no_grad():  # a transposed layout: a dot product would need a copy
+        model[1].weight = nn.Parameter(model[1].weight.detach().t().contiguous().t())
+    assert not model[1].weight.is_contiguous()
+    index = LayerIndex.from_model(model)
+    with OpCounter() as counter:
+        squared = LayerNorms(index, index.device()).squared(index.params)
+    assert counter.ops["aten.dot"] == 2  # only the contiguous 1.28M weights, in two chunks
+    expected = torch.tensor([_by_hand(layer) for layer in model], dtype=torch.float64)
+    torch.testing.assert_close(squared.double(), expected, rtol=1e-5, atol=0.0)
+
+
+def test_dot_products_carry_nan_and_inf_like_norms() -> None:
+    model = _large_model()
+    with torch.no_grad():
+        model[1].weight[3, 7] = float("nan")
+        model[3].weight[0, 0] = float("inf")
+    index = LayerIndex.from_model(model)
+    squared = LayerNorms(index, index.device()).squared(index.params)
+    assert torch.isnan(squared[1]) and torch.isinf(squared[3])
+    assert torch.isfinite(squared[0]) and torch.isfinite(squared[2])
