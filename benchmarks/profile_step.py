@@ -83,6 +83,10 @@ COMPONENTS: list[tuple[str, str]] = [
         "gradwatch._measure.recurrent:RecurrentProbe.__call__",
     ),
     (
+        "  attention of nn.MultiheadAttention (AttentionProbe._enter_mha)",
+        "gradwatch._measure.attention:AttentionProbe._enter_mha",
+    ),
+    (
         "attention statistics (AttentionProbe._observe)",
         "gradwatch._measure.attention:AttentionProbe._observe",
     ),
