@@ -50,9 +50,10 @@ import numpy as np
 
 from gradwatch._alerts import Alert, Severity
 from gradwatch._detectors._base import DetectorContext, trend_detector
-from gradwatch._detectors._common import MAD_TO_SD, step_noise
+from gradwatch._detectors._common import MAD_TO_SD, median, nanmedian, step_noise
 from gradwatch._format import fmt
 from gradwatch._history import History
+from gradwatch._measure.record import StepRecord
 
 REMEDY = (
     "check that the optimizer holds the model's parameters and they require grad, and that "
@@ -145,7 +146,7 @@ def _relapse(history: History, losses: np.ndarray) -> Alert | None:
     if series.size < 2 * RELAPSE_SMOOTHING:
         return None
     windows = np.lib.stride_tricks.sliding_window_view(series, RELAPSE_SMOOTHING)
-    smoothed = np.median(windows, axis=-1)
+    smoothed = nanmedian(windows, axis=-1)  # the series is finite: a plain median
     start, now = float(smoothed[0]), float(smoothed[-1])
     best_at = int(np.argmin(smoothed[:-1]))
     best = float(smoothed[best_at])
@@ -228,13 +229,27 @@ def _against_baseline(step: int, losses: np.ndarray, context: DetectorContext) -
     )
 
 
+def _median_update(record: StepRecord) -> float:
+    """The median update ratio over a record's layers, NaN ones left out (NaN when none
+    is finite), cached on the record: this detector reads every record of the history
+    each time it judges, and ``np.nanmedian`` costs ~20 us a call."""
+    cached = record.derived.get("median_update")
+    if cached is None:
+        ratio = record.update_ratio
+        value = math.nan
+        if ratio is not None and np.isfinite(ratio).any():
+            value = median(ratio[~np.isnan(ratio)])
+        cached = record.derived["median_update"] = np.array(value)
+    return float(cached)
+
+
 def _against_own_noise(
     history: History, losses: np.ndarray, context: DetectorContext, warmup: int
 ) -> Alert | None:
     config = context.config
     series = losses[np.isfinite(losses)]
     m = _quarter(series.size)
-    start, end = float(np.median(series[:m])), float(np.median(series[-m:]))
+    start, end = median(series[:m]), median(series[-m:])
     latest = history.latest
     chance = latest.chance_loss if latest is not None else None
     # A loss that started above chance (a poor start, a spike) and fell back to chance
@@ -249,13 +264,11 @@ def _against_own_noise(
     after_warmup = steps - warmup
     at_chance = bool(chance) and end > (1.0 - AT_CHANCE) * float(chance or 0.0)
     updates = [
-        float(np.nanmedian(r.update_ratio))
+        update
         for r in history
-        if r.update_ratio is not None
-        and np.isfinite(r.update_ratio).any()
-        and not (r.skipped or r.amp_skipped)
+        if not (r.skipped or r.amp_skipped) and not math.isnan(update := _median_update(r))
     ]
-    typical_update = float(np.median(updates[-3:])) if updates else math.nan
+    typical_update = median(np.asarray(updates[-3:])) if updates else math.nan
     # At chance is a failure only with steps that cannot be right: too large to learn
     # (the rate is too high), or collapsed far below where they started (the weights
     # outgrew the rate: typical of Post-LN transformers trained without warmup). A loss
