@@ -112,3 +112,36 @@ def test_a_loss_that_starts_above_chance_and_falls_did_not_rise() -> None:
     outcome = train(SCENARIOS["logistic_regression"], seed=2)
     assert outcome.losses[0] > math.log(4)
     assert [a for a in outcome.alerts if a.kind == "not_learning" and a.severity != "info"] == []
+
+
+def test_median_update_matches_nanmedian_and_is_cached() -> None:
+    import numpy as np
+
+    from gradwatch._detectors.not_learning import _median_update
+    from gradwatch._measure.record import StepRecord
+
+    def record(update_ratio: np.ndarray | None) -> StepRecord:
+        n = 4
+        return StepRecord(
+            step=0,
+            grad_norm=np.ones(n),
+            weight_norm=np.ones(n),
+            has_grad=np.ones(n, dtype=bool),
+            total_grad_norm=2.0,
+            loss=1.0,
+            update_ratio=update_ratio,
+        )
+
+    for ratios in (
+        [1e-3, np.nan, 2e-3, 5e-3],
+        [np.inf, np.inf, 1e-3, np.nan],
+        [1.0, 2.0, 3.0, 4.0],
+    ):
+        values = np.array(ratios)
+        assert _median_update(record(values)) == float(np.nanmedian(values))
+    assert math.isnan(_median_update(record(None)))
+    assert math.isnan(_median_update(record(np.array([np.nan, np.inf, -np.inf, np.nan]))))
+    cached = record(np.array([1.0, 3.0, np.nan, np.nan]))
+    assert _median_update(cached) == 2.0
+    cached.update_ratio[:] = 9.0  # a record never changes: the first answer is kept
+    assert _median_update(cached) == 2.0
