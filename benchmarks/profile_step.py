@@ -55,6 +55,10 @@ COMPONENTS: list[tuple[str, str]] = [
         "  update-ratio snapshot (StepMeter.before_update)",
         "gradwatch._measure.meter:StepMeter.before_update",
     ),
+    (
+        "  activation statistics, batched (ActivationProbe.collect)",
+        "gradwatch._measure.activations:ActivationProbe.collect",
+    ),
     ("after step: seal + drain + host side", "gradwatch._watcher:Watcher._after_optimizer_step"),
     (
         "  seal: update ratio + host copy (StepMeter.seal)",
