@@ -153,50 +153,89 @@ class AttentionSample:
 class CallStats:
     """What one attention call contributes: device scalars and host facts."""
 
-    max_logit: Tensor  # -inf when every position was masked
-    entropy_sum: Tensor | None  # sums over the query rows with a key taking part
-    log_keys_sum: Tensor | None
-    rows: Tensor | None
+    #: The largest logit; at or below :data:`MASKED_BELOW` when every position was masked
+    #: (:meth:`AttentionProbe.collect` reports that as NaN).
+    max_logit: Tensor
+    #: float32 (3,): over the query rows with a key taking part, the sum of their entropy,
+    #: the sum of ln(keys taking part) and their count, in one tensor so that a call adds
+    #: to its module's sums in one op. None on the bound path.
+    sums: Tensor | None
     keys: int  # the key length, a shape
     bounded: bool = False
 
+    @property
+    def entropy_sum(self) -> Tensor | None:
+        return None if self.sums is None else self.sums[0]
+
+    @property
+    def log_keys_sum(self) -> Tensor | None:
+        return None if self.sums is None else self.sums[1]
+
+    @property
+    def rows(self) -> Tensor | None:
+        return None if self.sums is None else self.sums[2]
+
 
 # ---------------------------------------------------------------- the statistics
-def softmax_stats(logits: Tensor, probs: Tensor | None = None) -> CallStats:
+def softmax_stats(
+    logits: Tensor, probs: Tensor | None = None, *, scratch: bool = False
+) -> CallStats:
     """Statistics of a softmax over the last dimension, from its input (and output).
 
     ``probs`` is the softmax's output when it has been computed already; otherwise the
-    probabilities are computed here, slice by slice.
+    probabilities are computed here, slice by slice. ``scratch``: the logits are this
+    module's own (scores it computed) and may be overwritten, which saves a full-size
+    temporary.
     """
     keys = int(logits.shape[-1])
-    flat = logits.detach().reshape(-1, keys)
-    flat_probs = probs.detach().reshape(-1, keys) if probs is not None else None
+    flat = (logits.detach() if logits.requires_grad else logits).reshape(-1, keys)
+    flat_probs = None if probs is None else probs.detach().reshape(-1, keys)
+    total = int(flat.shape[0])
+    if total == 0:
+        empty = flat.new_full((), float("-inf"), dtype=torch.float32)
+        return CallStats(empty, flat.new_zeros(3, dtype=torch.float32), keys)
     step = max(1, SLICE_ELEMENTS // keys)
-    top = flat.new_full((), float("-inf"), dtype=torch.float32)
-    entropy_sum = flat.new_zeros((), dtype=torch.float32)
-    log_keys_sum = flat.new_zeros((), dtype=torch.float32)
-    rows = flat.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat.shape[0], step):
-        chunk = flat[start : start + step].float()
-        row_max = chunk.amax(dim=-1)
-        top = torch.maximum(top, row_max.amax())
-        # Summed into int32: into int64 or float32 is several times slower on CPU.
-        taking_part = (chunk > MASKED_BELOW).sum(dim=-1, dtype=torch.int32).float()
-        seen = taking_part > 0  # rows with every key masked say nothing
+    top: Tensor | None = None
+    sums: Tensor | None = None
+    for start in range(0, total, step):
+        # One slice (the usual case) is the tensor itself: no slicing ops.
+        piece = flat if total <= step else flat[start : start + step]
+        chunk = piece if piece.dtype == torch.float32 else piece.float()
+        p = None
         if flat_probs is not None:
-            p = flat_probs[start : start + step].float()
-        else:
-            p = torch.softmax(chunk, dim=-1)
-        # H = -sum p·log p = lse - sum p·s, with lse = max s - log(max p): two cheap
-        # reductions and one dot product per row instead of a log per element. Masked
-        # logits are clamped to a finite value where p is 0, so they add exactly 0.
-        lse = row_max - p.amax(dim=-1).log()
-        entropy = lse - torch.linalg.vecdot(p, chunk.clamp_min(MASKED_BELOW))
-        entropy_sum = entropy_sum + torch.where(seen, entropy, 0.0).sum()
-        log_keys_sum = log_keys_sum + torch.where(seen, taking_part.log(), 0.0).sum()
-        rows = rows + seen.sum()
-    top = torch.where(top <= MASKED_BELOW, float("-inf"), top)  # NaN stays NaN
-    return CallStats(top, entropy_sum, log_keys_sum, rows, keys)
+            p = flat_probs if total <= step else flat_probs[start : start + step]
+        piece_top, piece_sums = _slice_stats(chunk, p, writable=scratch or chunk is not piece)
+        top = piece_top if top is None else torch.maximum(top, piece_top)
+        sums = piece_sums if sums is None else sums.add_(piece_sums)
+    assert top is not None
+    return CallStats(top, sums, keys)
+
+
+def _slice_stats(chunk: Tensor, p: Tensor | None, *, writable: bool) -> tuple[Tensor, Tensor]:
+    """The largest logit of a (rows, keys) float32 slice and its :attr:`CallStats.sums`.
+
+    ``writable``: ``chunk`` may be overwritten (it is, in place: no full-size temporary).
+    """
+    row_max = chunk.amax(dim=-1)
+    if p is None:
+        p = torch.softmax(chunk, dim=-1)
+    elif p.dtype != torch.float32:
+        p = p.float()
+    # H = -sum p·log p = lse - sum p·s, with lse = max s - log(max p): two cheap
+    # reductions and one dot product per row instead of a log per element (an
+    # elementwise log costs more than the softmax itself on a CPU). Masked logits are
+    # clamped to a finite value where p is 0, so they add exactly 0.
+    finite = chunk.clamp_min_(MASKED_BELOW) if writable else chunk.clamp_min(MASKED_BELOW)
+    entropy = row_max - p.amax(dim=-1).log_()
+    entropy.sub_(torch.linalg.vecdot(p, finite))
+    # Keys taking part, counted as floats in the clamped logits' own memory (a masked
+    # logit is now exactly MASKED_BELOW): a float comparison and a float sum are several
+    # times cheaper on a CPU than a boolean one and an integer sum.
+    taking_part = finite.gt_(MASKED_BELOW).sum(dim=-1)
+    seen = taking_part > 0  # rows with every key masked say nothing
+    # (entropy, ln keys, 1) per row, summed over the rows seen: one where, one sum.
+    per_row = torch.stack((entropy, taking_part.log_(), seen))
+    return row_max.amax(), torch.where(seen, per_row, 0.0).sum(dim=-1)
 
 
 def sdpa_stats(
@@ -205,55 +244,105 @@ def sdpa_stats(
     attn_mask: Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    *,
+    first_sequence: bool = False,
+    masks: MaskCache | None = None,
 ) -> CallStats:
     """Statistics of one ``F.scaled_dot_product_attention`` call, from its arguments.
 
     Exact when the score matrix has at most :data:`EXACT_ELEMENTS` entries, else the
     bound max‖q‖·max‖k‖·scale per head (plus the mask's largest value).
-    """
-    q, k = query.detach(), key.detach()
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    length, keys = int(q.shape[-2]), int(k.shape[-2])
-    batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3]) if q.dim() >= 3 else ()
-    heads = int(q.shape[-3]) if q.dim() >= 3 else 1
-    if math.prod(batch) * heads * length * keys > EXACT_ELEMENTS:
-        return _sdpa_bound(q, k, attn_mask, scale)
-    k = _repeat_key_heads(k, q)
-    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(scale)
-    if is_causal:  # SDPA's causal mask is aligned to the top left
-        above = torch.ones(length, keys, dtype=torch.bool, device=q.device).triu_(1)
-        scores = _add_mask(
-            scores, torch.zeros_like(above, dtype=scores.dtype).masked_fill_(above, -math.inf)
-        )
-    if attn_mask is not None:
-        # SDPA's boolean mask: True takes part.
-        scores = _add_mask(scores, _additive(attn_mask, masked=False))
-    return softmax_stats(scores)
-
-
-def _first_sequence(
-    q: Tensor, k: Tensor, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The first sequence of a (batch, heads, length, dim) call.
-
+    ``first_sequence``: of the first sequence of a (batch, heads, length, dim) call only.
     Every sequence of the batch goes through the same query and key weights, whose
     growth is what attention-logit growth is; the largest logit of one sequence shows
     it as well as the batch's, at 1/batch of the cost of recomputing the scores.
+    ``masks``: where the additive masks built from ``attn_mask`` and ``is_causal`` are
+    kept for the next call (the same mask tensor is usually passed to every layer).
     """
-    if q.dim() != 4 or k.dim() != 4 or q.shape[0] <= 1:
-        return q, k, mask
-    if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:
-        mask = mask[:1]
-    return q[:1], k[:1], mask
+    # Detached only when needed (a view op each): under no_grad projections need not be.
+    q = query.detach() if query.requires_grad else query
+    k = key.detach() if key.requires_grad else key
+    first = first_sequence and q.dim() == 4 and k.dim() == 4 and q.shape[0] > 1
+    if first:
+        q, k = q[:1], k[:1]
+
+    def first_of(mask: Tensor) -> Tensor:
+        return mask[:1] if first and mask.dim() == 4 and mask.shape[0] > 1 else mask
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    length, keys = int(q.shape[-2]), int(k.shape[-2])
+    if _elements(q, k) > EXACT_ELEMENTS:
+        return _sdpa_bound(q, k, None if attn_mask is None else first_of(attn_mask), scale)
+    if masks is None and (
+        is_causal or (attn_mask is not None and attn_mask.dtype != torch.float32)
+    ):
+        masks = MaskCache()  # a caller's own: nothing kept
+    mask = masks.causal(length, keys, q.device) if is_causal and masks is not None else None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.float32:  # already what is added: nothing to build
+            extra = first_of(attn_mask.detach())
+        else:  # SDPA's boolean mask: True takes part
+            assert masks is not None
+            built = masks.get(
+                (attn_mask,), ("sdpa", first), lambda: _additive(first_of(attn_mask), masked=False)
+            )
+            assert built is not None
+            extra = built
+        mask = extra if mask is None else mask + extra
+    return softmax_stats(_scores(q, _repeat_key_heads(k, q), mask, scale), scratch=True)
+
+
+def _elements(q: Tensor, k: Tensor) -> int:
+    """The number of scores of a (..., heads, length, dim) call: batch·heads·queries·keys."""
+    batch = 1
+    if q.dim() >= 3 and max(q.dim(), k.dim()) > 3:  # batch dimensions broadcast
+        q_batch, k_batch = q.shape[:-3][::-1], k.shape[:-3][::-1]
+        for i in range(max(len(q_batch), len(k_batch))):
+            a = q_batch[i] if i < len(q_batch) else 1
+            b = k_batch[i] if i < len(k_batch) else 1
+            batch *= a if b == 1 else b
+    heads = int(q.shape[-3]) if q.dim() >= 3 else 1
+    return batch * heads * int(q.shape[-2]) * int(k.shape[-2])
+
+
+def _scores(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """``scale·q·kᵀ + mask`` in float32, a tensor of this module's own.
+
+    One sequence of (heads, length, dim) (the sampled case) is one ``baddbmm``: the
+    product, the scale and the mask in a single op, with no temporary.
+    """
+    q = q if q.dtype == torch.float32 else q.float()
+    k = k if k.dtype == torch.float32 else k.float()
+    if q.dim() == 4 and k.dim() == 4 and q.shape[0] == k.shape[0] == 1:
+        q, k = q[0], k[0]  # one sequence: one batched matrix product over the heads
+    if q.dim() == 3 and mask is not None and mask.dim() == 4 and mask.shape[0] == 1:
+        mask = mask[0]
+    k_t = k.transpose(-2, -1)
+    if q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0]:
+        shape = (q.shape[0], q.shape[1], k.shape[1])
+        if mask is None:
+            return torch.bmm(q, k_t).mul_(scale)
+        if _fits(mask.shape, shape):
+            return torch.baddbmm(mask, q, k_t, alpha=scale)
+    scores = torch.matmul(q, k_t).mul_(scale)
+    return scores if mask is None else _add_mask(scores, mask)
 
 
 def _add_mask(scores: Tensor, mask: Tensor) -> Tensor:
     """``scores + mask``, in place (the scores are this module's own) unless the mask
     broadcasts them to a larger shape. An additive mask, mask-sized to build, is
     cheaper to apply than a boolean one broadcast over the scores."""
-    if torch.broadcast_shapes(scores.shape, mask.shape) == scores.shape:
+    if _fits(mask.shape, scores.shape):
         return scores.add_(mask)
     return scores + mask
+
+
+def _fits(mask: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a tensor of shape ``mask`` broadcasts to ``shape`` without enlarging it
+    (``torch.broadcast_shapes`` costs tens of microseconds: this is a few tuple reads)."""
+    if len(mask) > len(shape):
+        return False
+    return all(m in (1, n) for m, n in zip(mask[::-1], shape[::-1]))
 
 
 def _repeat_key_heads(k: Tensor, q: Tensor) -> Tensor:
@@ -282,7 +371,7 @@ def _sdpa_bound(q: Tensor, k: Tensor, attn_mask: Tensor | None, scale: float) ->
         bound = q_norms.amax() * k_norms.amax() * scale
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         bound = bound + attn_mask.detach().float().amax()
-    return CallStats(bound, None, None, None, int(k.shape[-2]), bounded=True)
+    return CallStats(bound, None, int(k.shape[-2]), bounded=True)
 
 
 def is_plain_mha(module: nn.Module) -> bool:
@@ -302,19 +391,22 @@ def mha_call_stats(
     kwargs: dict[str, Any],
     *,
     first_sequence: bool,
+    masks: MaskCache | None = None,
 ) -> CallStats | None:
     """Statistics of one ``nn.MultiheadAttention`` call, from its arguments (before it
     runs): queries and keys projected with the module's weights, split into heads,
     scaled by 1/√head_dim, with its ``attn_mask`` and ``key_padding_mask`` (a boolean
     one masks where True, a float one is added), as ``F.multi_head_attention_forward``
     hands them to SDPA (``is_causal`` is only a hint there: ``attn_mask`` holds the
-    mask). ``first_sequence``: the first sequence of the batch only. None when the call
-    is not one this can read (then nothing is measured for it)."""
+    mask). ``first_sequence``: the first sequence of the batch only. ``masks``: where the
+    combined mask is kept for the next layer given the same mask tensors. None when the
+    call is not one this can read (then nothing is measured for it)."""
     params = dict(zip(_MHA_ARGS, args))
     params.update(kwargs)
     query, key = params.get("query"), params.get("key")
     if not (_plain(query) and _plain(key)) or query.dim() != key.dim():
         return None
+    same = query is key  # self-attention: one projection for the queries and the keys
     if query.dim() == 2:  # unbatched: (length, embed)
         query, key = query.unsqueeze(0), key.unsqueeze(0)
     elif query.dim() != 3:
@@ -322,41 +414,74 @@ def mha_call_stats(
     elif not mha.batch_first:  # (length, batch, embed)
         query, key = query.transpose(0, 1), key.transpose(0, 1)
     batch = int(query.shape[0])
-    if first_sequence:
-        query, key = query[:1], key[:1]
-    sequences, length, keys = int(query.shape[0]), int(query.shape[1]), int(key.shape[1])
-    if sequences == 0 or length == 0 or keys == 0:
+    sequences = 1 if first_sequence else batch
+    length, keys = int(query.shape[1]), int(key.shape[1])
+    if batch == 0 or length == 0 or keys == 0:
         return None
+    if sequences == 1:
+        query, key = query[0], key[0]
+    q, k = _project(mha, query, None if same else key, sequences)
+    heads = mha.num_heads
+    attn_mask, padding = params.get("attn_mask"), params.get("key_padding_mask")
+    attn_mask = attn_mask if isinstance(attn_mask, Tensor) else None
+    padding = padding if isinstance(padding, Tensor) else None
+    mask = None
+    if attn_mask is not None or padding is not None:
+        if masks is None:
+            masks = MaskCache()
+        mask = masks.get(
+            (attn_mask, padding),
+            (batch, heads, sequences),
+            lambda: _mha_mask(attn_mask, padding, batch, heads, sequences),
+        )
+    return sdpa_stats(q, k, mask)  # a float mask is additive for SDPA too
+
+
+def _project(
+    mha: nn.MultiheadAttention, query: Tensor, key: Tensor | None, sequences: int
+) -> tuple[Tensor, Tensor]:
+    """Queries and keys projected with the module's weights, split into heads:
+    (heads, length, head_dim) from one (length, embed) sequence, else (sequences,
+    heads, length, head_dim). ``key`` None: self-attention, the queries and keys are
+    one product with the first two thirds of the packed weight."""
     embed, heads = mha.embed_dim, mha.num_heads
+    bias = mha.in_proj_bias
+    if key is None and mha._qkv_same_embed_dim:
+        w_qk, b_qk = mha.in_proj_weight[: 2 * embed], None if bias is None else bias[: 2 * embed]
+        # (..., length, 2, heads, head_dim) -> (2, ..., heads, length, head_dim): views.
+        qk = F.linear(query, w_qk, b_qk).unflatten(-1, (2, heads, -1))
+        order = (1, 2, 0, 3) if sequences == 1 else (2, 0, 3, 1, 4)
+        q, k = qk.permute(order).unbind(0)
+        return q, k
+    if key is None:
+        key = query
     if mha._qkv_same_embed_dim:
         w_q, w_k = mha.in_proj_weight[:embed], mha.in_proj_weight[embed : 2 * embed]
     else:
         w_q, w_k = mha.q_proj_weight, mha.k_proj_weight
-    bias = mha.in_proj_bias
     b_q, b_k = (None, None) if bias is None else (bias[:embed], bias[embed : 2 * embed])
-    q = F.linear(query, w_q, b_q).view(sequences, length, heads, -1).transpose(1, 2)
-    k = F.linear(key, w_k, b_k).view(sequences, keys, heads, -1).transpose(1, 2)
-    mask = _mha_mask(params.get("attn_mask"), params.get("key_padding_mask"), batch, heads)
-    if mask is not None and mask.dim() == 4:
-        mask = mask[:sequences]
-    return sdpa_stats(q, k, mask)
+    q = F.linear(query, w_q, b_q).unflatten(-1, (heads, -1)).transpose(-3, -2)
+    k = F.linear(key, w_k, b_k).unflatten(-1, (heads, -1)).transpose(-3, -2)
+    return q, k
 
 
-def _mha_mask(attn_mask: Any, padding: Any, batch: int, heads: int) -> Tensor | None:
+def _mha_mask(
+    attn_mask: Tensor | None, padding: Tensor | None, batch: int, heads: int, sequences: int
+) -> Tensor | None:
     """``nn.MultiheadAttention``'s two masks as one additive float mask that broadcasts
-    over (batch, heads, queries, keys): (queries, keys) or (batch, heads, queries, keys)."""
-    masks: list[Tensor] = []
-    if isinstance(attn_mask, Tensor):
-        additive = _additive(attn_mask)
-        if additive.dim() == 3:  # (batch·heads, queries, keys), batch-major
-            additive = additive.view(batch, heads, *additive.shape[-2:])
-        masks.append(additive)
-    if isinstance(padding, Tensor):
-        additive = _additive(padding)  # (batch, keys), or (keys,) unbatched
-        masks.append(additive.view(-1, 1, 1, additive.shape[-1]))
-    if not masks:
-        return None
-    return masks[0] if len(masks) == 1 else masks[0] + masks[1]
+    over (sequences, heads, queries, keys), for the first ``sequences`` of the batch:
+    (queries, keys) or (sequences, heads or 1, queries or 1, keys)."""
+    mask: Tensor | None = None
+    if attn_mask is not None:
+        if attn_mask.dim() == 3:  # (batch·heads, queries, keys), batch-major
+            attn_mask = attn_mask.view(batch, heads, *attn_mask.shape[-2:])[:sequences]
+        mask = _additive(attn_mask)
+    if padding is not None:
+        if padding.dim() == 2:  # (batch, keys), or (keys,) unbatched
+            padding = padding[:sequences]
+        extra = _additive(padding).view(-1, 1, 1, padding.shape[-1])
+        mask = extra if mask is None else mask + extra
+    return mask
 
 
 def _additive(mask: Tensor, *, masked: bool = True) -> Tensor:
@@ -367,7 +492,81 @@ def _additive(mask: Tensor, *, masked: bool = True) -> Tensor:
     if mask.dtype == torch.bool:
         hidden = mask if masked else ~mask
         return torch.zeros(mask.shape, device=mask.device).masked_fill_(hidden, -math.inf)
-    return mask.float()
+    return mask if mask.dtype == torch.float32 else mask.float()
+
+
+class MaskCache:
+    """The additive masks built on one sampled step, reused while their sources last.
+
+    A model passes the same mask tensor to every layer; converting it (a boolean mask to
+    an additive one, two masks into one, the causal mask) once per step rather than once
+    per layer saves ops on the training thread. An entry is keyed by the identity and
+    version counter of each source tensor (an in-place change to a mask bumps its
+    version, so the mask is rebuilt) and by the shape facts it was built for. The
+    sources are held by the entry, so that no other tensor can take their identity while
+    it lives: the probe clears the cache at the end of each sampled step, and at most
+    :attr:`SIZE` entries are kept (the oldest goes first).
+    """
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[tuple[Tensor | None, ...], Tensor | None]]
+        self._entries = {}
+        self._lock = threading.Lock()  # DataParallel replicas run forwards on threads
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(
+        self,
+        sources: tuple[Tensor | None, ...],
+        facts: Any,
+        build: Callable[[], Tensor | None],
+    ) -> Tensor | None:
+        """The mask ``build()`` makes from ``sources`` (tensors or None), built once while
+        the sources are unchanged."""
+        key: list[Any] = [facts]
+        for source in sources:
+            if source is None:
+                key.append(None)
+                continue
+            try:
+                key.append((id(source), source._version))
+            except RuntimeError:  # an inference tensor has no version counter
+                return build()
+        return self._lookup(tuple(key), sources, build)
+
+    def causal(self, length: int, keys: int, device: torch.device) -> Tensor:
+        """SDPA's causal mask (aligned to the top left) as an additive float32 mask."""
+
+        def build() -> Tensor:
+            above = torch.ones(length, keys, dtype=torch.bool, device=device).triu_(1)
+            return torch.zeros(length, keys, device=device).masked_fill_(above, -math.inf)
+
+        mask = self._lookup(("causal", length, keys, device), (), build)
+        assert mask is not None
+        return mask
+
+    def _lookup(
+        self,
+        key: tuple[Any, ...],
+        sources: tuple[Tensor | None, ...],
+        build: Callable[[], Tensor | None],
+    ) -> Tensor | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry[1]
+        mask = build()
+        with self._lock:
+            while len(self._entries) >= self.SIZE:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (sources, mask)
+        return mask
 
 
 # ------------------------------------------------------------------- the probe
@@ -385,9 +584,7 @@ class _Accumulator:
     """One module's calls in this step, combined on the device."""
 
     max_logit: Tensor
-    entropy_sum: Tensor | None
-    log_keys_sum: Tensor | None
-    rows: Tensor | None
+    sums: Tensor | None  # as CallStats.sums, over all the module's exact calls
     keys: int
     bounded: bool
 
@@ -395,19 +592,8 @@ class _Accumulator:
         self.max_logit = torch.maximum(self.max_logit, call.max_logit)
         self.bounded = self.bounded or call.bounded
         self.keys = call.keys
-        if call.rows is None:
-            return
-        if self.rows is None or self.entropy_sum is None or self.log_keys_sum is None:
-            self.entropy_sum, self.log_keys_sum, self.rows = (
-                call.entropy_sum,
-                call.log_keys_sum,
-                call.rows,
-            )
-            return
-        assert call.entropy_sum is not None and call.log_keys_sum is not None
-        self.entropy_sum = self.entropy_sum + call.entropy_sum
-        self.log_keys_sum = self.log_keys_sum + call.log_keys_sum
-        self.rows = self.rows + call.rows
+        if call.sums is not None:
+            self.sums = call.sums if self.sums is None else self.sums + call.sums
 
 
 class _ThreadState(threading.local):
@@ -426,8 +612,9 @@ class AttentionProbe:
     are attention); the probe holds the modules weakly, and its hooks and mode hold the
     probe weakly.
 
-    ``first_sequence``: recompute the scores of SDPA calls for the first sequence of the
-    batch only (see :func:`_first_sequence`), 1/batch of the cost; the Watcher uses it.
+    ``first_sequence``: recompute the scores of SDPA and ``nn.MultiheadAttention`` calls
+    for the first sequence of the batch only (see :func:`sdpa_stats`), 1/batch of the
+    cost; the Watcher uses it.
     """
 
     def __init__(
@@ -453,6 +640,8 @@ class AttentionProbe:
         self._state = _ThreadState()
         self._modes: weakref.WeakSet[_AttentionMode] = weakref.WeakSet()
         self._warned = False
+        self._masks = MaskCache()  # cleared when disarmed: nothing held between steps
+        self._uniform_cache: tuple[tuple[tuple[int, ...], torch.device], Tensor] | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -489,6 +678,7 @@ class AttentionProbe:
             handle.remove()
         for mode in list(self._modes):
             mode.retired = True  # one left on another thread's stack stops watching
+        self._masks.clear()
         state = self._state
         state.frames.clear()
         if state.mode is not None:
@@ -501,28 +691,40 @@ class AttentionProbe:
         seen, self._seen = self._seen, {}
         if not seen:
             return None
-        device = next(iter(seen.values())).max_logit.device
-        nan = torch.full((), float("nan"), device=device)
-        tops, entropies, maxima = [], [], []
-        for acc in seen.values():
-            top = acc.max_logit.to(device, non_blocking=True)
-            tops.append(torch.where(top == float("-inf"), nan, top))  # everything masked
-            uniform = torch.full((), math.log(max(acc.keys, 1)), device=device)
-            if acc.rows is None or acc.entropy_sum is None or acc.log_keys_sum is None:
-                entropies.append(nan)
-                maxima.append(uniform)
-                continue
-            rows = acc.rows.to(device, non_blocking=True)
-            entropies.append(acc.entropy_sum.to(device, non_blocking=True) / rows)
-            log_keys = acc.log_keys_sum.to(device, non_blocking=True) / rows
-            maxima.append(torch.where(rows > 0, log_keys, uniform))
+        accs = list(seen.values())
+        device = accs[0].max_logit.device
+        # All modules at once: a handful of ops on (modules,) vectors, not a dozen each.
+        tops = torch.stack([_on(acc.max_logit, device) for acc in accs])
+        # At or below MASKED_BELOW: every position was masked (NaN stays NaN).
+        tops.masked_fill_(tops <= MASKED_BELOW, float("nan"))
+        unknown: Tensor | None = None  # (entropy, ln keys, rows) of a module with no exact call
+        rows_of: list[Tensor] = []
+        for acc in accs:
+            if acc.sums is None:
+                if unknown is None:
+                    unknown = torch.full((3,), float("nan"), device=device)
+                rows_of.append(unknown)
+            else:
+                rows_of.append(_on(acc.sums, device))
+        sums = torch.stack(rows_of)  # (modules, 3)
+        means = sums[:, :2] / sums[:, 2:]  # entropy, ln keys: NaN where no rows were seen
+        uniform = self._uniform(tuple(acc.keys for acc in accs), device)
         return AttentionSample(
             modules=tuple(seen),
-            max_logit=torch.stack(tops),
-            entropy=torch.stack(entropies),
-            max_entropy=torch.stack(maxima),
-            bounded=tuple(acc.bounded for acc in seen.values()),
+            max_logit=tops,
+            entropy=means[:, 0],
+            max_entropy=torch.where(sums[:, 2] > 0, means[:, 1], uniform),
+            bounded=tuple(acc.bounded for acc in accs),
         )
+
+    def _uniform(self, keys: tuple[int, ...], device: torch.device) -> Tensor:
+        """ln(key length) per module, on the device: built with fills (a copy from the
+        host would wait for the device) once, and kept while the key lengths stay."""
+        cached = self._uniform_cache
+        if cached is None or cached[0] != (keys, device):
+            values = [torch.full((), math.log(max(n, 1)), device=device) for n in keys]
+            cached = self._uniform_cache = ((keys, device), torch.stack(values))
+        return cached[1]
 
     # ------------------------------------------------------------------ hooks
     def _enter(self, name: str, attention: bool, module: nn.Module, args: Any) -> None:
@@ -555,7 +757,9 @@ class AttentionProbe:
             return
         try:
             with torch.no_grad():
-                call = mha_call_stats(module, args, kwargs, first_sequence=self.first_sequence)
+                call = mha_call_stats(
+                    module, args, kwargs, first_sequence=self.first_sequence, masks=self._masks
+                )
         except Exception as error:  # a statistic must never break the user's forward
             self._failed(error)
             return
@@ -594,14 +798,7 @@ class AttentionProbe:
         acc = self._seen.get(name)
         if acc is None:
             # The first call of this module at this step: dict order is execution order.
-            self._seen[name] = _Accumulator(
-                call.max_logit,
-                call.entropy_sum,
-                call.log_keys_sum,
-                call.rows,
-                call.keys,
-                call.bounded,
-            )
+            self._seen[name] = _Accumulator(call.max_logit, call.sums, call.keys, call.bounded)
         elif acc.max_logit.device == call.max_logit.device:
             acc.add(call)
 
@@ -614,9 +811,15 @@ class AttentionProbe:
         mask = params.get("attn_mask")
         if mask is not None and type(mask) is not Tensor:
             return None  # a mask of a tensor subclass: its meaning is its own
-        if self.first_sequence:
-            q, k, mask = _first_sequence(q, k, mask)
-        return sdpa_stats(q, k, mask, bool(params.get("is_causal", False)), params.get("scale"))
+        return sdpa_stats(
+            q,
+            k,
+            mask,
+            bool(params.get("is_causal", False)),
+            params.get("scale"),
+            first_sequence=self.first_sequence,
+            masks=self._masks,
+        )
 
     @staticmethod
     def _softmax(
@@ -639,6 +842,12 @@ class AttentionProbe:
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
         logger.log(level, "gradwatch: attention statistics failed and were skipped: %r", error)
+
+
+def _on(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; a module on another device (model parallelism) is
+    copied without waiting."""
+    return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
 
 
 def _plain(value: Any) -> TypeGuard[Tensor]:
