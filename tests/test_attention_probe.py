@@ -529,3 +529,113 @@ def test_multihead_attention_with_extra_key_rows_is_still_measured_through_the_m
     sample = _measure(mha, lambda: mha(x, x, x, need_weights=False))
     assert sample.modules == ("",) and math.isfinite(sample.max_logit[0].item())
     assert sample.max_entropy[0].item() == pytest.approx(math.log(5 + 2), rel=1e-5)
+
+
+# ------------------------------------------------------------- cheaper sampled steps
+class _TwoLayers(nn.Module):
+    """Two self-attention layers given the same mask tensors, as models pass them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.second = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        kwargs = {"attn_mask": mask, "key_padding_mask": padding, "need_weights": False}
+        x = x + self.first(x, x, x, **kwargs)[0]
+        return x + self.second(x, x, x, **kwargs)[0]
+
+
+def test_a_mask_given_to_every_layer_is_converted_once_and_not_kept_after_the_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(13)
+    model = _TwoLayers()
+    x = torch.randn(2, 6, 16)
+    builds: list[tuple[Any, ...]] = []
+    probe = AttentionProbe(model, first_sequence=True)
+    original = attention_module._mha_mask
+
+    def counting(*args: Any) -> Any:
+        builds.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(attention_module, "_mha_mask", counting)
+    probe.arm()
+    model(x, _CAUSAL, _PADDING)
+    monkeypatch.undo()
+    assert len(builds) == 1  # the second layer reused the first layer's mask
+    assert len(probe._masks) == 1
+    sample = probe.collect()
+    assert len(probe._masks) == 0  # nothing held between sampled steps
+    assert sample is not None and sample.modules == ("first", "second")
+    # Each layer's values are its own, as measured alone without a cache.
+    call = {"attn_mask": _CAUSAL, "key_padding_mask": _PADDING, "need_weights": False}
+    second_input = x + model.first(x, x, x, **call)[0]
+    for index, (layer, inputs) in enumerate(((model.first, x), (model.second, second_input))):
+
+        def run(layer: nn.Module = layer, inputs: torch.Tensor = inputs) -> Any:
+            return layer(inputs, inputs, inputs, **call)
+
+        alone = _measure(layer, run, first_sequence=True)
+        assert _triple(sample, index) == pytest.approx(_triple(alone), rel=1e-5)
+
+
+def test_the_mask_cache_rebuilds_after_an_in_place_change_and_stays_bounded() -> None:
+    cache = attention_module.MaskCache()
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    built: list[torch.Tensor] = []
+
+    def build() -> torch.Tensor:
+        built.append(attention_module._additive(mask))
+        return built[-1]
+
+    first = cache.get((mask, None), "facts", build)
+    assert cache.get((mask, None), "facts", build) is first and len(built) == 1
+    assert cache.get((mask, None), "other facts", build) is not first  # another shape
+    mask[0, 1] = True  # in place: the version counter moves, the old mask is stale
+    rebuilt = cache.get((mask, None), "facts", build)
+    assert len(built) == 3 and rebuilt[0, 1] == float("-inf") and first[0, 1] == 0
+    for _ in range(2 * cache.SIZE):
+        other = torch.zeros(3, 3, dtype=torch.bool)
+        cache.get((other,), "facts", lambda other=other: attention_module._additive(other))
+    assert len(cache) == cache.SIZE
+    cache.clear()
+    assert len(cache) == 0
+    causal = cache.causal(3, 4, torch.device("cpu"))
+    assert cache.causal(3, 4, torch.device("cpu")) is causal
+    expected = torch.zeros(3, 4).masked_fill_(torch.ones(3, 4, dtype=torch.bool).triu(1), -math.inf)
+    assert torch.equal(causal, expected)
+
+
+def test_sdpa_masks_are_reused_across_calls_with_first_sequence() -> None:
+    torch.manual_seed(14)
+    q, k = torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    allowed = torch.rand(3, 1, 5, 5) > 0.3  # SDPA's boolean mask: True takes part
+    allowed[..., 0] = True
+    cache = attention_module.MaskCache()
+    one = sdpa_stats(q, k, allowed, first_sequence=True, masks=cache)
+    two = sdpa_stats(q * 2, k, allowed, first_sequence=True, masks=cache)
+    assert len(cache) == 1
+    for call, scale in ((one, 1.0), (two, 2.0)):
+        top, entropy, log_keys = _brute(q[:1] * scale, k[:1], allowed=allowed[:1])
+        assert call.rows is not None and call.entropy_sum is not None
+        assert call.log_keys_sum is not None
+        rows = call.rows.item()
+        assert call.max_logit.item() == pytest.approx(top, rel=1e-5)
+        assert call.entropy_sum.item() / rows == pytest.approx(entropy, rel=1e-5)
+        assert call.log_keys_sum.item() / rows == pytest.approx(log_keys, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_statistics_of_a_softmax_leave_its_input_and_output_unchanged(
+    dtype: torch.dtype,
+) -> None:
+    torch.manual_seed(15)
+    logits = (torch.randn(2, 3, 4, 5) * 3).to(dtype)
+    logits[0, 0, :, 3:] = float("-inf")
+    probs = torch.softmax(logits.float(), dim=-1).to(dtype)
+    before = (logits.clone(), probs.clone())
+    attention_module.softmax_stats(logits, probs)
+    attention_module.softmax_stats(logits)
+    assert torch.equal(logits, before[0]) and torch.equal(probs, before[1])

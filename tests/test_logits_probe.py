@@ -198,3 +198,34 @@ def test_large_logits_are_measured_on_every_kth_token() -> None:
     assert drifted_max.item() > lse_max.item() + 29 and drifted_abs.item() > 30
     few = torch.randn(2, 10, 1000, generator=generator)
     assert logit_sums(few)[3] == 20  # small logits: every token
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["plus-inf", "minus-inf", "all-minus-inf", "nan", "masked-vocabulary"],
+)
+def test_non_finite_logits_give_what_logsumexp_and_aminmax_give(edit: str) -> None:
+    """log Z through log-softmax keeps torch.logsumexp's answers where a row is not
+    finite: +inf for a row holding +inf, -inf for a row of -inf only, NaN for NaN."""
+    logits = torch.randn(4, 3, 9) * 5
+    if edit == "plus-inf":
+        logits[1, 2, 4] = float("inf")
+    elif edit == "minus-inf":
+        logits[0, 1, 3] = float("-inf")
+    elif edit == "all-minus-inf":
+        logits[2, 0] = float("-inf")
+    elif edit == "nan":
+        logits[3, 1, 0] = float("nan")
+    else:  # a vocabulary masked with -inf on every token, as constrained decoding does
+        logits[..., 7:] = float("-inf")
+    before = logits.clone()
+    total, lse_max, abs_max, tokens = logits_module.logit_sums(logits)
+    assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # left as it was
+    lse = torch.logsumexp(logits.reshape(-1, 9), dim=-1)
+    low, high = torch.aminmax(logits)
+    expected = [lse.sum(), lse.max(), torch.maximum(high, -low)]
+    for value, want in zip((total, lse_max, abs_max), expected):
+        assert value.isnan().item() == want.isnan().item()
+        if not want.isnan():
+            assert value.item() == pytest.approx(want.item(), rel=1e-5)
+    assert tokens == 12
