@@ -188,7 +188,7 @@ def softmax_stats(
     temporary.
     """
     keys = int(logits.shape[-1])
-    flat = (logits.detach() if logits.requires_grad else logits).reshape(-1, keys)
+    flat = _detached(logits).reshape(-1, keys)
     flat_probs = None if probs is None else probs.detach().reshape(-1, keys)
     total = int(flat.shape[0])
     if total == 0:
@@ -259,9 +259,7 @@ def sdpa_stats(
     ``masks``: where the additive masks built from ``attn_mask`` and ``is_causal`` are
     kept for the next call (the same mask tensor is usually passed to every layer).
     """
-    # Detached only when needed (a view op each): under no_grad projections need not be.
-    q = query.detach() if query.requires_grad else query
-    k = key.detach() if key.requires_grad else key
+    q, k = _detached(query), _detached(key)
     first = first_sequence and q.dim() == 4 and k.dim() == 4 and q.shape[0] > 1
     if first:
         q, k = q[:1], k[:1]
@@ -273,23 +271,24 @@ def sdpa_stats(
     length, keys = int(q.shape[-2]), int(k.shape[-2])
     if _elements(q, k) > EXACT_ELEMENTS:
         return _sdpa_bound(q, k, None if attn_mask is None else first_of(attn_mask), scale)
-    if masks is None and (
-        is_causal or (attn_mask is not None and attn_mask.dtype != torch.float32)
-    ):
-        masks = MaskCache()  # a caller's own: nothing kept
-    mask = masks.causal(length, keys, q.device) if is_causal and masks is not None else None
+    cache = masks if masks is not None else MaskCache()  # a caller's own: nothing kept
+    mask = cache.causal(length, keys, q.device) if is_causal else None
     if attn_mask is not None:
         if attn_mask.dtype == torch.float32:  # already what is added: nothing to build
-            extra = first_of(attn_mask.detach())
+            extra: Tensor | None = first_of(_detached(attn_mask))
         else:  # SDPA's boolean mask: True takes part
-            assert masks is not None
-            built = masks.get(
+            extra = cache.get(
                 (attn_mask,), ("sdpa", first), lambda: _additive(first_of(attn_mask), masked=False)
             )
-            assert built is not None
-            extra = built
+        assert extra is not None
         mask = extra if mask is None else mask + extra
     return softmax_stats(_scores(q, _repeat_key_heads(k, q), mask, scale), scratch=True)
+
+
+def _detached(tensor: Tensor) -> Tensor:
+    """``tensor.detach()`` only where it requires grad (a view op each, and the
+    projections made here under no_grad need none)."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def _elements(q: Tensor, k: Tensor) -> int:
@@ -427,9 +426,8 @@ def mha_call_stats(
     padding = padding if isinstance(padding, Tensor) else None
     mask = None
     if attn_mask is not None or padding is not None:
-        if masks is None:
-            masks = MaskCache()
-        mask = masks.get(
+        cache = masks if masks is not None else MaskCache()  # a caller's own: nothing kept
+        mask = cache.get(
             (attn_mask, padding),
             (batch, heads, sequences),
             lambda: _mha_mask(attn_mask, padding, batch, heads, sequences),
