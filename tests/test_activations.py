@@ -352,10 +352,10 @@ def test_no_output_sized_buffer_outlives_a_sampled_step() -> None:
         for x, y in regression_batches(2):
             nn.functional.mse_loss(model(x), y).backward()
             probe = gw._probe
-            assert probe is not None and probe._scratch._buffers  # in use during the step
+            assert probe is not None and probe._pending._slabs  # in use during the step
             optimizer.step()
             optimizer.zero_grad()
-            assert probe._scratch._buffers == {}  # dropped when the step was collected
+            assert probe._pending._slabs == {}  # dropped when the step was collected
     assert gw.history.latest.activations is not None
 
 

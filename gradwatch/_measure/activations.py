@@ -39,10 +39,12 @@ unless ``activation_eval=True``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +67,13 @@ MIN_DEAD_SAMPLES = 4
 #: module doc): 2^15 values (128 KiB in float32, within a core's L2 cache) estimate a
 #: fraction to within ~0.6% (binomial standard error at 32,768 values, p = 0.5).
 MEASURED_VALUES = 2**15
+
+#: The copies waiting for their statistics (see :class:`PendingStats`) take at most this
+#: many bytes, all shapes together: 32 outputs of MEASURED_VALUES values. Batches that
+#: large already cost little more than their memory passes; beyond, they only hold memory.
+PENDING_BYTES = 4 * 2**20
+#: Rows of a slab for a kind of output not seen at the previous sampled step.
+FIRST_ROWS = 8
 
 #: Roles of hooked modules, used by the detectors.
 ROLE_MIXING = "mixing"  # Linear / Conv: weighted sums, where initialisation sets the gain
@@ -137,236 +146,50 @@ def _first_tensor(output: Any) -> Tensor | None:
     return None
 
 
-class ScratchBuffers:
-    """Float32 work buffers shaped like the outputs being measured, reused for one step.
-
-    Every fresh output-sized buffer on CPU costs page faults (the kernel zeroes new pages),
-    often more than the arithmetic done in it; modules of one step mostly share a few
-    output shapes, so CPU buffers are kept per shape until the probe drops them when the
-    step is collected. On an accelerator the caching allocator already reuses freed
-    blocks, so a fresh buffer is cheap and none is kept (no extra peak device memory).
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[Any, ...], Tensor] = {}
-
-    def get(self, like: Tensor, slot: int) -> Tensor:
-        if like.device.type != "cpu":
-            return torch.empty(like.shape, dtype=torch.float32, device=like.device)
-        # A buffer made under inference_mode is an inference tensor: it cannot be written
-        # in a later training forward, so those are kept apart.
-        key = (tuple(like.shape), like.device, slot, torch.is_inference_mode_enabled())
-        buffer = self._buffers.get(key)
-        if buffer is None:
-            buffer = self._buffers[key] = torch.empty(
-                like.shape, dtype=torch.float32, device=like.device
-            )
-        return buffer
-
-    def clear(self) -> None:
-        self._buffers.clear()
-
-
-def output_stats(
-    output: Tensor, target: _Target, scratch: ScratchBuffers | None = None
-) -> tuple[Tensor, tuple[int, ...]]:
-    """The statistics of one output that apply to ``target``, as one float32 vector, and
-    their layout (indices into :data:`STATS`).
-
-    Every value stays on the output's device. Mean and standard deviation are of the
-    finite values only; the spread across the batch (``batch_std``) counts non-finite
-    values as zeros; non-finite values count as neither saturated nor alive.
-
-    Written for speed, since an output can be megabytes: only float reductions and
-    element-wise float ops, each about one memory pass (boolean masks and their counts,
-    ``var(dim=0)`` and ``var_mean`` are 10-100x slower on CPU). Variances are two-pass,
-    about a mean: E[x²] - E[x]² cancels catastrophically for a bias-dominated output of
-    a deep layer, whose spread is tiny next to its mean.
-
-    On the CPU every kernel has finished when it returns, so reading a value back is not
-    a synchronisation: there one value tells whether the output is all finite (the usual
-    case), and if it is, the passes that set non-finite values aside are skipped, about
-    3x less memory traffic. On an accelerator nothing is read back, and they always run.
-    """
-    y = measured_part(output.detach())
-    samples = y.shape[0] if y.dim() >= 2 else 1
-    flat = y.reshape(samples, -1).float()  # float32 already: a view, no copy
-    pool = scratch if scratch is not None else ScratchBuffers()
-    if _reading_back_is_free(flat.device):
-        finite = _finite_stats_on_host(flat, target, pool)
-        if finite is not None:
-            return finite
-    # Non-finite values become zeros in `safe`; `work` marks them with 1, the others 0.
-    safe = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0, out=pool.get(flat, 0))
-    work = torch.mul(flat, 0.0, out=pool.get(flat, 1))  # 0 for a finite x, NaN for NaN/±inf
-    nonfinite = work.nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0).sum()  # 0 exactly if none
-    count = (flat.numel() - nonfinite).clamp_min(1.0)
-    mean = safe.sum() / count
-    # The finite values centred on their mean, and exactly 0 where a value was not
-    # (mark·mean + 0 - mean), in place of the marks: at most two output-sized buffers.
-    centred = work.mul_(mean).add_(safe).sub_(mean).reshape(-1)
-    std = (torch.dot(centred, centred) / count).sqrt()
-    del work, centred  # on an accelerator its block can serve the next buffer
-    within_var = _within_unit_variance(safe, safe.mean(dim=0), pool) if samples >= 2 else None
-    return _assemble(flat, safe, mean, std, within_var, nonfinite / flat.numel(), target, pool)
-
-
-def _finite_stats_on_host(
-    flat: Tensor, target: _Target, pool: ScratchBuffers
-) -> tuple[Tensor, tuple[int, ...]] | None:
-    """:func:`output_stats` of an all-finite ``flat`` (samples, units) on the CPU, or None
-    when it holds a non-finite value (the careful path then runs).
-
-    On the CPU a kernel has finished when it returns, so the few sums the statistics need
-    are read back as they are made and combined in float64 on the host: about ten tensor
-    ops per output instead of some forty (most of which cost more in dispatch than in
-    arithmetic on the scalar-sized tensors they make). The memory passes are the same.
-    """
-    samples = flat.shape[0]
-    total_values = flat.numel()
-    unit_means = flat.sum(dim=0).div_(samples)
-    units = unit_means.numel()
-    centre = float(unit_means.sum()) / units
-    # A NaN or inf anywhere makes its unit's mean, and so this, non-finite (finite
-    # values whose sum overflows only send the output down the careful path).
-    if not math.isfinite(centre):
-        return None
-    batch_std, saturated, dead = _applies(target, samples)
-    values = [centre]
-    layout = [0, 1]
-    # The spread splits exactly into two non-negative parts, so no cancellation: each
-    # unit's spread across the batch, plus the spread of the unit means (both centred
-    # two-pass sums: E[x²] - E[x]² cancels when a bias dominates the output).
-    within = _within_unit_variance(flat, unit_means, pool)
-    within_var = 0.0 if within is None else float(within)
-    between = unit_means.sub_(centre)
-    between_var = float(torch.dot(between, between)) / units
-    values.append(math.sqrt(between_var + within_var))
-    if batch_std:
-        values.append(math.sqrt(within_var))
-        layout.append(2)
-    if saturated:
-        assert target.bounds is not None
-        values.append(float(_saturated_count(flat, flat, target.bounds, pool)) / total_values)
-        layout.append(3)
-    if dead:
-        values.append(float(_dead_fraction(flat)))
-        layout.append(4)
-    values.append(0.0)  # nonfinite: none, by the check above
-    layout.append(5)
-    return torch.from_numpy(np.array(values, dtype=np.float32)), tuple(layout)
-
-
-def _applies(target: _Target, samples: int) -> tuple[bool, bool, bool]:
-    """Which of ``batch_std``, ``saturated`` and ``dead`` apply to an output of
-    ``samples`` samples of ``target``: the one owner of these conditions, which both the
-    host shortcut and the careful path lay their statistics out by."""
-    return (
-        samples >= 2,  # a spread across the batch needs a batch
-        target.bounds is not None,
-        target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES,
-    )
-
-
-def _dead_fraction(safe: Tensor) -> Tensor:
-    """Fraction of units that output <= 0 for every sample (a device scalar): a unit is
-    alive when its maximum over the batch is > 0."""
-    alive = safe.amax(dim=0).clamp_(min=0.0).sign_()
-    return 1.0 - alive.mean()
-
-
-def _saturated_count(
-    flat: Tensor, safe: Tensor, bounds: tuple[float, float], pool: ScratchBuffers
-) -> Tensor:
-    """How many values lie within :data:`SATURATION_EPS` of the range of ``bounds`` (a
-    device scalar). ``safe`` is ``flat`` with non-finite values zeroed (``flat`` itself
-    when it has none); a non-finite value is put at the middle: never saturated."""
-    low, high = bounds
-    middle, half = (high + low) / 2.0, (high - low) / 2.0
-    edge = half - (high - low) * SATURATION_EPS
-    # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0.
-    work = pool.get(flat, 1)
-    if safe is flat:
-        centred = torch.sub(flat, middle, out=work)
-    else:
-        centred = torch.nan_to_num(flat, nan=middle, posinf=middle, neginf=middle, out=work)
-        centred.sub_(middle)
-    return centred.abs_().sub_(edge).clamp_(min=0.0).sign_().sum()
-
-
 def measured_part(output: Tensor) -> Tensor:
     """``output``, or for an output of more than :data:`MEASURED_VALUES` values, a view
     of every k-th index of one axis: with at least 3 dimensions its second-to-last
     (positions, image rows), keeping all samples and all features of the kept indices, so
     each kept unit is whole and memory is read in contiguous runs of features; a
     (samples, features) output keeps every k-th feature of every sample."""
-    if output.dim() < 2 or output.numel() <= MEASURED_VALUES:
+    cut = _cut(output.shape)
+    if cut.stride == 1:
         return output
-    axis = max(1, output.dim() - 2)
-    length = output.shape[axis]
-    per_index = output.numel() // length
-    keep = max(1, MEASURED_VALUES // per_index)
+    return output[(slice(None),) * cut.axis + (slice(None, None, cut.stride),)]
+
+
+class _Cut(NamedTuple):
+    """How an output of one shape is measured (:func:`measured_part`): the measured part's
+    shape, its samples and units (values per sample), and which indices it keeps: every
+    ``stride``-th of axis ``axis`` (a stride of 1 keeps the whole output)."""
+
+    shape: torch.Size
+    samples: int
+    units: int
+    axis: int
+    stride: int
+
+
+@functools.lru_cache(maxsize=256)
+def _cut(shape: torch.Size) -> _Cut:
+    """The :class:`_Cut` of an output of ``shape``: the one owner of the rule of
+    :func:`measured_part` (cached: a model's outputs have a few shapes)."""
+    values = math.prod(shape)
+    samples = shape[0] if len(shape) >= 2 else 1
+    if len(shape) < 2 or values <= MEASURED_VALUES:
+        return _Cut(shape, samples, values // samples, 0, 1)
+    axis = max(1, len(shape) - 2)
+    length = shape[axis]
+    keep = max(1, MEASURED_VALUES // (values // length))
     stride = -(-length // keep)  # ceil: at most `keep` indices remain
-    return output[(slice(None),) * axis + (slice(None, None, stride),)]
+    kept = -(-length // stride)
+    part = torch.Size((*shape[:axis], kept, *shape[axis + 1 :]))
+    return _Cut(part, samples, math.prod(part) // samples, axis, stride)
 
 
 def _reading_back_is_free(device: torch.device) -> bool:
     """On the CPU a kernel has finished when it returns: a value can be read at once."""
     return device.type == "cpu"
-
-
-def _within_unit_variance(
-    values: Tensor, unit_means: Tensor, pool: ScratchBuffers
-) -> Tensor | None:
-    """Mean over units of each unit's variance across the batch (None without a batch).
-
-    Centred on each unit's mean directly, not the total minus the variance between units,
-    which cancels when a constant bias dominates the output (a deep badly initialised
-    stack)."""
-    if values.shape[0] < 2:
-        return None
-    within = torch.sub(values, unit_means, out=pool.get(values, 1)).reshape(-1)
-    return torch.dot(within, within) / within.numel()
-
-
-def _assemble(
-    flat: Tensor,
-    safe: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    within_var: Tensor | None,
-    nonfinite: Tensor,
-    target: _Target,
-    pool: ScratchBuffers,
-) -> tuple[Tensor, tuple[int, ...]]:
-    """The statistics that apply (:func:`_applies`), stacked, and which they are
-    (indices into :data:`STATS`). ``safe`` is ``flat`` with non-finite values zeroed
-    (``flat`` itself when it has none)."""
-    batch_std, saturated, dead = _applies(target, flat.shape[0])
-    parts = [mean, std]
-    layout = [0, 1]
-    if batch_std:
-        assert within_var is not None, "measured for every batch of two samples or more"
-        parts.append(within_var.sqrt())  # RMS over units of the spread across the batch
-        layout.append(2)
-    if saturated:
-        assert target.bounds is not None
-        parts.append(_saturated_count(flat, safe, target.bounds, pool) / flat.numel())
-        layout.append(3)
-    if dead:
-        parts.append(_dead_fraction(safe))
-        layout.append(4)
-    parts.append(nonfinite)
-    layout.append(5)
-    return torch.stack(parts), tuple(layout)
-
-
-@dataclasses.dataclass
-class _Accumulator:
-    target: _Target
-    layout: tuple[int, ...]
-    total: Tensor
-    calls: int = 1
 
 
 @dataclasses.dataclass
@@ -393,12 +216,460 @@ class ActivationSample:
         return out
 
 
+class _Kind(NamedTuple):
+    """What a group of pending copies shares: device, dtype and (samples, units) shape,
+    which statistics apply, and whether they were made under ``torch.inference_mode`` (an
+    inference tensor can only be changed in place there). A group's arithmetic then takes
+    Python scalars only: no per-row tensors built on the host and copied to a device."""
+
+    device: torch.device
+    dtype: torch.dtype  # the outputs': copied as they are, made float32 for the arithmetic
+    samples: int
+    units: int
+    bounds: tuple[float, float] | None  # saturation applies (the range)
+    dead: bool  # dead units apply
+    inference: bool
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Route:
+    """Where the outputs of one module, of one shape, dtype and device, are copied to: the
+    decisions of a hook made once per module instead of at every call (a forward hook's
+    Python costs several times its cost in a loop: the model's kernels between two hooks
+    evict the interpreter's code and data from the caches)."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    inference: bool
+    layout: tuple[int, ...]
+    kind: _Kind
+    cut: _Cut
+    every: Tensor | None  # the kept indices of cut.axis (None: the whole output)
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """One module measured at this step: the layout of its statistics and its device,
+    both set by its first call (a later call that differs cannot be averaged with it)."""
+
+    target: _Target
+    layout: tuple[int, ...]
+    device: torch.device
+
+
+@dataclasses.dataclass(eq=False)
+class _Group:
+    """Pending copies of one :class:`_Kind`: ``slab[:len(owners)]``, row ``i`` a copy of
+    an output of ``owners[i]``."""
+
+    slab: Tensor  # (rows, samples, units)
+    owners: list[_Entry]
+    #: Per output shape, the slab's rows as views of that shape: made by one op (unbind)
+    #: the first time, so that a hook's copy is one op and not three (select, view, copy).
+    rows: dict[torch.Size, tuple[Tensor, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Device index tensors that put computed rows back into modules, in module order.
+
+    ``picks`` flattens each module's layout out of the (rows, 6) statistics, when every
+    module has one row (``owners`` None); else out of their per-module sums, ``owners[r]``
+    being the module of row ``r`` (a forgotten module's rows go to one extra, discarded
+    position), and ``calls`` divides each picked value by its module's calls."""
+
+    picks: Tensor
+    owners: Tensor | None
+    calls: Tensor | None
+
+
+def _index_on(values: list[int] | list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small host list as a tensor on ``device``, copied without stalling the host: on
+    CUDA from pinned memory (a pageable host->device copy synchronises)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _applies(target: _Target, samples: int) -> tuple[bool, bool, bool]:
+    """Which of ``batch_std``, ``saturated`` and ``dead`` apply to an output of
+    ``samples`` samples of ``target``: the one owner of these conditions, which the
+    layouts and the groups' arithmetic both follow."""
+    return (
+        samples >= 2,  # a spread across the batch needs a batch
+        target.bounds is not None,
+        target.role == ROLE_RECTIFIER and samples >= MIN_DEAD_SAMPLES,
+    )
+
+
+def _layout(applies: tuple[bool, bool, bool]) -> tuple[int, ...]:
+    """Indices into :data:`STATS` of the statistics reported, given :func:`_applies`."""
+    batch_std, saturated, dead = applies
+    return (
+        0,
+        1,
+        *((2,) if batch_std else ()),
+        *((3,) if saturated else ()),
+        *((4,) if dead else ()),
+        5,
+    )
+
+
+class PendingStats:
+    """Copies of measured outputs waiting for their statistics, computed a group at a time.
+
+    A forward hook only copies the measured part of its output (:func:`measured_part`)
+    into a row of a slab shared by the outputs of the same :class:`_Kind`: one op, which
+    takes the part and copies it (``index_select`` into the row). A copy is needed, not
+    a reference: the model may change the output in place later in the forward
+    (``ReLU(inplace=True)``). The statistics of a whole group are then computed at once by
+    :func:`group_stats`, with reductions over dimensions: about twenty ops per group
+    instead of some forty per module (on a small tensor, an op's dispatch costs more than
+    its arithmetic, and in a forward hook several times more than in a loop of ops).
+
+    Memory stays bounded: a slab holds at most :data:`PENDING_BYTES` (at least one row),
+    and all open slabs together too; a full slab is computed before its rows are reused,
+    and opening one beyond the budget computes and frees every open slab first. An RNN
+    cell called 500 times in a step is measured in batches, never holding more copies
+    than the budget. A slab has as many rows as its kind had at the previous sampled step
+    (the steady state: every slab computed in :meth:`take`, in one batch per kind), or
+    :data:`FIRST_ROWS` the first time.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._slabs: dict[_Kind, _Group] = {}  # open slabs (nothing output-sized elsewhere)
+        self._slab_bytes = 0
+        self._done: list[tuple[Tensor, list[_Entry]]] = []  # (rows, 6) statistics, owners
+        self._rows: dict[_Kind, int] = {}  # copies per kind at this step
+        self._rows_before: dict[_Kind, int] = {}  # ... and at the previous sampled step
+        self._routes: dict[str, _Route] = {}  # per module: the last route its outputs took
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+
+    def add(self, target: _Target, output: Tensor) -> None:
+        """Copy the measured part of a floating-point, non-empty ``output`` of ``target``."""
+        inference = torch.is_inference_mode_enabled()
+        route = self._routes.get(target.name)
+        if (
+            route is None
+            or route.shape != output.shape
+            or route.dtype != output.dtype
+            or route.device != output.device
+            or route.inference != inference
+        ):
+            route = self._routes[target.name] = self._route(target, output, inference)
+        entry = self._entries.get(target.name)
+        if entry is None:
+            # First call at this step: its position in the dict is its execution order.
+            entry = self._entries[target.name] = _Entry(target, route.layout, route.device)
+        elif entry.layout != route.layout or entry.device != route.device:
+            return  # cannot be averaged with the first call's statistics
+        group = self._slabs.get(route.kind)
+        if group is None:
+            group = self._open(route.kind)
+        elif len(group.owners) == group.slab.shape[0]:
+            # Full: computed now, and its rows reused. Not as soon as it fills: a slab
+            # sized by the previous step fills at the step's last call of its kind, and
+            # its arithmetic is cheaper in take(), with the others'.
+            self._compute(route.kind, group)
+        rows = group.rows.get(route.cut.shape)
+        if rows is None:
+            rows = group.slab.view(-1, *route.cut.shape).unbind(0)
+            group.rows[route.cut.shape] = rows
+        row = rows[len(group.owners)]
+        # Without autograd: the copy records no graph, and index_select(out=) accepts an
+        # input that requires grad. Not the `no_grad()` context: in a hook every Python
+        # call counts (see _Route).
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            if route.every is None:
+                row.copy_(output)
+            else:  # the measured part and its copy in one op
+                torch.index_select(output, route.cut.axis, route.every, out=row)
+        finally:
+            torch._C._set_grad_enabled(grad)
+        group.owners.append(entry)
+
+    def forget(self, name: str) -> None:
+        """Drop a module's statistics of this step (its rows are left out of :meth:`take`)."""
+        self._entries.pop(name, None)
+
+    def flush(self) -> None:
+        """Compute every pending copy now and free the slabs."""
+        slabs, self._slabs, self._slab_bytes = self._slabs, {}, 0
+        for kind, group in slabs.items():
+            self._compute(kind, group)
+
+    def discard(self) -> None:
+        """Forget this step's copies and statistics (a fresh step begins)."""
+        self._entries, self._slabs, self._slab_bytes, self._done = {}, {}, 0, []
+        self._rows = {}
+
+    def take(self) -> ActivationSample | None:
+        """This step's statistics, one entry per module in order of first call, each the
+        average over its calls (None if nothing was measured); a fresh step begins."""
+        self.flush()
+        done, entries = self._done, self._entries
+        if self._rows:  # collected at every step: only a sampled one sizes the next's
+            self._rows_before = self._rows
+        self.discard()
+        if not done:
+            return None
+        measured = {entry for _, owners in done for entry in owners}
+        live = [entry for entry in entries.values() if entry in measured]
+        if not live:
+            return None
+        device = live[0].device
+        position = {entry: index for index, entry in enumerate(live)}
+        forgotten = len(live)  # where the rows of a forgotten module go
+        owners = tuple(position.get(entry, forgotten) for _, group in done for entry in group)
+        layouts = tuple(entry.layout for entry in live)
+        plan = self._plan(device, owners, layouts)
+        # non_blocking: a device-to-device hop (a model across devices) must not stall.
+        parts = [stats.to(device, non_blocking=True) for stats, _ in done]
+        rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if plan.owners is not None:
+            sums = torch.zeros(forgotten + 1, len(STATS), device=device)
+            rows = sums.index_add_(0, plan.owners, rows)
+        values = rows.reshape(-1).take(plan.picks)
+        if plan.calls is not None:
+            values = values / plan.calls
+        return ActivationSample(
+            layers=tuple(entry.target.name for entry in live),
+            roles=tuple(entry.target.role for entry in live),
+            layouts=layouts,
+            values=values,
+        )
+
+    def _route(self, target: _Target, output: Tensor, inference: bool) -> _Route:
+        cut = _cut(output.shape)
+        applies = _applies(target, cut.samples)
+        device = output.device
+        kind = _Kind(
+            device, output.dtype, cut.samples, cut.units, target.bounds, applies[2], inference
+        )
+        every = None
+        if cut.stride > 1:
+            # Made on the device (no host copy); kept with the route, across steps.
+            length = output.shape[cut.axis]
+            every = torch.arange(0, length, cut.stride, device=device)
+        return _Route(
+            output.shape, output.dtype, device, inference, _layout(applies), kind, cut, every
+        )
+
+    def _open(self, kind: _Kind) -> _Group:
+        row_bytes = kind.dtype.itemsize * kind.samples * kind.units
+        rows = min(self._rows_before.get(kind, FIRST_ROWS), PENDING_BYTES // row_bytes)
+        rows = max(1, rows)
+        if self._slabs and self._slab_bytes + rows * row_bytes > PENDING_BYTES:
+            self.flush()
+        slab = torch.empty((rows, kind.samples, kind.units), dtype=kind.dtype, device=kind.device)
+        group = self._slabs[kind] = _Group(slab, [])
+        self._slab_bytes += rows * row_bytes
+        return group
+
+    def _compute(self, kind: _Kind, group: _Group) -> None:
+        """The statistics of a group's pending copies; the slab's rows are free again."""
+        owners, group.owners = group.owners, []  # taken first: a failure loses them, only
+        if not owners:
+            return
+        self._rows[kind] = self._rows.get(kind, 0) + len(owners)
+        # Under inference_mode when the copies were made there: an inference tensor can be
+        # changed in place (the arithmetic reuses the copies as work space) only there.
+        mode = torch.inference_mode() if kind.inference else contextlib.nullcontext()
+        with torch.no_grad(), mode:
+            copies = group.slab[: len(owners)].float()  # float32 already: the slab itself
+            stats = group_stats(copies, kind.bounds, kind.dead)
+        self._done.append((stats, owners))
+
+    def _plan(
+        self, device: torch.device, owners: tuple[int, ...], layouts: tuple[tuple[int, ...], ...]
+    ) -> _Plan:
+        """The index tensors of :meth:`take`, built once per arrangement of rows and
+        modules (a static model has one) and kept on the device."""
+        key = (device, owners, layouts)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._new_plan(device, owners, layouts)
+            if len(self._plans) > 16:  # models whose calls vary: keep it bounded
+                self._plans = {key: plan}
+        return plan
+
+    @staticmethod
+    def _new_plan(
+        device: torch.device, owners: tuple[int, ...], layouts: tuple[tuple[int, ...], ...]
+    ) -> _Plan:
+        width = len(STATS)
+        if sorted(owners) == list(range(len(layouts))):  # one row per module
+            row_of = {module: row for row, module in enumerate(owners)}
+            picks = [
+                row_of[m] * width + stat for m, layout in enumerate(layouts) for stat in layout
+            ]
+            return _Plan(_index_on(picks, torch.long, device), None, None)
+        calls = [0] * (len(layouts) + 1)
+        for owner in owners:
+            calls[owner] += 1
+        picks = [m * width + stat for m, layout in enumerate(layouts) for stat in layout]
+        divisors = [float(calls[m]) for m, layout in enumerate(layouts) for _ in layout]
+        return _Plan(
+            _index_on(picks, torch.long, device),
+            _index_on(list(owners), torch.long, device),
+            _index_on(divisors, torch.float32, device),
+        )
+
+
+def output_stats(output: Tensor, target: _Target) -> tuple[Tensor, tuple[int, ...]]:
+    """The statistics of one output that apply to ``target``, as one float32 vector on
+    the output's device, and their layout (indices into :data:`STATS`): a group of one,
+    through the same code as a probe's step."""
+    pending = PendingStats()
+    pending.add(target, output)
+    sample = pending.take()
+    assert sample is not None, "a non-empty floating-point output is always measured"
+    return sample.values, sample.layouts[0]
+
+
+def group_stats(copies: Tensor, bounds: tuple[float, float] | None, dead: bool) -> Tensor:
+    """The statistics of ``n`` outputs, ``copies`` (n, samples, units) float32, as an
+    (n, 6) tensor on their device, columns in :data:`STATS` order: 0 where one does not
+    apply (saturation without ``bounds``, dead units without ``dead``, ``batch_std`` of
+    a single sample). ``copies`` is used as work space: its values are lost.
+
+    Mean and standard deviation are of the finite values only; the spread across the
+    batch (``batch_std``) counts non-finite values as zeros; non-finite values count as
+    neither saturated nor alive.
+
+    Written for speed: only float reductions over dimensions and element-wise float ops,
+    each about one memory pass (boolean masks and their counts, ``var(dim=...)`` and
+    ``var_mean`` are 10-100x slower on CPU). Variances are two-pass, about a mean:
+    E[x²] - E[x]² cancels catastrophically for a bias-dominated output of a deep layer,
+    whose spread is tiny next to its mean.
+
+    On the CPU every kernel has finished when it returns, so reading a value back is not
+    a synchronisation: there one value per output tells whether it is all finite (the
+    usual case), and the all-finite outputs skip the passes that set non-finite values
+    aside (about 3x less memory traffic); only the others take the careful path, so a
+    NaN in one output leaves the others' arithmetic as it was. On an accelerator nothing
+    is read back, and every output takes the careful path.
+    """
+    if not _reading_back_is_free(copies.device):
+        return _careful_stats(copies, bounds, dead)
+    unit_means = copies.mean(dim=1, keepdim=True)  # (n, 1, units)
+    centres = unit_means.mean(dim=2, keepdim=True)  # (n, 1, 1)
+    # A NaN or inf anywhere makes its unit's mean, and so its centre, non-finite (finite
+    # values whose sum overflows only send the output down the careful path).
+    finite = [math.isfinite(centre[0][0]) for centre in centres.tolist()]
+    if all(finite):
+        return _finite_stats(copies, unit_means, centres, bounds, dead)
+    if not any(finite):
+        return _careful_stats(copies, bounds, dead)
+    good = [row for row, ok in enumerate(finite) if ok]
+    bad = [row for row, ok in enumerate(finite) if not ok]
+    stats = torch.empty(copies.shape[0], len(STATS))
+    stats[good] = _finite_stats(copies[good], unit_means[good], centres[good], bounds, dead)
+    stats[bad] = _careful_stats(copies[bad], bounds, dead)
+    return stats
+
+
+def _finite_stats(
+    copies: Tensor,
+    unit_means: Tensor,
+    centres: Tensor,
+    bounds: tuple[float, float] | None,
+    dead: bool,
+) -> Tensor:
+    """:func:`group_stats` of all-finite outputs, given each unit's mean (n, 1, units),
+    which this changes, and each output's mean (n, 1, 1)."""
+    n, samples, units = copies.shape
+    zeros = copies.new_zeros(n)
+    saturated = _saturated_fraction(copies, None, bounds) if bounds is not None else zeros
+    dead_fraction = _dead_fraction(copies) if dead else zeros
+    # The spread splits exactly into two non-negative parts, so no cancellation: each
+    # unit's spread across the batch, plus the spread of the unit means (both centred).
+    within = _within_unit_variance(copies, unit_means) if samples >= 2 else zeros
+    between = _sum_of_squares(unit_means.sub_(centres)).div_(units)
+    std = between.add_(within).sqrt_()
+    mean = centres.reshape(n)
+    return torch.stack([mean, std, within.sqrt_(), saturated, dead_fraction, zeros], dim=1)
+
+
+def _careful_stats(copies: Tensor, bounds: tuple[float, float] | None, dead: bool) -> Tensor:
+    """:func:`group_stats` of outputs that may hold NaN or inf."""
+    n, samples, units = copies.shape
+    values = samples * units
+    # Non-finite values become zeros in `safe`; `marks` is 1 where they were, else 0.
+    safe = torch.nan_to_num(copies, nan=0.0, posinf=0.0, neginf=0.0)
+    marks = copies.mul_(0.0).nan_to_num_(nan=1.0, posinf=1.0, neginf=1.0)
+    nonfinite = marks.sum(dim=(1, 2))  # counted, never the size minus a count of finite
+    count = (values - nonfinite).clamp_min_(1.0)
+    mean = safe.sum(dim=(1, 2)).div_(count)
+    zeros = mean.new_zeros(n)
+    saturated = _saturated_fraction(safe, marks, bounds) if bounds is not None else zeros
+    dead_fraction = _dead_fraction(safe) if dead else zeros
+    # The finite values centred on their mean, and exactly 0 where a value was not
+    # (mark·mean + 0 - mean), in place of the marks.
+    centre = mean[:, None, None]
+    centred = marks.mul_(centre).add_(safe).sub_(centre)
+    std = _sum_of_squares(centred).div_(count).sqrt_()
+    unit_means = safe.mean(dim=1, keepdim=True)
+    within = _within_unit_variance(safe, unit_means) if samples >= 2 else zeros
+    return torch.stack(
+        [mean, std, within.sqrt_(), saturated, dead_fraction, nonfinite.div_(values)], dim=1
+    )
+
+
+def _sum_of_squares(rows: Tensor) -> Tensor:
+    """Each (n, a, b) row's sum of squares, (n,): one read of ``rows`` (squaring them in
+    place and summing would read them twice and write them once)."""
+    return torch.linalg.vector_norm(rows, dim=(1, 2)).square_()
+
+
+def _within_unit_variance(values: Tensor, unit_means: Tensor) -> Tensor:
+    """Per output, the mean over units of each unit's variance across the batch (n,);
+    ``values`` (n, samples, units) is changed (centred in place) and ``unit_means`` is
+    (n, 1, units).
+
+    Centred on each unit's mean directly, not the total minus the variance between units,
+    which cancels when a constant bias dominates the output (a deep badly initialised
+    stack)."""
+    return _sum_of_squares(values.sub_(unit_means)).div_(values[0].numel())
+
+
+def _dead_fraction(safe: Tensor) -> Tensor:
+    """Per output, the fraction of units that output <= 0 for every sample (n,): a unit
+    is alive when its maximum over the batch is > 0."""
+    alive = safe.amax(dim=1).clamp_(min=0.0).sign_()
+    return alive.mean(dim=1).neg_().add_(1.0)
+
+
+def _saturated_fraction(safe: Tensor, marks: Tensor | None, bounds: tuple[float, float]) -> Tensor:
+    """Per output, the fraction of values within :data:`SATURATION_EPS` of the range of
+    ``bounds`` (n,). ``safe`` is the outputs with non-finite values zeroed and ``marks``
+    1 where they were (None when there are none); a non-finite value is put at the
+    middle: never saturated."""
+    low, high = bounds
+    middle, half = (high + low) / 2.0, (high - low) / 2.0
+    edge = half - (high - low) * SATURATION_EPS
+    if marks is None:
+        centred = torch.sub(safe, middle)
+    else:  # mark·middle + 0 - middle: exactly 0 where a value was not finite
+        centred = torch.mul(marks, middle).add_(safe).sub_(middle)
+    # 1 where |x - middle| > edge (within SATURATION_EPS of a bound), else 0.
+    flags = centred.abs_().sub_(edge).clamp_(min=0.0).sign_()
+    return flags.sum(dim=(1, 2)).div_(flags[0].numel())
+
+
 class ActivationProbe:
     """Installs forward hooks for one sampled step and gathers what they measured.
 
     The probe keeps weak references to the modules (to install hooks on the next sampled
     step) and the hook handles while armed; the hooks themselves receive the module as an
-    argument and close over nothing but the probe and a name.
+    argument and close over nothing but the probe and a name. A hook only copies the
+    measured part of its output; the statistics are computed in batches
+    (:class:`PendingStats`), at the latest in :meth:`collect`.
     """
 
     def __init__(self, model: nn.Module | ModelMap, *, include_eval: bool = False) -> None:
@@ -411,8 +682,7 @@ class ActivationProbe:
                 continue
             self._modules.append((info.ref, _Target(info.name, role, bounds_of(module))))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._seen: dict[str, _Accumulator] = {}
-        self._scratch = ScratchBuffers()
+        self._pending = PendingStats()
 
     @property
     def armed(self) -> bool:
@@ -422,7 +692,7 @@ class ActivationProbe:
         """Install the forward hooks (idempotent)."""
         if self._handles:
             return
-        self._seen = {}
+        self._pending.discard()
         for ref, target in self._modules:
             module = ref()
             if module is None:
@@ -433,33 +703,18 @@ class ActivationProbe:
             self._handles.append(module.register_forward_hook(hook))
 
     def disarm(self) -> None:
-        """Remove the hooks (idempotent); what they measured is kept until :meth:`collect`."""
+        """Remove the hooks (idempotent); what they measured is kept until :meth:`collect`,
+        as statistics: the pending copies are computed and freed (nothing output-sized
+        outlives the hooks)."""
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-        self._scratch.clear()  # nothing output-sized outlives the hooks
+        self._pending.flush()
 
     def collect(self) -> ActivationSample | None:
         """Remove the hooks and return what they measured (None if nothing ran)."""
-        self.disarm()  # also drops the work buffers: nothing output-sized outlives the step
-        seen, self._seen = self._seen, {}
-        if not seen:
-            return None
-        parts: list[Tensor] = []
-        device = next(iter(seen.values())).total.device
-        for acc in seen.values():
-            total = acc.total if acc.calls == 1 else acc.total / acc.calls
-            if total.device != device:
-                # non_blocking: a device-to-device hop must not stall the host.
-                total = total.to(device, non_blocking=True)
-            parts.append(total)
-        accs = list(seen.values())
-        return ActivationSample(
-            layers=tuple(a.target.name for a in accs),
-            roles=tuple(a.target.role for a in accs),
-            layouts=tuple(a.layout for a in accs),
-            values=torch.cat(parts),
-        )
+        self.disarm()
+        return self._pending.take()
 
     def _observe(self, target: _Target, module: nn.Module, args: Any, output: Any) -> None:
         if not self.include_eval and (not module.training or not torch.is_grad_enabled()):
@@ -467,15 +722,8 @@ class ActivationProbe:
         tensor = _first_tensor(output)
         if tensor is None or not (tensor.is_floating_point() and tensor.numel()):
             return
-        stats, layout = output_stats(tensor, target, self._scratch)
-        acc = self._seen.get(target.name)
-        if acc is None:
-            # First call at this step: its position in the dict is its execution order.
-            self._seen[target.name] = _Accumulator(target, layout, stats)
-        elif acc.layout == layout and acc.total.device == stats.device:
-            acc.total = acc.total + stats  # on the device; averaged in collect()
-            acc.calls += 1
+        self._pending.add(target, tensor)
 
     def _forget(self, target: _Target) -> None:
         """A hook failed part-way: drop the module's statistics of this step."""
-        self._seen.pop(target.name, None)
+        self._pending.forget(target.name)
