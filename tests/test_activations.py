@@ -431,3 +431,151 @@ def test_a_large_sequence_output_is_measured_on_every_kth_position() -> None:
     assert layout[-2] == 4  # the dead-unit statistic is measured
     assert sampled[0].item() == pytest.approx(full_mean.item(), rel=0.02)
     assert sampled[layout.index(4)].item() == pytest.approx(0.25, abs=0.01)
+
+
+def _pending_bytes(pending) -> int:
+    return sum(group.slab.nbytes for group in pending._slabs.values())
+
+
+def test_a_module_called_many_times_averages_its_calls_within_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An RNN cell called hundreds of times in one step: its copies are computed in
+    batches whenever the budget is reached (never more than PENDING_BYTES held), and its
+    statistics are the average of its calls' statistics."""
+    from gradwatch._measure import activations as _activations
+    from gradwatch._measure.activations import ROLE_MIXING, PendingStats, _Target, output_stats
+
+    monkeypatch.setattr(_activations, "PENDING_BYTES", 16 * 4 * 32 * 5)  # 5 rows of (16, 32)
+    generator = torch.Generator().manual_seed(5)
+    calls = [torch.randn(16, 32, generator=generator) * (1 + i % 7) + i for i in range(300)]
+    cell, other = _Target("cell", ROLE_MIXING), _Target("other", ROLE_MIXING)
+    pending = PendingStats()
+    held = []
+    for index, output in enumerate(calls):
+        pending.add(cell, output)
+        if index == 3:
+            pending.add(other, torch.randn(16, 32, generator=generator))
+        held.append(_pending_bytes(pending))
+    assert max(held) <= _activations.PENDING_BYTES
+    assert len(pending._done) >= 300 // 5  # computed in batches along the way
+    sample = pending.take()
+    assert sample is not None and sample.layers == ("cell", "other")
+    expected = torch.stack([output_stats(output, cell)[0] for output in calls]).mean(dim=0)
+    got = sample.values[: len(sample.layouts[0])]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_nan_in_one_output_of_a_batch_leaves_the_others_statistics_exact() -> None:
+    from gradwatch._measure.activations import (
+        ROLE_ACTIVATION,
+        ROLE_RECTIFIER,
+        STATS,
+        PendingStats,
+        _Target,
+        output_stats,
+    )
+
+    generator = torch.Generator().manual_seed(6)
+    targets = [
+        _Target("tanh", ROLE_ACTIVATION, (-1.0, 1.0)),
+        _Target("poisoned", ROLE_ACTIVATION, (-1.0, 1.0)),
+        _Target("tanh2", ROLE_ACTIVATION, (-1.0, 1.0)),
+    ]
+    outputs = [torch.tanh(torch.randn(8, 64, generator=generator) * 2) for _ in targets]
+    outputs[1][2, 5] = float("nan")
+    pending = PendingStats()
+    for target, output in zip(targets, outputs):
+        pending.add(target, output)
+    sample = pending.take()
+    assert sample is not None
+    position = 0
+    for target, output, layout in zip(targets, outputs, sample.layouts):
+        got = sample.values[position : position + len(layout)]
+        position += len(layout)
+        alone, alone_layout = output_stats(output, target)
+        assert layout == alone_layout
+        torch.testing.assert_close(got, alone, rtol=1e-6, atol=0.0)
+        values = dict(zip((STATS[i] for i in layout), got.tolist()))
+        finite = output[torch.isfinite(output)].double()
+        assert values["mean"] == pytest.approx(finite.mean().item(), rel=1e-5)
+        assert values["nonfinite"] == (1 / output.numel() if target.name == "poisoned" else 0)
+    rectifier = _Target("relu", ROLE_RECTIFIER)
+    assert output_stats(torch.full((8, 4), float("nan")), rectifier)[0][-2].item() == 1.0
+
+
+def test_statistics_are_of_the_output_as_it_was_before_a_later_in_place_change() -> None:
+    """The hook copies the measured part: a ReLU(inplace=True) after a Linear, or any
+    in-place op later in the forward, must not change the Linear's statistics."""
+
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(100.0)  # in place, after the previous module's hook ran
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(inplace=True), Scale(), nn.Linear(64, 1))
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        before = model[0](x)
+    from gradwatch._measure.activations import ActivationProbe
+
+    probe = ActivationProbe(model)
+    probe.arm()
+    model(x)  # a training forward (the in-place Scale would break its backward)
+    sample = probe.collect()
+    assert sample is not None and sample.layers[:2] == ("0", "1")
+    linear = sample.values[: len(sample.layouts[0])].tolist()
+    assert linear[0] == pytest.approx(before.mean().item(), abs=1e-6)
+    assert linear[1] == pytest.approx(before.std(unbiased=False).item(), rel=1e-5)
+    relu = before.relu()
+    start = len(sample.layouts[0])
+    relu_stats = sample.values[start : start + len(sample.layouts[1])].tolist()
+    assert relu_stats[0] == pytest.approx(relu.mean().item(), abs=1e-6)  # not x100
+
+
+def test_pending_copies_of_many_shapes_stay_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gradwatch._measure import activations as _activations
+    from gradwatch._measure.activations import ROLE_MIXING, PendingStats, _Target, output_stats
+
+    monkeypatch.setattr(_activations, "PENDING_BYTES", 64 * 1024)
+    pending = PendingStats()
+    outputs = {f"m{width}": torch.randn(16, width) for width in range(40, 400, 9)}
+    for name, output in outputs.items():
+        pending.add(_Target(name, ROLE_MIXING), output)
+        assert _pending_bytes(pending) <= _activations.PENDING_BYTES
+    sample = pending.take()
+    assert sample is not None and sample.layers == tuple(outputs)
+    position = 0
+    for (name, output), layout in zip(outputs.items(), sample.layouts):
+        got = sample.values[position : position + len(layout)]
+        position += len(layout)
+        torch.testing.assert_close(got, output_stats(output, _Target(name, ROLE_MIXING))[0])
+
+
+def test_half_precision_outputs_are_measured_in_float32() -> None:
+    from gradwatch._measure.activations import ROLE_MIXING, _Target, output_stats
+
+    output = (torch.randn(16, 48) * 3 + 1).to(torch.bfloat16)
+    target = _Target("l", ROLE_MIXING)
+    half, layout = output_stats(output, target)
+    full, full_layout = output_stats(output.float(), target)
+    assert layout == full_layout and half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=0.0, atol=0.0)
+
+
+def test_a_forgotten_module_is_left_out_and_the_others_kept() -> None:
+    from gradwatch._measure.activations import ROLE_MIXING, PendingStats, _Target, output_stats
+
+    pending = PendingStats()
+    outputs = {name: torch.randn(8, 16) for name in ("a", "b", "c")}
+    for name, output in outputs.items():
+        pending.add(_Target(name, ROLE_MIXING), output)
+    pending.forget("b")
+    sample = pending.take()
+    assert sample is not None and sample.layers == ("a", "c")
+    size = len(sample.layouts[0])
+    for index, name in enumerate(("a", "c")):
+        got = sample.values[index * size : (index + 1) * size]
+        torch.testing.assert_close(got, output_stats(outputs[name], _Target(name, ROLE_MIXING))[0])
