@@ -32,6 +32,14 @@ sampled step's memory traffic whatever the model's size: reading a (32, 2048, 40
 output five times would cost more than the step's own matmul; and the measured part is
 small enough for the passes after the first read to stay in a core's cache.
 
+A hook does not compute: it copies the measured part (one op; a copy, since the model may
+change its output in place later in the forward) into a row of a slab shared with the
+outputs of the same shape and kind, and the statistics of every slab are computed in a
+batch of reductions over dimensions when the step is collected (:class:`PendingStats`):
+about twenty ops per kind of output instead of some forty per module, in hooks where an
+op costs several times what it costs in a loop. The copies waiting take at most
+:data:`PENDING_BYTES`; beyond, they are computed in batches along the way.
+
 Only training forwards count: forwards with gradients disabled (``torch.no_grad()``,
 inference mode: validation loops) and forwards of modules in eval mode are skipped
 unless ``activation_eval=True``.
