@@ -125,3 +125,19 @@ def test_unused_branch_has_no_gradient_rather_than_a_zero_one() -> None:
         nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
     assert list(gw.history.latest.has_grad) == [True, False]
+
+
+def test_statistics_are_gathered_on_an_accelerator_when_any_parameter_is_on_one() -> None:
+    """An embedding kept on the CPU before the model's other layers: its norms are copied
+    to the accelerator (safe at once), never the accelerator's to the CPU (a non-blocking
+    device-to-host copy may be read before it lands). ``meta`` stands in for a GPU."""
+    from gradwatch._measure.devices import gather_device
+    from gradwatch._measure.layers import LayerIndex
+
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert gather_device([cpu, meta, cpu]) == meta
+    assert gather_device([cpu, cpu]) == cpu
+    assert gather_device([]) == cpu
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4, device="meta"))
+    assert LayerIndex.from_model(model).device() == meta
+    assert LayerIndex.from_model(nn.Linear(2, 2)).device() == cpu

@@ -15,6 +15,7 @@ import functools
 import torch
 from torch import nn
 
+from gradwatch._measure.devices import gather_device
 from gradwatch._measure.model import ModelMap
 from gradwatch._names import tag_of
 
@@ -79,5 +80,6 @@ class LayerIndex:
         )
 
     def device(self) -> torch.device:
-        """The device statistics are gathered on: the first parameter's (CPU if none)."""
-        return self.params[0].device if self.params else torch.device("cpu")
+        """The device statistics are gathered on: the first parameter's on an accelerator
+        when any parameter is on one (see ``devices.gather_device``), else the CPU."""
+        return gather_device(p.device for p in self.params)

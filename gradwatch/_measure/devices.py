@@ -1,0 +1,25 @@
+"""Which device a set of statistics is gathered on.
+
+A model may span devices (an embedding kept on the CPU, the rest on a GPU). Statistics
+from several devices are combined on one; that device must be an accelerator whenever
+one takes part. A copy from the host to an accelerator with ``non_blocking=True`` is safe
+to use at once (it is ordered on the accelerator's stream), but a copy from an
+accelerator to the host with ``non_blocking=True`` lands in pinned memory later: a CPU
+kernel reading it straight away reads memory the copy has not filled yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+_CPU = torch.device("cpu")
+
+
+def gather_device(devices: Iterable[torch.device]) -> torch.device:
+    """The first non-CPU device of ``devices``, else the CPU (also when it is empty)."""
+    for device in devices:
+        if device.type != "cpu":
+            return device
+    return _CPU
