@@ -579,3 +579,72 @@ def test_a_forgotten_module_is_left_out_and_the_others_kept() -> None:
     for index, name in enumerate(("a", "c")):
         got = sample.values[index * size : (index + 1) * size]
         torch.testing.assert_close(got, output_stats(outputs[name], _Target(name, ROLE_MIXING))[0])
+
+
+class _SharedBlock(nn.Module):
+    """An MLP whose middle layer runs twice (rows averaged), and causal self-attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.mid = nn.Linear(16, 16)
+        self.act = nn.ReLU()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.mid(self.act(self.mid(self.inp(x)))))
+        causal = nn.Transformer.generate_square_subsequent_mask(h.shape[1], dtype=h.dtype)
+        h = h + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
+        return self.out(h).mean(dim=1)
+
+
+def test_sampled_statistics_do_not_assume_float32_is_the_default_dtype(caplog) -> None:
+    """With float64 as torch's default dtype, a float32 model's sampled statistics (a
+    module called twice, a causal mask) are all measured, and nothing fails quietly."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        model = _SharedBlock().float()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x, y = torch.randn(4, 6, 8, dtype=torch.float32), torch.randn(4, 1, dtype=torch.float32)
+        with (
+            caplog.at_level("WARNING", logger="gradwatch"),
+            gradwatch.watch(model, optimizer, activation_every=1) as watcher,
+        ):
+            for _ in range(2):
+                loss = (model(x) - y).square().mean()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        record = watcher.history.latest
+    finally:
+        torch.set_default_dtype(previous)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+    assert record is not None and record.activations is not None
+    assert "mid" in (record.activation_layers or ())
+    assert np.isfinite(record.activations["std"]).all()
+    assert record.attention_logit_max is not None
+    assert np.isfinite(record.attention_logit_max).all()
+
+
+def test_a_failure_computing_the_statistics_is_logged_never_raised(monkeypatch, caplog) -> None:
+    """The statistics are computed when the sampled step ends, outside the forward hooks:
+    a failure there drops that step's statistics and training goes on."""
+    from gradwatch._measure import activations
+
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(activations, "group_stats", broken)
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with (
+        caplog.at_level("WARNING", logger="gradwatch"),
+        gradwatch.watch(model, optimizer, activation_every=1) as watcher,
+    ):
+        train_steps(model, optimizer, regression_batches(3), watcher)
+    assert len(watcher.history) == 3
+    assert all(record.activations is None for record in watcher.history)
+    assert any("failed" in r.getMessage() for r in caplog.records)

@@ -146,7 +146,7 @@ def _relapse(history: History, losses: np.ndarray) -> Alert | None:
     if series.size < 2 * RELAPSE_SMOOTHING:
         return None
     windows = np.lib.stride_tricks.sliding_window_view(series, RELAPSE_SMOOTHING)
-    smoothed = nanmedian(windows, axis=-1)  # the series is finite: a plain median
+    smoothed = nanmedian(windows, axis=-1)  # a finite series: the median of each window
     start, now = float(smoothed[0]), float(smoothed[-1])
     best_at = int(np.argmin(smoothed[:-1]))
     best = float(smoothed[best_at])

@@ -58,7 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradwatch._measure.hooks import SafeHook
+from gradwatch._measure.devices import gather_device
+from gradwatch._measure.hooks import SafeHook, log_failure
 from gradwatch._measure.model import ACTIVATION, NORM, TORCH_LINEAR_LIKE, ModelMap, ModuleInfo
 
 #: The statistics each hooked module reports, in the order of the device vector.
@@ -388,17 +389,17 @@ class PendingStats:
             group.rows[route.cut.shape] = rows
         row = rows[len(group.owners)]
         # Without autograd: the copy records no graph, and index_select(out=) accepts an
-        # input that requires grad. Not the `no_grad()` context: in a hook every Python
-        # call counts (see _Route).
+        # input that requires grad. set_grad_enabled as a call, not the `no_grad()`
+        # context: in a hook every Python call counts (see _Route).
         grad = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
+        torch.set_grad_enabled(False)
         try:
             if route.every is None:
                 row.copy_(output)
             else:  # the measured part and its copy in one op
                 torch.index_select(output, route.cut.axis, route.every, out=row)
         finally:
-            torch._C._set_grad_enabled(grad)
+            torch.set_grad_enabled(grad)
         group.owners.append(entry)
 
     def forget(self, name: str) -> None:
@@ -430,17 +431,18 @@ class PendingStats:
         live = [entry for entry in entries.values() if entry in measured]
         if not live:
             return None
-        device = live[0].device
+        device = gather_device(stats.device for stats, _ in done)
         position = {entry: index for index, entry in enumerate(live)}
         forgotten = len(live)  # where the rows of a forgotten module go
         owners = tuple(position.get(entry, forgotten) for _, group in done for entry in group)
         layouts = tuple(entry.layout for entry in live)
         plan = self._plan(device, owners, layouts)
-        # non_blocking: a device-to-device hop (a model across devices) must not stall.
+        # non_blocking: a hop from another device (a model across devices) must not stall;
+        # safe, as the gathering device is an accelerator whenever one takes part.
         parts = [stats.to(device, non_blocking=True) for stats, _ in done]
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         if plan.owners is not None:
-            sums = torch.zeros(forgotten + 1, len(STATS), device=device)
+            sums = torch.zeros(forgotten + 1, len(STATS), dtype=torch.float32, device=device)
             rows = sums.index_add_(0, plan.owners, rows)
         values = rows.reshape(-1).take(plan.picks)
         if plan.calls is not None:
@@ -576,7 +578,7 @@ def group_stats(copies: Tensor, bounds: tuple[float, float] | None, dead: bool) 
         return _careful_stats(copies, bounds, dead)
     good = [row for row, ok in enumerate(finite) if ok]
     bad = [row for row, ok in enumerate(finite) if not ok]
-    stats = torch.empty(copies.shape[0], len(STATS))
+    stats = torch.empty(copies.shape[0], len(STATS), dtype=torch.float32)
     stats[good] = _finite_stats(copies[good], unit_means[good], centres[good], bounds, dead)
     stats[bad] = _careful_stats(copies[bad], bounds, dead)
     return stats
@@ -601,7 +603,7 @@ def _finite_stats(
     between = _sum_of_squares(unit_means.sub_(centres)).div_(units)
     std = between.add_(within).sqrt_()
     mean = centres.reshape(n)
-    return torch.stack([mean, std, within.sqrt_(), saturated, dead_fraction, zeros], dim=1)
+    return torch.stack([mean, std, within.sqrt(), saturated, dead_fraction, zeros], dim=1)
 
 
 def _careful_stats(copies: Tensor, bounds: tuple[float, float] | None, dead: bool) -> Tensor:
@@ -625,7 +627,7 @@ def _careful_stats(copies: Tensor, bounds: tuple[float, float] | None, dead: boo
     unit_means = safe.mean(dim=1, keepdim=True)
     within = _within_unit_variance(safe, unit_means) if samples >= 2 else zeros
     return torch.stack(
-        [mean, std, within.sqrt_(), saturated, dead_fraction, nonfinite.div_(values)], dim=1
+        [mean, std, within.sqrt(), saturated, dead_fraction, nonfinite.div_(values)], dim=1
     )
 
 
@@ -717,12 +719,22 @@ class ActivationProbe:
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-        self._pending.flush()
+        try:
+            self._pending.flush()
+        except Exception:  # like a failing hook: this step's statistics are dropped
+            log_failure(self, "disarm")
+            self._pending.discard()
 
     def collect(self) -> ActivationSample | None:
-        """Remove the hooks and return what they measured (None if nothing ran)."""
+        """Remove the hooks and return what they measured (None if nothing ran, or if
+        computing it failed: logged, never raised into the training step)."""
         self.disarm()
-        return self._pending.take()
+        try:
+            return self._pending.take()
+        except Exception:
+            log_failure(self, "collect")
+            self._pending.discard()
+            return None
 
     def _observe(self, target: _Target, module: nn.Module, args: Any, output: Any) -> None:
         if not self.include_eval and (not module.training or not torch.is_grad_enabled()):

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from gradwatch._measure.devices import gather_device
 from gradwatch._measure.hooks import SafeHook, being_traced
 from gradwatch._measure.model import ATTENTION, ModelMap
 
@@ -489,7 +490,9 @@ def _additive(mask: Tensor, *, masked: bool = True) -> Tensor:
     mask = mask.detach()
     if mask.dtype == torch.bool:
         hidden = mask if masked else ~mask
-        return torch.zeros(mask.shape, device=mask.device).masked_fill_(hidden, -math.inf)
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+            hidden, -math.inf
+        )
     return mask if mask.dtype == torch.float32 else mask.float()
 
 
@@ -503,7 +506,9 @@ class MaskCache:
     version, so the mask is rebuilt) and by the shape facts it was built for. The
     sources are held by the entry, so that no other tensor can take their identity while
     it lives: the probe clears the cache at the end of each sampled step, and at most
-    :attr:`SIZE` entries are kept (the oldest goes first).
+    :attr:`SIZE` entries are kept (the oldest goes first). A write that bypasses the
+    version counter (through ``.data``, ``.numpy()`` or DLPack) goes unseen for the rest
+    of that sampled step at most.
     """
 
     SIZE = 8
@@ -544,7 +549,9 @@ class MaskCache:
 
         def build() -> Tensor:
             above = torch.ones(length, keys, dtype=torch.bool, device=device).triu_(1)
-            return torch.zeros(length, keys, device=device).masked_fill_(above, -math.inf)
+            return torch.zeros(length, keys, dtype=torch.float32, device=device).masked_fill_(
+                above, -math.inf
+            )
 
         mask = self._lookup(("causal", length, keys, device), (), build)
         assert mask is not None
@@ -690,7 +697,7 @@ class AttentionProbe:
         if not seen:
             return None
         accs = list(seen.values())
-        device = accs[0].max_logit.device
+        device = gather_device(acc.max_logit.device for acc in accs)
         # All modules at once: a handful of ops on (modules,) vectors, not a dozen each.
         tops = torch.stack([_on(acc.max_logit, device) for acc in accs])
         # At or below MASKED_BELOW: every position was masked (NaN stays NaN).
@@ -700,7 +707,7 @@ class AttentionProbe:
         for acc in accs:
             if acc.sums is None:
                 if unknown is None:
-                    unknown = torch.full((3,), float("nan"), device=device)
+                    unknown = torch.full((3,), float("nan"), dtype=torch.float32, device=device)
                 rows_of.append(unknown)
             else:
                 rows_of.append(_on(acc.sums, device))
@@ -720,7 +727,10 @@ class AttentionProbe:
         host would wait for the device) once, and kept while the key lengths stay."""
         cached = self._uniform_cache
         if cached is None or cached[0] != (keys, device):
-            values = [torch.full((), math.log(max(n, 1)), device=device) for n in keys]
+            values = [
+                torch.full((), math.log(max(n, 1)), dtype=torch.float32, device=device)
+                for n in keys
+            ]
             cached = self._uniform_cache = ((keys, device), torch.stack(values))
         return cached[1]
 

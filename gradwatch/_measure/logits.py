@@ -84,7 +84,7 @@ def logit_sums(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
     # One slice (the usual case) is the tensor itself: no slicing op.
     for chunk in (flat,) if tokens <= rows else flat.split(rows):
         values = chunk if chunk.dtype == torch.float32 else chunk.float()
-        lse, high, low = _row_stats(values, writable=values is not chunk)
+        lse, high, low = _row_stats(values)
         piece = (lse.sum(), lse.amax(), torch.maximum(high.amax(), low.neg_()))
         if sums is None:
             sums = piece
@@ -98,26 +98,19 @@ def logit_sums(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
     return sums[0], sums[1], sums[2], tokens
 
 
-def _row_stats(values: Tensor, *, writable: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _row_stats(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(logsumexp per row, max per row, min of all)`` of a (rows, classes) float32
-    slice, equal to ``torch.logsumexp`` and ``torch.aminmax``. ``writable``: ``values``
-    is this module's own and may be overwritten.
+    slice, equal to ``torch.logsumexp`` and ``torch.aminmax``.
 
     Through ``log_softmax``, whose kernel is vectorised, instead of ``torch.logsumexp``
     (four full passes with temporaries) and ``aminmax`` (a copy of a strided slice). The
     largest value of a row of log-softmax is exactly ``-log(sum exp(x - max))``, which
-    logsumexp adds to the row's max. On the CPU the log-softmax is written over a copy of
-    our own (a slice of every k-th token is copied to be contiguous anyway): one new
-    full-size buffer instead of two.
+    logsumexp adds to the row's max. (Not written over ``values`` with ``out=``: torch
+    does not document that an input may alias the output.)
     """
     high = values.amax(dim=-1)
     low = values.amin()
-    if not values.is_contiguous():
-        values, writable = values.contiguous(), True
-    if writable and values.device.type == "cpu":
-        shifted = torch.log_softmax(values, dim=-1, out=values)
-    else:
-        shifted = torch.log_softmax(values, dim=-1)
+    shifted = torch.log_softmax(values, dim=-1)
     lse = high - shifted.amax(dim=-1)
     # logsumexp's own rule for a row whose max is infinite: +inf, or -inf when every
     # logit is -inf (log-softmax is NaN there).
@@ -170,7 +163,7 @@ class LogitProbe:
         sums, tokens = self._sums, self._tokens
         self._reset()
         if sums is None or tokens == 0:
-            return torch.full((len(LOGIT_STATS),), float("nan"))
+            return torch.full((len(LOGIT_STATS),), float("nan"), dtype=torch.float32)
         total, lse_max, abs_max = sums
         return torch.stack([total / tokens, lse_max, abs_max])
 
