@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import Tensor
 
-_CPU = torch.device("cpu")
+#: The host, as a device (compared with ``==``: cheaper than reading ``device.type``).
+CPU = torch.device("cpu")
 
 
 def gather_device(devices: Iterable[torch.device]) -> torch.device:
@@ -22,4 +24,16 @@ def gather_device(devices: Iterable[torch.device]) -> torch.device:
     for device in devices:
         if device.type != "cpu":
             return device
-    return _CPU
+    return CPU
+
+
+def host_values_on(
+    values: list[int] | list[float], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A small host list as a tensor on ``device``, copied without stalling the host: on
+    CUDA from pinned memory (a pageable host-to-device copy is staged through a bounce
+    buffer and waits for it)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from gradwatch._measure.devices import gather_device, host_values_on
 from gradwatch._measure.hooks import CopyInertHook, _is_compiling, _is_tracing, log_failure
 from gradwatch._measure.model import CONTAINER, ModelMap
 from gradwatch._measure.record import NonfiniteOrigin, StepRecord
@@ -368,7 +369,7 @@ def _stack_float32(values: list[Tensor]) -> Tensor:
         # The common case, one device: stack promotes mixed dtypes to one that holds
         # them all exactly (float64 if any is), which _to_float32 then clips.
         return _to_float32(torch.stack(values))
-    device = next((d for d in devices if d.type != "cpu"), values[0].device)
+    device = gather_device(devices)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for slot, value in enumerate(values):
         groups.setdefault((value.device, value.dtype), []).append(slot)
@@ -377,7 +378,7 @@ def _stack_float32(values: list[Tensor]) -> Tensor:
         part = _to_float32(torch.stack([values[s] for s in slots]))
         if group_device != device:
             part = part.to(device, non_blocking=True)  # host→device: no host stall
-        index = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+        index = host_values_on(slots, torch.long, device)
         stacked.index_copy_(0, index, part)
     return stacked
 

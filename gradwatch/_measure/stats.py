@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from gradwatch._measure.devices import CPU, host_values_on
 from gradwatch._measure.layers import LayerIndex
 
 #: A bucket of tensors reduced together: their device, dtype and kernel (see _kernel_of).
@@ -43,15 +44,17 @@ _BLAS_DOT = (torch.float32, torch.float64)
 DOT_MIN_VALUES = 2**16
 #: The two kernels: one batched ``_foreach_norm`` per bucket, or a dot product per tensor.
 _FOREACH, _DOT = "foreach_norm", "dot"
-_CPU = torch.device("cpu")
 
 
 def _dense_values(tensor: Tensor) -> Tensor:
     """A real, strided view of a tensor's stored values with the same L2 norm.
 
     A sparse gradient contributes its non-zeros; a complex tensor is viewed as pairs of
-    reals (|a+bi|² = a² + b²), so every group can be reduced in float32.
+    reals (|a+bi|² = a² + b²), so every group can be reduced in float32. A real strided
+    tensor (nearly every one) is returned as it is, after two attribute reads.
     """
+    if tensor.layout == torch.strided and not tensor.is_complex():
+        return tensor
     if tensor.layout == torch.sparse_coo:
         tensor = tensor.coalesce().values()
     elif tensor.layout != torch.strided:
@@ -75,7 +78,7 @@ def _kernel_of(device: torch.device, dtype: torch.dtype, numel: int, contiguous:
     tensors (biases, norms' scales) stay batched: the number of calls grows with the
     model's large tensors only, each of which is a quarter-megabyte memory pass or more.
     """
-    if contiguous and numel >= DOT_MIN_VALUES and device == _CPU and dtype in _BLAS_DOT:
+    if contiguous and numel >= DOT_MIN_VALUES and device == CPU and dtype in _BLAS_DOT:
         return _DOT
     return _FOREACH
 
@@ -116,17 +119,11 @@ class LayerNorms:
     ) -> dict[_Bucket, tuple[list[Tensor], list[int]]]:
         """Present tensors bucketed by (device, dtype, kernel), with the layer of each."""
         groups: dict[_Bucket, tuple[list[Tensor], list[int]]] = {}
-        strided = torch.strided
         for tensor, layer in zip(tensors, self._param_layer):
             if tensor is None:
                 continue
-            # Every attribute read here costs ~0.1 us and this runs per tensor per step:
-            # each is read once.
-            dense = (
-                tensor
-                if tensor.layout == strided and not tensor.is_complex()
-                else _dense_values(tensor)
-            )
+            dense = _dense_values(tensor)
+            # Every attribute read costs ~0.1 us, per tensor per step: each is read once.
             device, dtype, numel = dense.device, dense.dtype, dense.numel()
             contiguous = dense.is_contiguous()
             key = (device, dtype, _kernel_of(device, dtype, numel, contiguous))
@@ -165,12 +162,8 @@ class LayerNorms:
         ids = self._layer_ids_cache.get(key)
         if ids is None:
             # Built once per distinct group and cached (the steady state's at attach
-            # time). The host tensor is pinned on CUDA so the copy is truly asynchronous
-            # (a pageable host→device copy is staged through a bounce buffer).
-            host = torch.tensor(layers, dtype=torch.long)
-            if self.device.type == "cuda":
-                host = host.pin_memory()
-            ids = host.to(self.device, non_blocking=True)
+            # time), copied without stalling the host.
+            ids = host_values_on(layers, torch.long, self.device)
             if len(self._layer_ids_cache) > 64:  # parameters come and go: keep it bounded
                 self._layer_ids_cache.clear()
             self._layer_ids_cache[key] = ids
