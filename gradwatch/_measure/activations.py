@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradwatch._measure.devices import gather_device
+from gradwatch._measure.devices import gather_device, host_values_on
 from gradwatch._measure.hooks import SafeHook, log_failure
 from gradwatch._measure.model import ACTIVATION, NORM, TORCH_LINEAR_LIKE, ModelMap, ModuleInfo
 
@@ -248,11 +248,8 @@ class _Route:
     evict the interpreter's code and data from the caches)."""
 
     shape: torch.Size
-    dtype: torch.dtype
-    device: torch.device
-    inference: bool
     layout: tuple[int, ...]
-    kind: _Kind
+    kind: _Kind  # its device, dtype and inference flag are the route's too
     cut: _Cut
     every: Tensor | None  # the kept indices of cut.axis (None: the whole output)
 
@@ -291,15 +288,6 @@ class _Plan:
     picks: Tensor
     owners: Tensor | None
     calls: Tensor | None
-
-
-def _index_on(values: list[int] | list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small host list as a tensor on ``device``, copied without stalling the host: on
-    CUDA from pinned memory (a pageable host->device copy synchronises)."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
 
 
 def _applies(target: _Target, samples: int) -> tuple[bool, bool, bool]:
@@ -364,16 +352,16 @@ class PendingStats:
         if (
             route is None
             or route.shape != output.shape
-            or route.dtype != output.dtype
-            or route.device != output.device
-            or route.inference != inference
+            or route.kind.dtype != output.dtype
+            or route.kind.device != output.device
+            or route.kind.inference != inference
         ):
             route = self._routes[target.name] = self._route(target, output, inference)
         entry = self._entries.get(target.name)
         if entry is None:
             # First call at this step: its position in the dict is its execution order.
-            entry = self._entries[target.name] = _Entry(target, route.layout, route.device)
-        elif entry.layout != route.layout or entry.device != route.device:
+            entry = self._entries[target.name] = _Entry(target, route.layout, route.kind.device)
+        elif entry.layout != route.layout or entry.device != route.kind.device:
             return  # cannot be averaged with the first call's statistics
         group = self._slabs.get(route.kind)
         if group is None:
@@ -466,9 +454,7 @@ class PendingStats:
             # Made on the device (no host copy); kept with the route, across steps.
             length = output.shape[cut.axis]
             every = torch.arange(0, length, cut.stride, device=device)
-        return _Route(
-            output.shape, output.dtype, device, inference, _layout(applies), kind, cut, every
-        )
+        return _Route(output.shape, _layout(applies), kind, cut, every)
 
     def _open(self, kind: _Kind) -> _Group:
         row_bytes = kind.dtype.itemsize * kind.samples * kind.units
@@ -518,16 +504,16 @@ class PendingStats:
             picks = [
                 row_of[m] * width + stat for m, layout in enumerate(layouts) for stat in layout
             ]
-            return _Plan(_index_on(picks, torch.long, device), None, None)
+            return _Plan(host_values_on(picks, torch.long, device), None, None)
         calls = [0] * (len(layouts) + 1)
         for owner in owners:
             calls[owner] += 1
         picks = [m * width + stat for m, layout in enumerate(layouts) for stat in layout]
         divisors = [float(calls[m]) for m, layout in enumerate(layouts) for _ in layout]
         return _Plan(
-            _index_on(picks, torch.long, device),
-            _index_on(list(owners), torch.long, device),
-            _index_on(divisors, torch.float32, device),
+            host_values_on(picks, torch.long, device),
+            host_values_on(list(owners), torch.long, device),
+            host_values_on(divisors, torch.float32, device),
         )
 
 
