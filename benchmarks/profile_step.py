@@ -2,6 +2,9 @@
 
 Run:  .venv/bin/python benchmarks/profile_step.py                 (default mode, transformer)
       .venv/bin/python benchmarks/profile_step.py --steps 100 --options locate_nonfinite=True
+      python benchmarks/profile_step.py --device cuda --batch-scale 8 --workload cnn
+                                         (on a GPU: the components are host time, what
+                                         the training thread spends launching work)
       .venv/bin/py-spy record -o prof.txt -f raw --threads -- \\
           .venv/bin/python benchmarks/profile_step.py --no-components
                                          (whole stacks, every thread; see --help)
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_overhead import Workload, workloads
+from bench_overhead import Workload, synchronize, workloads
 
 import gradwatch
 
@@ -207,6 +210,8 @@ def _step(
         watcher.record_loss(loss)
     optimizer.step()
     optimizer.zero_grad()
+    # The step's device work is part of its wall time (the components are host time).
+    synchronize(next(model.parameters()).device)
     return clock() - t0
 
 
@@ -229,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workload", default="transformer", help="transformer, cnn or mlp")
     parser.add_argument("--steps", type=int, default=60, help="watched steps (x10 ideally)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
+    parser.add_argument(
+        "--batch-scale", type=int, default=1, help="batches this many times larger (GPUs)"
+    )
     parser.add_argument("--options", nargs="*", default=[], help="watch() options, name=value")
     parser.add_argument("--every", type=int, default=10, help="sampling period to split on")
     parser.add_argument(
@@ -247,12 +256,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = parse_options(args.options)
-    workload = next(w for w in workloads() if w.name == args.workload)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+    workload = next(
+        w for w in workloads(device, batch_scale=args.batch_scale) if w.name == args.workload
+    )
     torch.manual_seed(0)
     model = workload.make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     print(
-        f"{workload.name}, torch {torch.__version__} on {args.threads} threads, {args.clock} "
+        f"{workload.name} on {device}, torch {torch.__version__} on {args.threads} threads, "
+        f"{args.clock} "
         f"clock, options "
         f"{options or 'default'}, {args.steps} steps, load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}",

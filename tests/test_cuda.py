@@ -12,6 +12,7 @@ benchmarks/gpu_check.sh`` runs them on a GPU machine.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -26,14 +27,26 @@ pytestmark = [
 ]
 
 
+def _set_sync_debug_mode(mode: int | str) -> None:
+    """``torch.cuda.set_sync_debug_mode`` without its "prototype feature" UserWarning
+    (torch 2.11 warns each time; pyproject turns warnings into errors)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Synchronization debug mode is a prototype", category=UserWarning
+        )
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 @contextlib.contextmanager
 def sync_is_an_error() -> Iterator[None]:
     previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
     try:
+        # Inside the try: whatever happens, the mode is put back, so one failing test
+        # cannot turn every later test's ordinary synchronising call into an error.
+        _set_sync_debug_mode("error")
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(previous)
+        _set_sync_debug_mode(previous)
 
 
 def _model() -> nn.Module:
