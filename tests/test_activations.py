@@ -466,6 +466,35 @@ def test_a_module_called_many_times_averages_its_calls_within_bounded_memory(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_copies_wait_for_one_batch_on_an_accelerator_and_for_several_on_the_cpu() -> None:
+    """One position of a large batch can hold more than MEASURED_VALUES values (1 MiB
+    here): the CPU's cache-sized budget computes twelve such copies in batches along the
+    way, an accelerator's (the meta device stands for one) in one batch at the end, since
+    there each batch is kernel launches paid by the host."""
+    from gradwatch._measure.activations import (
+        PENDING_BYTES,
+        PENDING_BYTES_ACCELERATOR,
+        ROLE_MIXING,
+        PendingStats,
+        _Target,
+        pending_bytes,
+    )
+
+    assert pending_bytes(torch.device("cpu")) == PENDING_BYTES == 4 * 2**20
+    assert pending_bytes(torch.device("cuda")) == PENDING_BYTES_ACCELERATOR == 64 * 2**20
+    batches = {}
+    for device in ("cpu", "meta"):
+        pending = PendingStats()
+        targets = [_Target(f"conv{i}", ROLE_MIXING) for i in range(12)]
+        for _ in range(2):  # the second sampled step's slabs are sized by the first's
+            for target in targets:  # (256, 32, 32, 32): one kept image row of 2^18 values
+                pending.add(target, torch.ones(256, 32, 32, 32, device=device))
+            batches[device] = len(pending._done) + len(pending._slabs)
+            sample = pending.take()
+            assert sample is not None and len(sample.layers) == 12
+    assert batches == {"cpu": 3, "meta": 1}
+
+
 def test_a_nan_in_one_output_of_a_batch_leaves_the_others_statistics_exact() -> None:
     from gradwatch._measure.activations import (
         ROLE_ACTIVATION,

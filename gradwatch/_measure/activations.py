@@ -38,7 +38,8 @@ outputs of the same shape and kind, and the statistics of every slab are compute
 batch of reductions over dimensions when the step is collected (:class:`PendingStats`):
 about twenty ops per kind of output instead of some forty per module, in hooks where an
 op costs several times what it costs in a loop. The copies waiting take at most
-:data:`PENDING_BYTES`; beyond, they are computed in batches along the way.
+:data:`PENDING_BYTES` on the CPU and :data:`PENDING_BYTES_ACCELERATOR` on a GPU
+(:func:`pending_bytes`); beyond, they are computed in batches along the way.
 
 Only training forwards count: forwards with gradients disabled (``torch.no_grad()``,
 inference mode: validation loops) and forwards of modules in eval mode are skipped
@@ -81,6 +82,14 @@ MEASURED_VALUES = 2**15
 #: many bytes, all shapes together: 32 outputs of MEASURED_VALUES values. Batches that
 #: large already cost little more than their memory passes; beyond, they only hold memory.
 PENDING_BYTES = 4 * 2**20
+#: The same bound on an accelerator. A measured part keeps every sample and every feature
+#: of its kept positions, so with large batches one copy can exceed MEASURED_VALUES (a
+#: (256, 32, 32, 32) feature map keeps one image row: 2^18 values, 1 MiB); 4 MiB then
+#: holds a few copies and a CNN's sampled step is computed in a dozen small batches, each
+#: some twenty kernel launches the host pays for. Device memory is not the scarce part
+#: there (the model keeps every activation for its backward pass): 64 MiB is a few
+#: hundred such copies, computed in one batch per kind.
+PENDING_BYTES_ACCELERATOR = 64 * 2**20
 #: Rows of a slab for a kind of output not seen at the previous sampled step.
 FIRST_ROWS = 8
 
@@ -194,6 +203,14 @@ def _cut(shape: torch.Size) -> _Cut:
     kept = -(-length // stride)
     part = torch.Size((*shape[:axis], kept, *shape[axis + 1 :]))
     return _Cut(part, samples, math.prod(part) // samples, axis, stride)
+
+
+def pending_bytes(device: torch.device) -> int:
+    """How many bytes of copies may wait for their statistics on ``device``: a
+    cache-sized :data:`PENDING_BYTES` on the CPU, :data:`PENDING_BYTES_ACCELERATOR` on a
+    GPU (or another accelerator), where the kernel launches of many small batches cost
+    more than the memory."""
+    return PENDING_BYTES if device.type == "cpu" else PENDING_BYTES_ACCELERATOR
 
 
 def _reading_back_is_free(device: torch.device) -> bool:
@@ -326,7 +343,7 @@ class PendingStats:
     instead of some forty per module (on a small tensor, an op's dispatch costs more than
     its arithmetic, and in a forward hook several times more than in a loop of ops).
 
-    Memory stays bounded: a slab holds at most :data:`PENDING_BYTES` (at least one row),
+    Memory stays bounded: a slab holds at most :func:`pending_bytes` (at least one row),
     and all open slabs together too; a full slab is computed before its rows are reused,
     and opening one beyond the budget computes and frees every open slab first. An RNN
     cell called 500 times in a step is measured in batches, never holding more copies
@@ -458,9 +475,10 @@ class PendingStats:
 
     def _open(self, kind: _Kind) -> _Group:
         row_bytes = kind.dtype.itemsize * kind.samples * kind.units
-        rows = min(self._rows_before.get(kind, FIRST_ROWS), PENDING_BYTES // row_bytes)
+        budget = pending_bytes(kind.device)
+        rows = min(self._rows_before.get(kind, FIRST_ROWS), budget // row_bytes)
         rows = max(1, rows)
-        if self._slabs and self._slab_bytes + rows * row_bytes > PENDING_BYTES:
+        if self._slabs and self._slab_bytes + rows * row_bytes > budget:
             self.flush()
         slab = torch.empty((rows, kind.samples, kind.units), dtype=kind.dtype, device=kind.device)
         group = self._slabs[kind] = _Group(slab, [])
