@@ -222,3 +222,92 @@ def test_plot_legend_is_outside_the_lines_and_both_panels_name_layers_alike() ->
     legend = side_ax.get_legend().get_window_extent(renderer)
     axes = side_ax.get_window_extent(renderer)
     assert legend.y1 <= axes.y0  # below the panel, not on its lines
+
+
+# ------------------------------------------ issue 21: the picture is drawn off the step
+
+
+def _images(logdir) -> list:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    if "gradient_flow" not in accumulator.Tags()["images"]:
+        return []
+    return accumulator.Images("gradient_flow")
+
+
+def _drawing_threads(monkeypatch) -> list[str]:
+    """Record the name of the thread each picture is drawn on."""
+    import threading
+
+    from gradwatch._sinks import flowplot
+
+    threads: list[str] = []
+    draw = flowplot.flow_picture_rgb
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(flowplot, "flow_picture_rgb", recorded)
+    return threads
+
+
+def test_the_picture_is_drawn_on_the_writer_thread_not_the_training_thread(
+    tmp_path, monkeypatch
+) -> None:
+    """Drawing and compressing a picture take tens of milliseconds: with its own event
+    file the sink hands them to the event writer's thread; the pictures land at the same
+    steps, complete."""
+    threads = _drawing_threads(monkeypatch)
+    _train(tmp_path, 8, flow_image_every=3)
+    assert threads == ["gradwatch-event-writer"] * 3
+    images = _images(tmp_path)
+    assert [image.step for image in images] == [3, 6, 7]
+    assert all(image.encoded_image_string.startswith(b"\x89PNG") for image in images)
+
+
+def test_with_the_users_summary_writer_the_picture_is_drawn_at_once(tmp_path, monkeypatch) -> None:
+    """A user's SummaryWriter has no writer thread of gradwatch's: the picture is drawn
+    on the calling thread and written through that writer."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    threads = _drawing_threads(monkeypatch)
+    model = make_mlp(depth=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    writer = SummaryWriter(str(tmp_path))
+    with gradwatch.watch(model, optimizer, writer=writer, flow_image_every=2):
+        train_steps(model, optimizer, regression_batches(4))
+    writer.close()
+    assert threads == [threading.current_thread().name] * 2
+    assert [image.step for image in _images(tmp_path)] == [2, 3]  # steps 0-3, 3 at close
+
+
+def test_a_picture_that_fails_to_draw_switches_only_the_picture_off(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A failure while drawing on the writer thread: one warning, no picture from then
+    on, and every scalar still written (the writer thread is not poisoned)."""
+    from gradwatch._sinks import flowplot
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(flowplot, "flow_picture_rgb", broken)
+    with caplog.at_level("WARNING", logger="gradwatch"):
+        gw = _train(tmp_path, 9, flow_image_every=2)
+    assert calls == [1]  # the first picture failed; none was drawn after it
+    failed = [r for r in caplog.records if "gradient-flow image failed" in r.getMessage()]
+    assert len(failed) == 1
+    assert _images(tmp_path) == []
+    run = read_run(tmp_path)
+    assert len(run.scalars["grad_norm/0"]) == 9
+    assert not gw.alerts

@@ -196,3 +196,37 @@ def test_event_file_deleted_mid_run_is_reopened_with_one_warning(
     steps = [s for s, _ in run.scalars["total/grad_norm"]]
     assert steps[-35:] == list(range(5, 40))  # every step after the deletion is on disk
     assert run.has_layout and len(run.runs) == 1
+
+
+def test_a_summary_made_on_the_writer_thread_lands_at_its_step_and_a_failing_one_is_skipped(
+    tmp_path, caplog
+) -> None:
+    """``add_summary_later``: the writer thread makes the summary and writes it at the
+    step and wall time it was queued with; a maker that raises is logged and skipped,
+    and the records around it are written (the writer is not marked failed)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from gradwatch._sinks.eventfile import EventFileWriter
+
+    def scalar(value: float) -> Summary:
+        return Summary(value=[Summary.Value(tag="x", simple_value=value)])
+
+    def broken() -> Summary:
+        raise ValueError("cannot make it")
+
+    writer = EventFileWriter(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        writer.add_summary(scalar(1.0), 1)
+        writer.add_summary_later(lambda: scalar(2.0), 2)
+        writer.add_summary_later(broken, 3)
+        writer.add_summary_later(lambda: None, 4)  # nothing to write
+        writer.add_summary(scalar(5.0), 5)
+        writer.close()
+    assert writer.error is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "gradwatch: making a summary for step 3 failed; it is not written"
+    ]
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("x")] == [(1, 1.0), (2, 2.0), (5, 5.0)]

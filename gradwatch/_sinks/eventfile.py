@@ -5,7 +5,10 @@ and ``event_pb2.Event`` is the payload; ``torch.utils.tensorboard.summary`` buil
 summaries. What this module owns is the thread: the training thread only puts events
 on a bounded queue, and a failure on disk (full disk, vanished directory) is kept and
 re-raised on the caller's next call, where the sink guard turns it into one warning,
-instead of escaping the thread as a traceback.
+instead of escaping the thread as a traceback. A summary that is costly to make (a
+picture: drawing it and compressing the PNG take tens of milliseconds) can be queued as
+a function that the writer thread calls (:meth:`EventFileWriter.add_summary_later`), so
+the training thread only gathers its data.
 
 It also notices when its file is deleted or replaced under it (``rm`` of the file,
 ``rm -rf dir; mkdir dir``): writes would go on into an unlinked file and be lost without
@@ -37,7 +40,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,15 @@ class _Flush:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+
+
+class _Later:
+    """Queue item: a summary that the writer thread makes (``make()``), for ``step``."""
+
+    def __init__(self, make: Callable[[], Any], step: int, wall_time: float) -> None:
+        self.make = make
+        self.step = step
+        self.wall_time = wall_time
 
 
 _STOP = object()
@@ -172,13 +184,21 @@ class EventFileWriter:
     # ------------------------------------------------------------ training thread
     def add_summary(self, summary: Any, step: int) -> None:
         """Queue a ``Summary`` for ``step``; raises a failure the writer thread met."""
+        self._queue(self._event_cls(wall_time=time.time(), step=int(step), summary=summary))
+
+    def add_summary_later(self, make: Callable[[], Any], step: int) -> None:
+        """Queue a ``Summary`` for ``step`` that the writer thread makes by calling
+        ``make()`` (``None``: nothing to write). ``make`` must not raise; if it does, the
+        exception is logged and nothing is written (the file and the other records are
+        unaffected). Its wall time is now, when it was queued."""
+        self._queue(_Later(make, int(step), time.time()))
+
+    def _queue(self, item: Any) -> None:
         if self._forked:
             self._say_forked()
             return
         self._raise_if_failed()
-        self._pending.append(
-            self._event_cls(wall_time=time.time(), step=int(step), summary=summary)
-        )
+        self._pending.append(item)
         if len(self._pending) >= self._max_pending:
             # Back-pressure rather than unbounded memory or dropped data.
             self._wait_for(self._push(_Flush()), 30.0)
@@ -254,6 +274,10 @@ class EventFileWriter:
             self._wake.clear()
             while self._pending:
                 item = self._pending.popleft()
+                if isinstance(item, _Later):  # made here; not at all once writing failed
+                    item = self._made(item) if self.error is None else None
+                    if item is None:
+                        continue
                 try:
                     if not isinstance(item, self._event_cls):  # a _Flush marker or _STOP
                         self._flush_file()
@@ -278,6 +302,21 @@ class EventFileWriter:
                     if self.error is None:
                         self.error = error
                 last_flush = time.monotonic()
+
+    def _made(self, later: _Later) -> Any:
+        """The event of a summary queued with :meth:`add_summary_later`, or None."""
+        try:
+            summary = later.make()
+        except Exception:  # its maker's fault, not the file's: the writer goes on
+            logger.warning(
+                "gradwatch: making a summary for step %d failed; it is not written",
+                later.step,
+                exc_info=True,
+            )
+            return None
+        if summary is None:
+            return None
+        return self._event_cls(wall_time=later.wall_time, step=later.step, summary=summary)
 
     def _write(self, record: bytes) -> None:
         self._records.write(record)

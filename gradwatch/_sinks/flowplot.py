@@ -10,12 +10,13 @@ as a bright band that grows with time. Two renderings:
   matplotlib is optional (the ``cli`` extra): it is imported here, lazily, and only its
   object-oriented API is used (``Figure`` + the Agg canvas), never ``pyplot``.
 * :func:`flow_picture_rgb`: the heat map with layer names, step numbers and a colour bar,
-  drawn with numpy (and a 5x7 pixel font, :mod:`.pixelfont`) in a few milliseconds, for
-  the TensorBoard image a training process writes every ``flow_image_every`` steps;
-  :func:`flow_heatmap_rgb` is its bare heat map.
+  drawn with numpy (and a 5x7 pixel font, :mod:`.pixelfont`) in about 10 ms, for the
+  TensorBoard image a training process writes every ``flow_image_every`` steps (on the
+  event writer's thread, where the PNG's compression, twice that, runs without the
+  GIL); :func:`flow_heatmap_rgb` is its bare heat map.
   A matplotlib figure costs about a second of the training thread's time (and holds the
-  GIL, so a background thread would stall training just the same); this costs nothing
-  measurable and imports nothing.
+  GIL, so a background thread would stall training just the same); this costs little
+  and imports nothing.
 """
 
 from __future__ import annotations

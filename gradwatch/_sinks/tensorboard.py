@@ -27,7 +27,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from gradwatch._history import History
 from gradwatch._measure.layers import LayerIndex
 from gradwatch._measure.record import StepRecord
 from gradwatch._names import tag_of, tensorboard_tag
+
+if TYPE_CHECKING:
+    from gradwatch._sinks.flowplot import FlowData
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +356,8 @@ class TensorBoardSink:
     ``gradient_flow``: at every step that is a multiple of ``flow_image_every`` and
     once more at ``close()`` if steps came since, so a short run still gets one. Drawing
     happens on the host, from numbers already there (no device sync), with numpy alone
-    (no matplotlib, no Pillow) in a few milliseconds; the newest ``history`` steps are
-    drawn.
+    (no matplotlib, no Pillow), on the event writer's thread (see
+    :meth:`write_flow_image`); the newest ``history`` steps are drawn.
     """
 
     def __init__(
@@ -448,39 +451,63 @@ class TensorBoardSink:
     def write_flow_image(self) -> None:
         """Draw the gradient-flow heat map of the history so far, at the latest step.
 
-        A failure to draw switches only the picture off (one warning in the log); the
-        scalars and alerts keep flowing.
+        The training thread only gathers the picture's numbers (a fraction of a
+        millisecond); drawing it and compressing the PNG (tens of milliseconds) happen on
+        the event writer's thread when the sink writes its own event file, and here when
+        it writes into a user's SummaryWriter. A failure to draw switches only the
+        picture off (one warning in the log); the scalars and alerts keep flowing.
         """
         index = self._index
         if self._history is None or index is None or not len(self._history):
             return
         if not index.num_layers:
             return
-        from gradwatch._sinks.flowplot import flow_from_history, flow_picture_rgb
-        from gradwatch._sinks.png import encode_png
+        from gradwatch._sinks.flowplot import flow_from_history
 
         records = list(self._history)
         step = records[-1].step
         self._last_image_step = step
         try:
             data = flow_from_history(records, index.tags)
+        except Exception:
+            self._picture_failed()
+            return
+        later = getattr(self._file_writer, "add_summary_later", None)
+        if later is not None:
+            later(lambda: self._flow_image_summary(data, step), step)
+            return
+        summary = self._flow_image_summary(data, step)
+        if summary is not None:
+            self._file_writer.add_summary(summary, step)
+
+    def _flow_image_summary(self, data: FlowData, step: int) -> Any:
+        """The picture of ``data`` as an image ``Summary``; None (and the picture off
+        for the rest of the run) if drawing it failed. Runs on the writer thread."""
+        from gradwatch._sinks.flowplot import flow_picture_rgb
+        from gradwatch._sinks.png import encode_png
+
+        if not self._flow_every:  # an earlier picture, queued before, failed: off
+            return None
+        try:
             image = flow_picture_rgb(data, title=f"gradient flow at step {step}")
             png = encode_png(image)
         except Exception:
-            logger.warning(
-                "gradwatch: drawing the gradient-flow image failed; it is off for the rest "
-                "of this run (scalars and alerts are unaffected).",
-                exc_info=True,
-            )
-            self._flow_every = 0
-            return
+            self._picture_failed()
+            return None
         picture = self._summary_cls.Image(
             height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=png
         )
-        summary = self._summary_cls(
-            value=[self._summary_cls.Value(tag=FLOW_IMAGE_TAG, image=picture)]
+        return self._summary_cls(value=[self._summary_cls.Value(tag=FLOW_IMAGE_TAG, image=picture)])
+
+    def _picture_failed(self) -> None:
+        """Switch the picture off for the rest of the run, saying why once (called in
+        an ``except`` block: the traceback is logged)."""
+        logger.warning(
+            "gradwatch: drawing the gradient-flow image failed; it is off for the rest "
+            "of this run (scalars and alerts are unaffected).",
+            exc_info=True,
         )
-        self._file_writer.add_summary(summary, step)
+        self._flow_every = 0
 
     def write_alert(self, alert: Alert) -> None:
         self._check_logdir()
