@@ -263,6 +263,11 @@ def _against_own_noise(
     steps = latest.step + 1 if latest is not None else len(series)
     after_warmup = steps - warmup
     at_chance = bool(chance) and end > (1.0 - AT_CHANCE) * float(chance or 0.0)
+    # Collapsed steps are rarer, so their loss may sit a little further from chance.
+    near_chance = bool(chance) and end > (1.0 - NEAR_CHANCE) * float(chance or 0.0)
+    may_be_stuck = after_warmup >= AT_CHANCE_STEPS and (at_chance or near_chance)
+    if fall > needed and not may_be_stuck:
+        return None  # learning, and not at chance: no need to read every record's steps
     updates = [
         update
         for r in history
@@ -274,9 +279,7 @@ def _against_own_noise(
     # outgrew the rate: typical of Post-LN transformers trained without warmup). A loss
     # at chance with ordinary steps may be the plateau many models sit on first.
     collapsed = bool(updates) and typical_update * COLLAPSE < updates[0]
-    # Collapsed steps are rarer, so their loss may sit a little further from chance.
-    near_chance = bool(chance) and end > (1.0 - NEAR_CHANCE) * float(chance or 0.0)
-    stuck = after_warmup >= AT_CHANCE_STEPS and (
+    stuck = may_be_stuck and (
         (at_chance and typical_update > LARGE_UPDATE) or (near_chance and collapsed)
     )
     if fall > needed and not stuck:
