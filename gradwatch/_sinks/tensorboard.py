@@ -482,7 +482,8 @@ class TensorBoardSink:
 
     def _flow_image_summary(self, data: FlowData, step: int) -> Any:
         """The picture of ``data`` as an image ``Summary``; None (and the picture off
-        for the rest of the run) if drawing it failed. Runs on the writer thread."""
+        for the rest of the run) if drawing it failed. Runs on the event writer's thread
+        (on the caller's with a user's SummaryWriter)."""
         from gradwatch._sinks.flowplot import flow_picture_rgb
         from gradwatch._sinks.png import encode_png
 
