@@ -8,7 +8,8 @@
 #    which it installs what is missing: torch (unpinned: pip picks the CUDA build for
 #    this machine), numpy, tensorboard, pytest. gradwatch itself runs from this checkout;
 # 2. fails at once, saying so, when torch sees no CUDA device (exit status 2);
-# 3. runs the CUDA-only tests (tests/test_cuda.py: no host sync in watched steps under
+# 3. runs the CUDA-only tests (pytest -m cuda: tests/test_cuda.py and test_amp.py's; no
+#    host sync in watched steps or in AMP unscaling and clipping under
 #    torch.cuda.set_sync_debug_mode("error"), pinned host copies, device memory);
 # 4. runs the overhead table on the GPU (benchmarks/bench_overhead.py --device cuda,
 #    bigger batches), written to benchmarks/results/ (and to $OUT when that is set);
@@ -79,9 +80,9 @@ trap 'rm -rf "$WORK"' EXIT
 RESULTS="${GPU_CHECK_RESULTS:-$REPO/benchmarks/results}"
 
 # ----------------------------------------------------------------- 3. the CUDA tests
-log "CUDA-only tests (tests/test_cuda.py) ..."
+log "CUDA-only tests (pytest -m cuda tests) ..."
 timeout "${GPU_CHECK_TEST_TIMEOUT:-90}" "$PY" -m pytest -q -p no:cacheprovider -m cuda \
-  --junitxml="$WORK/cuda-tests.xml" tests/test_cuda.py 2>&1 | tee "$WORK/cuda-tests.txt" >&2
+  --junitxml="$WORK/cuda-tests.xml" tests 2>&1 | tee "$WORK/cuda-tests.txt" >&2
 TESTS_RC=${PIPESTATUS[0]}
 
 # ----------------------------------------------------------------- 4. the overhead table

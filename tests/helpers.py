@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -112,3 +114,27 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
+
+
+def _set_sync_debug_mode(mode: int | str) -> None:
+    """``torch.cuda.set_sync_debug_mode`` without its "prototype feature" UserWarning
+    (torch 2.11 warns each time; pyproject turns warnings into errors)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Synchronization debug mode is a prototype", category=UserWarning
+        )
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+@contextlib.contextmanager
+def sync_is_an_error() -> Iterator[None]:
+    """Within the block, every CUDA call that synchronises the host with the device
+    (``.item()``, ``.cpu()``, a blocking copy) raises."""
+    previous = torch.cuda.get_sync_debug_mode()
+    try:
+        # Inside the try: whatever happens, the mode is put back, so one failing test
+        # cannot turn every later test's ordinary synchronising call into an error.
+        _set_sync_debug_mode("error")
+        yield
+    finally:
+        _set_sync_debug_mode(previous)

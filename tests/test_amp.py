@@ -17,7 +17,7 @@ from torch import nn
 import gradwatch
 from gradwatch._cli.logreader import read_run
 
-from .helpers import make_mlp, regression_batches
+from .helpers import make_mlp, regression_batches, sync_is_an_error
 
 OPTIMIZERS = [
     pytest.param(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), id="sgd-momentum"),
@@ -300,14 +300,11 @@ def test_unscaling_and_clipping_never_sync_the_host(clip) -> None:
         scaler.scale(loss).backward()
         params = list(model.parameters())
         target = ClipTarget(params, [p.grad for p in params], ["0"] * len(params))
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with sync_is_an_error():
             bridge.unscale(optimizer)
             found_inf = bridge.found_inf(optimizer, torch.device("cuda"))
             total = torch.nn.utils.get_total_norm(target.grads)
             coef = clip.clip_(target, total)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
         assert found_inf is not None and coef.device.type == "cuda"
         scaler.step(optimizer)
         scaler.update()

@@ -12,8 +12,6 @@ benchmarks/gpu_check.sh`` runs them on a GPU machine.
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,32 +19,12 @@ from torch import nn
 
 import gradwatch
 
+from .helpers import sync_is_an_error
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-
-def _set_sync_debug_mode(mode: int | str) -> None:
-    """``torch.cuda.set_sync_debug_mode`` without its "prototype feature" UserWarning
-    (torch 2.11 warns each time; pyproject turns warnings into errors)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Synchronization debug mode is a prototype", category=UserWarning
-        )
-        torch.cuda.set_sync_debug_mode(mode)
-
-
-@contextlib.contextmanager
-def sync_is_an_error() -> Iterator[None]:
-    previous = torch.cuda.get_sync_debug_mode()
-    try:
-        # Inside the try: whatever happens, the mode is put back, so one failing test
-        # cannot turn every later test's ordinary synchronising call into an error.
-        _set_sync_debug_mode("error")
-        yield
-    finally:
-        _set_sync_debug_mode(previous)
 
 
 def _model() -> nn.Module:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def _fork(child) -> int:
             torch.set_num_threads(1)
             child()
         except BaseException:
+            traceback.print_exc()  # the child's failure, on the test's captured stderr
             code = 1
         finally:
             os._exit(code)
