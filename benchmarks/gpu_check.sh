@@ -3,10 +3,12 @@
 #
 #   bash benchmarks/gpu_check.sh [bench_overhead.py options, e.g. --rounds 30]
 #
-# 1. finds a Python with a CUDA build of torch, or makes one: a virtual environment
-#    (default ~/.cache/gradwatch-gpu-venv, with the system's site packages visible) into
-#    which it installs what is missing: torch (unpinned: pip picks the CUDA build for
-#    this machine), numpy, tensorboard, pytest. gradwatch itself runs from this checkout;
+# 1. finds a Python with a CUDA build of torch: python3 on PATH when it has that build and
+#    numpy, tensorboard and pytest (a GPU image's own; nothing installed, no network), or
+#    else a virtual environment (default ~/.cache/gradwatch-gpu-venv, with the system's
+#    site packages visible) into which it installs what is missing: torch (unpinned: pip
+#    picks the CUDA build for this machine, several GB), numpy, tensorboard, pytest.
+#    gradwatch itself runs from this checkout;
 # 2. fails at once, saying so, when torch sees no CUDA device (exit status 2);
 # 3. runs the CUDA-only tests (pytest -m cuda: tests/test_cuda.py and test_amp.py's; no
 #    host sync in watched steps or in AMP unscaling and clipping under
@@ -24,8 +26,12 @@ REPO="$(pwd)"
 log() { echo "[gpu_check] $*" >&2; }
 
 # ----------------------------------------------------------------- 1. the interpreter
+READY='import sys, numpy, tensorboard, pytest, torch; sys.exit(torch.version.cuda is None)'
 if [ -n "${GPU_CHECK_PYTHON:-}" ]; then
   PY="$GPU_CHECK_PYTHON"
+elif command -v python3 >/dev/null && python3 -c "$READY" 2>/dev/null; then
+  PY="$(command -v python3)"  # the machine's own CUDA torch, as it is: nothing installed
+  log "using $PY (a CUDA build of torch with numpy, tensorboard and pytest)"
 else
   VENV="${GPU_CHECK_VENV:-$HOME/.cache/gradwatch-gpu-venv}"
   BASE="$(command -v python3 || command -v python || true)"
