@@ -37,6 +37,11 @@ def spike_of(series: np.ndarray, config: WatchConfig, *, log: bool) -> Spike | N
     previous = series[:-1][np.isfinite(series[:-1])][-config.spike_window :]
     if previous.size < config.spike_warmup:
         return None
+    lowest = float(previous.min())
+    if lowest > 0 and value < config.spike_ratio * lowest:
+        # The median (plain or geometric) is at least the lowest value, so the ratio to it
+        # is below spike_ratio: no spike, and most steps end here without the sorting.
+        return None
     if log:
         if value <= 0 or not (previous > 0).all():
             return None

@@ -100,21 +100,21 @@ def _magnitude(record: StepRecord, context: DetectorContext) -> Alert | None:
 
 def _growth(history: History, context: DetectorContext) -> Alert | None:
     config = context.config
-    records = history.last(config.trend_window)
-    totals = np.array([r.total_grad_norm for r in records], dtype=np.float64)
+    # The history's column: the records themselves are read only for a growth.
+    totals = history.series("total_grad_norm", config.trend_window)
     usable = np.isfinite(totals) & (totals > 0)
-    if len(records) < 4 or not usable[-1]:
+    if len(totals) < 4 or not usable[-1]:
         return None
     # the run of finite values ending at the latest step
     start = len(usable) - int(np.argmin(usable[::-1])) if not usable.all() else 0
-    window = records[start:]
     totals = totals[start:]
-    if len(window) < 4:
+    if len(totals) < 4:
         return None
     low = int(np.argmin(totals[:-1]))
     growth = float(totals[-1] / totals[low])
     if growth < config.exploding_growth:
         return None
+    window = history.last(len(totals))
     rising = float(np.mean(np.diff(totals[low:]) > 0))
     if rising < 0.7:
         return None
