@@ -9,7 +9,8 @@
 #    site packages visible) into which it installs what is missing: torch (unpinned: pip
 #    picks the CUDA build for this machine, several GB), numpy, tensorboard, pytest.
 #    gradwatch itself runs from this checkout;
-# 2. fails at once, saying so, when torch sees no CUDA device (exit status 2);
+# 2. fails at once, saying so, when torch sees no CUDA device (exit status 2; before
+#    installing anything when nvidia-smi lists no GPU);
 # 3. runs the CUDA-only tests (pytest -m cuda: tests/test_cuda.py and test_amp.py's; no
 #    host sync in watched steps or in AMP unscaling and clipping under
 #    torch.cuda.set_sync_debug_mode("error"), pinned host copies, device memory);
@@ -33,6 +34,11 @@ elif command -v python3 >/dev/null && python3 -c "$READY" 2>/dev/null; then
   PY="$(command -v python3)"  # the machine's own CUDA torch, as it is: nothing installed
   log "using $PY (a CUDA build of torch with numpy, tensorboard and pytest)"
 else
+  # Before installing several GB of torch: is there an NVIDIA GPU at all?
+  if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    log "FAILED: no NVIDIA GPU found (nvidia-smi is missing or lists none); this check needs one"
+    exit 2
+  fi
   VENV="${GPU_CHECK_VENV:-$HOME/.cache/gradwatch-gpu-venv}"
   BASE="$(command -v python3 || command -v python || true)"
   if [ -z "$BASE" ]; then

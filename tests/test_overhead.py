@@ -443,6 +443,29 @@ def test_gpu_check_fails_clearly_without_a_gpu() -> None:
     assert "CUDA-only tests" not in done.stderr  # stopped before running anything
 
 
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks a machine without one")
+@pytest.mark.skipif(torch.version.cuda is not None, reason="a CUDA torch is a ready interpreter")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_installs_nothing_where_nvidia_smi_lists_no_gpu(tmp_path) -> None:
+    """Without a ready interpreter the check would build a venv and install a CUDA torch
+    (several GB): where no NVIDIA GPU is visible it stops first, saying so."""
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_PYTHON"}
+    env["GPU_CHECK_VENV"] = str(venv)
+    # python3 on PATH is this interpreter, whose torch is a CPU build: not "ready".
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no NVIDIA GPU found" in done.stderr
+    assert not venv.exists()
+
+
 def test_profile_step_clocks_time_what_they_find_and_put_it_back() -> None:
     import threading
 
