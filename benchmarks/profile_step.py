@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-baseline", action="store_true", help="skip the unwatched steps after the run"
     )
     args = parser.parse_args(argv)
+    if args.batch_scale < 1:
+        parser.error(f"--batch-scale: expected an integer >= 1, got {args.batch_scale}")
     torch.set_num_threads(args.threads)
     options = parse_options(args.options)
     device = torch.device(args.device)

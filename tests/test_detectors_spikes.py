@@ -69,3 +69,36 @@ def test_healthy_training_has_no_spikes() -> None:
     torch.manual_seed(0)
     report = gradwatch.check(he_mlp(depth=4), regression(6), mse, steps=30)
     assert not [a for a in report.alerts if a.kind.endswith("_spike")]
+
+
+def test_the_cheap_no_spike_test_never_changes_a_verdict(monkeypatch) -> None:
+    """``spike_of`` skips its sorting when the value is below spike_ratio times the
+    lowest previous value: over series that sit at that boundary (an ulp below and above
+    3x a constant, where exp(log(c)) rounds below c), with zeros, negatives, NaN and
+    spikes, it gives exactly what the full computation gives."""
+    import math
+
+    from gradwatch._detectors import _spike
+
+    config = WatchConfig()
+    generator = np.random.default_rng(7)
+    cases = []
+    for c in generator.uniform(1e-3, 1e3, 200):
+        boundary = config.spike_ratio * c
+        for value in (np.nextafter(boundary, 0), boundary, np.nextafter(boundary, math.inf)):
+            cases.append(np.array([c] * 10 + [value]))
+    for _ in range(300):
+        series = np.exp(generator.normal(0, 1, 40))
+        series[-1] *= generator.choice([0.5, 1.0, 2.9, 3.0, 3.1, 10.0, 1e3])
+        if generator.random() < 0.2:
+            series[generator.integers(0, 39)] = generator.choice([0.0, -1.0, np.nan, np.inf])
+        cases.append(series)
+    fast = [
+        (_spike.spike_of(s, config, log=True), _spike.spike_of(s, config, log=False)) for s in cases
+    ]
+    monkeypatch.setattr(_spike, "_below_any_spike", lambda *args: False)
+    full = [
+        (_spike.spike_of(s, config, log=True), _spike.spike_of(s, config, log=False)) for s in cases
+    ]
+    assert fast == full
+    assert sum(spike is not None for pair in full for spike in pair) > 100  # spikes were there

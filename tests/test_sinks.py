@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -215,10 +216,15 @@ def test_a_summary_made_on_the_writer_thread_lands_at_its_step_and_a_failing_one
     def broken() -> Summary:
         raise ValueError("cannot make it")
 
+    def slow() -> Summary:
+        time.sleep(0.5)  # made well after it was queued
+        return scalar(2.0)
+
     writer = EventFileWriter(str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
         writer.add_summary(scalar(1.0), 1)
-        writer.add_summary_later(lambda: scalar(2.0), 2)
+        queued = time.time()
+        writer.add_summary_later(slow, 2)
         writer.add_summary_later(broken, 3)
         writer.add_summary_later(lambda: None, 4)  # nothing to write
         writer.add_summary(scalar(5.0), 5)
@@ -229,4 +235,6 @@ def test_a_summary_made_on_the_writer_thread_lands_at_its_step_and_a_failing_one
     ]
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))
     accumulator.Reload()
-    assert [(e.step, e.value) for e in accumulator.Scalars("x")] == [(1, 1.0), (2, 2.0), (5, 5.0)]
+    events = accumulator.Scalars("x")
+    assert [(e.step, e.value) for e in events] == [(1, 1.0), (2, 2.0), (5, 5.0)]
+    assert abs(events[1].wall_time - queued) < 0.25  # when queued, not when made

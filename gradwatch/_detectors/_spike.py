@@ -22,6 +22,20 @@ class Spike:
     samples: int
 
 
+#: Relative slack of :func:`_below_any_spike`: far above the rounding of the median's
+#: arithmetic (exp(log(x)) may fall an ulp below x), far below any meaningful ratio.
+_SLACK = 1e-9
+
+
+def _below_any_spike(value: float, previous: np.ndarray, ratio: float) -> bool:
+    """True when ``value`` cannot be ``ratio`` times the median of the positive
+    ``previous`` values: that median (plain, or geometric on the log scale) is at least
+    their lowest value, so a value below ``ratio`` times the lowest (with a slack for
+    rounding) is no spike. A cheap test that spares ordinary steps the sorting."""
+    lowest = float(previous.min())
+    return lowest > 0 and value * (1.0 + _SLACK) < ratio * lowest
+
+
 def spike_of(series: np.ndarray, config: WatchConfig, *, log: bool) -> Spike | None:
     """The spike formed by the last value of ``series`` over the values before it, if any.
 
@@ -37,11 +51,8 @@ def spike_of(series: np.ndarray, config: WatchConfig, *, log: bool) -> Spike | N
     previous = series[:-1][np.isfinite(series[:-1])][-config.spike_window :]
     if previous.size < config.spike_warmup:
         return None
-    lowest = float(previous.min())
-    if lowest > 0 and value < config.spike_ratio * lowest:
-        # The median (plain or geometric) is at least the lowest value, so the ratio to it
-        # is below spike_ratio: no spike, and most steps end here without the sorting.
-        return None
+    if _below_any_spike(value, previous, config.spike_ratio):
+        return None  # most steps end here, without the log and the sorting below
     if log:
         if value <= 0 or not (previous > 0).all():
             return None

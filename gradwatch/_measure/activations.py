@@ -38,7 +38,7 @@ outputs of the same shape and kind, and the statistics of every slab are compute
 batch of reductions over dimensions when the step is collected (:class:`PendingStats`):
 about twenty ops per kind of output instead of some forty per module, in hooks where an
 op costs several times what it costs in a loop. The copies waiting take at most
-:data:`PENDING_BYTES` on the CPU and :data:`PENDING_BYTES_ACCELERATOR` on a GPU
+:data:`PENDING_BYTES` on the CPU and :data:`PENDING_BYTES_ACCELERATOR` on any other device
 (:func:`pending_bytes`); beyond, they are computed in batches along the way.
 
 Only training forwards count: forwards with gradients disabled (``torch.no_grad()``,

@@ -431,10 +431,12 @@ class TensorBoardSink:
             self._add_charts(pairs, record.step)
         self._file_writer.add_summary(summary, record.step)
         self._index = index
-        if self._flow_every and record.step >= self._next_image_step:
+        # Read once: the writer thread sets it to 0 when a picture fails to draw.
+        every = self._flow_every
+        if every and record.step >= self._next_image_step:
             # The first logged step at or past each multiple of flow_image_every (with
             # log_every > 1 the multiple itself may not be logged).
-            self._next_image_step = (record.step // self._flow_every + 1) * self._flow_every
+            self._next_image_step = (record.step // every + 1) * every
             self.write_flow_image()
 
     def _add_charts(self, pairs: Iterable[tuple[str, float]], step: int) -> None:
@@ -492,13 +494,14 @@ class TensorBoardSink:
         try:
             image = flow_picture_rgb(data, title=f"gradient flow at step {step}")
             png = encode_png(image)
+            picture = self._summary_cls.Image(
+                height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=png
+            )
+            value = self._summary_cls.Value(tag=FLOW_IMAGE_TAG, image=picture)
         except Exception:
             self._picture_failed()
             return None
-        picture = self._summary_cls.Image(
-            height=image.shape[0], width=image.shape[1], colorspace=3, encoded_image_string=png
-        )
-        return self._summary_cls(value=[self._summary_cls.Value(tag=FLOW_IMAGE_TAG, image=picture)])
+        return self._summary_cls(value=[value])
 
     def _picture_failed(self) -> None:
         """Switch the picture off for the rest of the run, saying why once (called in
