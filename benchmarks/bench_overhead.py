@@ -1124,6 +1124,14 @@ def cuda_memory_section(device: torch.device, steps: int = 20) -> list[str]:
 
 
 # --------------------------------------------------------------------------- output
+def device_option(parser: argparse.ArgumentParser, value: str) -> torch.device:
+    """``--device`` as a device, or the parser's error where torch sees no CUDA device."""
+    device = torch.device(value)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+    return device
+
+
 def machine_name(device: torch.device) -> str:
     """A short, file-name-safe name of what ran the benchmark: the GPU's name, or cpu."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -1227,9 +1235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--block, --rounds and --batch-scale must be positive")
     if 0 < args.own_steps < 10:
         parser.error(f"--own-steps: 0 (none) or at least 10 (one block), got {args.own_steps}")
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    args.device = device_option(parser, args.device)
     names = [w.name for w in workloads(small=True)]
     args.workload_names = [n for n in args.workloads.split(",") if n]
     if not set(args.workload_names) <= set(names):

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_overhead import Workload, synchronize, workloads
+from bench_overhead import Workload, device_option, synchronize, workloads
 
 import gradwatch
 
@@ -258,9 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch-scale: expected an integer >= 1, got {args.batch_scale}")
     torch.set_num_threads(args.threads)
     options = parse_options(args.options)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+    device = device_option(parser, args.device)
     workload = next(
         w for w in workloads(device, batch_scale=args.batch_scale) if w.name == args.workload
     )
@@ -269,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     print(
         f"{workload.name} on {device}, torch {torch.__version__} on {args.threads} threads, "
-        f"{args.clock} "
-        f"clock, options "
-        f"{options or 'default'}, {args.steps} steps, load average "
+        f"{args.clock} clock, options {options or 'default'}, {args.steps} steps, load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}",
         flush=True,
     )

@@ -33,6 +33,19 @@ def _train(logdir, steps: int, **options) -> gradwatch.Watcher:
     return gw
 
 
+def _images(logdir) -> list:
+    """The ``gradient_flow`` images TensorBoard's own reader finds in ``logdir``."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.IMAGES: 0}
+    )
+    accumulator.Reload()
+    if "gradient_flow" not in accumulator.Tags()["images"]:
+        return []
+    return accumulator.Images("gradient_flow")
+
+
 @pytest.mark.parametrize(
     ("steps", "options", "expected"),
     [
@@ -45,17 +58,10 @@ def _train(logdir, steps: int, **options) -> gradwatch.Watcher:
 )
 def test_flow_image_steps(tmp_path, steps: int, options: dict, expected: list[int]) -> None:
     _train(tmp_path, steps, **options)
-    from tensorboard.backend.event_processing import event_accumulator
-
-    accumulator = event_accumulator.EventAccumulator(
-        str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
-    )
-    accumulator.Reload()
-    if not expected:
-        assert "gradient_flow" not in accumulator.Tags()["images"]
-        return
-    images = accumulator.Images("gradient_flow")
+    images = _images(tmp_path)
     assert [image.step for image in images] == expected
+    if not expected:
+        return
     assert images[0].width > 300 and images[0].height > 150
     assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
@@ -108,13 +114,7 @@ def test_the_tensorboard_image_needs_no_matplotlib(tmp_path, monkeypatch) -> Non
     assert not gw.alerts
     run = read_run(tmp_path)
     assert run.images == ("gradient_flow",) and "grad_norm/0" in run.scalars
-    from tensorboard.backend.event_processing import event_accumulator
-
-    accumulator = event_accumulator.EventAccumulator(
-        str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
-    )
-    accumulator.Reload()
-    [image] = accumulator.Images("gradient_flow")
+    [image] = _images(tmp_path)
     assert image.step == 2 and image.encoded_image_string.startswith(b"\x89PNG")
 
 
@@ -225,18 +225,6 @@ def test_plot_legend_is_outside_the_lines_and_both_panels_name_layers_alike() ->
 
 
 # ------------------------------------------ issue 21: the picture is drawn off the step
-
-
-def _images(logdir) -> list:
-    from tensorboard.backend.event_processing import event_accumulator
-
-    accumulator = event_accumulator.EventAccumulator(
-        str(logdir), size_guidance={event_accumulator.IMAGES: 0}
-    )
-    accumulator.Reload()
-    if "gradient_flow" not in accumulator.Tags()["images"]:
-        return []
-    return accumulator.Images("gradient_flow")
 
 
 def _drawing_threads(monkeypatch) -> list[str]:

@@ -430,14 +430,7 @@ def test_gpu_summary_passes_only_when_every_part_passed(bench: Any, pytester: An
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_fails_clearly_without_a_gpu() -> None:
-    env = {**os.environ, "GPU_CHECK_PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(BENCHMARKS / "gpu_check.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _gpu_check({**os.environ, "GPU_CHECK_PYTHON": sys.executable}, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "FAILED: no CUDA device" in done.stderr
     assert "CUDA-only tests" not in done.stderr  # stopped before running anything
@@ -454,16 +447,21 @@ def test_gpu_check_installs_nothing_where_nvidia_smi_lists_no_gpu(tmp_path) -> N
     env["GPU_CHECK_VENV"] = str(venv)
     # python3 on PATH is this interpreter, whose torch is a CPU build: not "ready".
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    done = subprocess.run(
+    done = _gpu_check(env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "no NVIDIA GPU found" in done.stderr
+    assert not venv.exists()
+
+
+def _gpu_check(env: dict[str, str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``bash benchmarks/gpu_check.sh`` in ``env``, its output captured."""
+    return subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh")],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
-    assert done.returncode == 2, done.stderr
-    assert "no NVIDIA GPU found" in done.stderr
-    assert not venv.exists()
 
 
 def test_profile_step_clocks_time_what_they_find_and_put_it_back() -> None:

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradwatch._measure.devices import gather_device, host_values_on
+from gradwatch._measure.devices import gather_device, host_values_on, on_device
 from gradwatch._measure.hooks import SafeHook, log_failure
 from gradwatch._measure.model import ACTIVATION, NORM, TORCH_LINEAR_LIKE, ModelMap, ModuleInfo
 
@@ -442,9 +442,7 @@ class PendingStats:
         owners = tuple(position.get(entry, forgotten) for _, group in done for entry in group)
         layouts = tuple(entry.layout for entry in live)
         plan = self._plan(device, owners, layouts)
-        # non_blocking: a hop from another device (a model across devices) must not stall;
-        # safe, as the gathering device is an accelerator whenever one takes part.
-        parts = [stats.to(device, non_blocking=True) for stats, _ in done]
+        parts = [on_device(stats, device) for stats, _ in done]  # a model across devices
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         if plan.owners is not None:
             sums = torch.zeros(forgotten + 1, len(STATS), dtype=torch.float32, device=device)

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from gradwatch._measure.devices import gather_device
+from gradwatch._measure.devices import gather_device, on_device
 from gradwatch._measure.hooks import SafeHook, being_traced
 from gradwatch._measure.model import ATTENTION, ModelMap
 
@@ -699,7 +699,7 @@ class AttentionProbe:
         accs = list(seen.values())
         device = gather_device(acc.max_logit.device for acc in accs)
         # All modules at once: a handful of ops on (modules,) vectors, not a dozen each.
-        tops = torch.stack([_on(acc.max_logit, device) for acc in accs])
+        tops = torch.stack([on_device(acc.max_logit, device) for acc in accs])
         # At or below MASKED_BELOW: every position was masked (NaN stays NaN).
         tops.masked_fill_(tops <= MASKED_BELOW, float("nan"))
         unknown: Tensor | None = None  # (entropy, ln keys, rows) of a module with no exact call
@@ -710,7 +710,7 @@ class AttentionProbe:
                     unknown = torch.full((3,), float("nan"), dtype=torch.float32, device=device)
                 rows_of.append(unknown)
             else:
-                rows_of.append(_on(acc.sums, device))
+                rows_of.append(on_device(acc.sums, device))
         sums = torch.stack(rows_of)  # (modules, 3)
         means = sums[:, :2] / sums[:, 2:]  # entropy, ln keys: NaN where no rows were seen
         uniform = self._uniform(tuple(acc.keys for acc in accs), device)
@@ -850,12 +850,6 @@ class AttentionProbe:
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
         logger.log(level, "gradwatch: attention statistics failed and were skipped: %r", error)
-
-
-def _on(tensor: Tensor, device: torch.device) -> Tensor:
-    """``tensor`` on ``device``; a module on another device (model parallelism) is
-    copied without waiting."""
-    return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
 
 
 def _plain(value: Any) -> TypeGuard[Tensor]:

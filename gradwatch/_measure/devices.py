@@ -27,6 +27,12 @@ def gather_device(devices: Iterable[torch.device]) -> torch.device:
     return CPU
 
 
+def on_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on the gathering ``device``, moved without the host waiting (safe, as
+    that device is an accelerator whenever one takes part); itself when already there."""
+    return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
+
+
 def host_values_on(
     values: list[int] | list[float], dtype: torch.dtype, device: torch.device
 ) -> Tensor:

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from gradwatch._measure.devices import CPU, host_values_on
+from gradwatch._measure.devices import CPU, host_values_on, on_device
 from gradwatch._measure.layers import LayerIndex
 
 #: A bucket of tensors reduced together: their device, dtype and kernel (see _kernel_of).
@@ -150,10 +150,7 @@ class LayerNorms:
         with torch.no_grad():
             out = torch.zeros(self._num_layers, dtype=torch.float32, device=self.device)
             for bucket, (values, layers) in self._groups(tensors).items():
-                squares = _squared_norms(bucket, values)
-                if squares.device != self.device:
-                    # non_blocking: a device→device hop must not stall the host.
-                    squares = squares.to(self.device, non_blocking=True)
+                squares = on_device(_squared_norms(bucket, values), self.device)
                 out.index_add_(0, self._layer_ids(bucket, layers), squares)
         return out
 
