@@ -494,3 +494,20 @@ def test_profile_step_clocks_time_what_they_find_and_put_it_back() -> None:
     }
     threads = profile.thread_cpu_seconds()
     assert threads["main (training) thread"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-scale", "0"], "--batch-scale: expected an integer >= 1, got 0"),
+        (["--device", "cuda"], "sees no CUDA device"),
+    ],
+)
+def test_profile_step_refuses_bad_options_naming_them(argv, message, capsys) -> None:
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("checks a machine without a GPU")
+    profile = _benchmark_module("profile_step")
+    with pytest.raises(SystemExit) as stopped:
+        profile.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
