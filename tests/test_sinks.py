@@ -22,11 +22,15 @@ from gradwatch._sinks import SinkFailureWarning
 from .helpers import make_mlp, regression_batches, train_steps
 
 
-class DiskFullRecords:
-    """Stands in for the record writer on a full disk: every write raises ENOSPC."""
+class DiskFullBuffer:
+    """Stands in for the event writer's record buffer on a full disk: every write raises
+    ENOSPC (the writer thread frames each record into it as it writes the record)."""
 
     def write(self, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
+
+    def getvalue(self) -> bytes:
+        return b""
 
 
 def _tensorboard_sink(gw: gradwatch.Watcher):
@@ -44,7 +48,7 @@ def test_disk_full_writer_gives_one_warning_and_training_continues(tmp_path) -> 
         train_steps(model, optimizer, batches[:3], gw)
         sink = _tensorboard_sink(gw)
         sink.flush()  # what was written before the disk filled up must survive
-        sink._file_writer._records = DiskFullRecords()
+        sink._file_writer._buffer = DiskFullBuffer()
         with pytest.warns(SinkFailureWarning, match="No space left") as caught:
             train_steps(model, optimizer, batches[3:], gw, nan_at=4)
     assert len(caught) == 1

@@ -7,8 +7,9 @@ fails its checks, so one flipped byte silently drops the rest of the run, and a 
 field that claims petabytes makes it allocate them (``MemoryError``). This reader checks
 a length against the bytes that are really there before using it, skips a frame whose
 payload fails its CRC, and after a damaged stretch looks for the next frame whose two
-CRCs match, counting every damaged stretch it skipped. The CRC is TensorBoard's own
-(:func:`masked_crc32c`), the one its writer uses.
+CRCs match, counting every damaged stretch it skipped. The CRC is the one gradwatch's writer frames
+with (:func:`gradwatch._sinks.records.masked_crc32c`, TensorBoard's values computed in C:
+a long run's file is read at disk speed, not at a pure-Python loop's 0.3 ms per KB).
 
 A frame cut short at the very end of the file, with a sound header and nothing readable
 after it, is not damage: it is the record a live writer (or one that was killed) had not
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import struct
 from collections.abc import Iterator
+
+from gradwatch._sinks.records import CRC, LENGTH, masked_crc32c
 
 #: ``uint64`` length and its ``uint32`` CRC.
 HEADER_BYTES = 12
 #: The payload's ``uint32`` CRC.
 FOOTER_BYTES = 4
-_LENGTH = struct.Struct("<Q")
-_CRC = struct.Struct("<I")
 
 
 @dataclasses.dataclass
@@ -62,13 +62,11 @@ def _frame_at(data: bytes, pos: int) -> tuple[str, int]:
     is where the frame ends, so it can be stepped over); ``"cut"`` (sound header whose
     frame runs past the end of the file); or ``"bad header"``.
     """
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
     size = len(data)
     if size - pos < HEADER_BYTES:
         return "cut", size
-    (length,) = _LENGTH.unpack_from(data, pos)
-    (length_crc,) = _CRC.unpack_from(data, pos + 8)
+    (length,) = LENGTH.unpack_from(data, pos)
+    (length_crc,) = CRC.unpack_from(data, pos + 8)
     # The length is checked against the bytes really left before it is trusted.
     fits = length <= size - pos - HEADER_BYTES - FOOTER_BYTES
     if masked_crc32c(data[pos : pos + 8]) != length_crc:
@@ -77,7 +75,7 @@ def _frame_at(data: bytes, pos: int) -> tuple[str, int]:
         return "cut", size
     start = pos + HEADER_BYTES
     end = start + length + FOOTER_BYTES
-    (payload_crc,) = _CRC.unpack_from(data, start + length)
+    (payload_crc,) = CRC.unpack_from(data, start + length)
     if masked_crc32c(data[start : start + length]) != payload_crc:
         return "bad payload", end
     return "ok", end

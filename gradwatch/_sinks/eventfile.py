@@ -1,8 +1,9 @@
 """An event-file writer whose disk work happens on a background thread.
 
-TensorBoard's own pieces do the format: ``RecordWriter`` frames records (length + CRC)
-and ``event_pb2.Event`` is the payload; ``torch.utils.tensorboard.summary`` builds the
-summaries. What this module owns is the thread: the training thread only puts events
+TensorBoard's own pieces do the format: ``event_pb2.Event`` is the payload and
+``torch.utils.tensorboard.summary`` builds the summaries; :mod:`.records` frames each
+record as TensorBoard's ``RecordWriter`` does (length + CRC), with its CRC computed in C.
+What this module owns is the thread: the training thread only puts events
 on a bounded queue, and a failure on disk (full disk, vanished directory) is kept and
 re-raised on the caller's next call, where the sink guard turns it into one warning,
 instead of escaping the thread as a traceback. A summary that is costly to make (a
@@ -42,6 +43,8 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from gradwatch._sinks.records import frame
 
 logger = logging.getLogger(__name__)
 
@@ -159,21 +162,18 @@ class EventFileWriter:
 
     def _open(self, path: str) -> None:
         """Start a new event file: the version record and the header, flushed."""
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
         self.path = path
         # Unbuffered: records wait in self._buffer, which only the writer thread writes
         # out (see the module's docstring: nothing for a forked child to flush).
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
         try:
             self._buffer = io.BytesIO()
-            self._records = RecordWriter(self._buffer)
             now = time.time()
             version = self._event_cls(wall_time=now, file_version="brain.Event:2")
-            self._records.write(version.SerializeToString())
+            self._buffer.write(frame(version.SerializeToString()))
             for summary in self._header:
                 event = self._event_cls(wall_time=now, step=0, summary=summary)
-                self._records.write(event.SerializeToString())
+                self._buffer.write(frame(event.SerializeToString()))
             self._write_out()
         except OSError:
             _close_quietly(self._file)  # its buffer cannot reach the disk either
@@ -319,7 +319,7 @@ class EventFileWriter:
         return self._event_cls(wall_time=later.wall_time, step=later.step, summary=summary)
 
     def _write(self, record: bytes) -> None:
-        self._records.write(record)
+        self._buffer.write(frame(record))
         self._unflushed.append(record)
         self._unflushed_bytes += len(record)
 
@@ -362,7 +362,7 @@ class EventFileWriter:
         self._file.close()
         self._open(_new_path(self.logdir))
         for record in self._unflushed:
-            self._records.write(record)
+            self._buffer.write(frame(record))
         self._write_out()
         logger.warning(
             "gradwatch: the event file %s was deleted or replaced while this run was "

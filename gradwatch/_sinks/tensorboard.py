@@ -16,8 +16,9 @@ the activation charts only when activations are sampled): :class:`LayoutTracker`
 Scalars of one step go out as one ``Summary`` event holding every tag, instead of one
 event per tag: one protobuf and one queue put per step keeps the training thread's cost
 flat as layers grow. Summaries are built with ``torch.utils.tensorboard.summary`` and
-framed by TensorBoard's ``RecordWriter``; :mod:`.eventfile` does the disk work on its own
-thread and reports its failures back instead of dying with a traceback.
+framed as TensorBoard's ``RecordWriter`` frames them (:mod:`.records`, with a CRC computed
+in C); :mod:`.eventfile` does the disk work on its own thread and reports its failures
+back instead of dying with a traceback.
 """
 
 from __future__ import annotations
