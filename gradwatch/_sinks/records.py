@@ -16,9 +16,12 @@ One owner for both directions: the event writer frames with :func:`frame`, and
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 #: ``uint64`` little-endian payload length, and a ``uint32`` CRC.
 LENGTH = struct.Struct("<Q")
@@ -45,6 +48,12 @@ def _c_crc32c() -> Callable[[bytes], int] | None:
 
 
 _crc32c = _c_crc32c()
+if _crc32c is None:
+    logger.info(
+        "gradwatch: google-crc32c's C extension is not available; event-file checksums "
+        "are computed in Python (about 0.3 ms per KB, on the event writer's thread). "
+        "`pip install google-crc32c` on a platform it has wheels for makes them free."
+    )
 #: Whether CRCs are computed in C (``google-crc32c``) rather than in Python.
 IN_C = _crc32c is not None
 
