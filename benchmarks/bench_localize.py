@@ -14,7 +14,10 @@ with the plain run's::
 
 Prints one line per mode: median step time, its ratio to the plain step, and the median
 of the per-round ratios (each round runs every mode once: the steadier number on a busy
-machine).
+machine). Then the floor of any eager localisation: the time ``torch.aminmax`` alone
+takes to read, once, fresh tensors shaped like the ones one step checks (every module's
+inputs, outputs and their gradients), as a ratio to the plain step: what is left of the
+watched ratio above it is the hooks' Python and the default statistics.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_overhead import workloads
 
 import gradwatch
+from gradwatch._measure.localize import NonfiniteLocator
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -57,6 +61,41 @@ def _workload(
         return make_model(args.depth, args.width).to(device), [(x, y)], nn.functional.mse_loss
     workload = next(w for w in workloads(device) if w.name == args.workload)
     return workload.make_model().to(device), workload.batches, workload.loss_fn
+
+
+def checked_shapes(step: Callable[[int], None], i: int) -> list[tuple[torch.Size, torch.dtype]]:
+    """Shape and dtype of every tensor NaN localisation reads in one step of ``step``."""
+    seen: list[tuple[torch.Size, torch.dtype]] = []
+    original = NonfiniteLocator._slots
+
+    def spy(self: NonfiniteLocator, tensor: Tensor) -> tuple[int, int]:
+        seen.append((tensor.shape, tensor.dtype))
+        return original(self, tensor)
+
+    NonfiniteLocator._slots = spy  # type: ignore[method-assign]
+    try:
+        step(i)
+    finally:
+        NonfiniteLocator._slots = original  # type: ignore[method-assign]
+    return seen
+
+
+def read_once_ms(
+    shapes: list[tuple[torch.Size, torch.dtype]], device: torch.device, repeats: int = 7
+) -> float:
+    """Median time of one ``torch.aminmax`` over each of fresh tensors of ``shapes``."""
+    tensors = [torch.randn(shape, device=device).to(dtype) for shape, dtype in shapes]
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms up (and is dropped)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for tensor in tensors:
+            torch.aminmax(tensor)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1e3
 
 
 def main() -> None:
@@ -122,6 +161,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+    shapes = checked_shapes(watched, args.warmup + args.steps)
     gw.close()
     gw_base.close()
     plain_times = times["plain"]
@@ -142,6 +182,12 @@ def main() -> None:
             f"  {name:32s} {median * 1e3:9.3f} ms   x{median / plain_median:.3f}"
             f"   per round x{paired:.3f}"
         )
+    megabytes = sum(s.numel() * d.itemsize for s, d in shapes) / 2**20
+    floor = read_once_ms(shapes, device)
+    print(
+        f"  floor: torch.aminmax alone over {len(shapes)} fresh tensors shaped like one step's "
+        f"checks ({megabytes:.1f} MiB): {floor:.3f} ms = x{1 + floor / (plain_median * 1e3):.3f}"
+    )
 
 
 if __name__ == "__main__":

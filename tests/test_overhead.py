@@ -511,3 +511,32 @@ def test_profile_step_refuses_bad_options_naming_them(argv, message, capsys) -> 
         profile.main(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+
+def test_localisation_benchmark_measures_the_floor_of_what_a_step_checks() -> None:
+    """``benchmarks/bench_localize.py`` spies on the locator's one check per tensor to
+    size its floor line: a renamed internal would silently empty that line, so count what
+    it sees on a small stack and check the spy is put back."""
+    from gradwatch._measure.localize import NonfiniteLocator
+
+    localize = _benchmark_module("bench_localize")
+    model = localize.make_model(depth=2, width=8)  # (Linear, LayerNorm, GELU) x2, Linear
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 8), torch.randn(4, 1)
+
+    def step(i: int) -> None:
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    original = NonfiniteLocator._slots
+    with gradwatch.watch(model, optimizer, locate_nonfinite=True):
+        step(0)
+        shapes = localize.checked_shapes(step, 1)
+    assert NonfiniteLocator._slots is original
+    # Forward: the batch and the 7 modules' outputs; backward: the gradient of each
+    # output (the input needs none): each tensor once.
+    assert len(shapes) == 1 + 7 + 7
+    assert all(dtype == torch.float32 for _, dtype in shapes)
+    assert localize.read_once_ms(shapes, torch.device("cpu"), repeats=1) > 0
