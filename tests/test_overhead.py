@@ -513,7 +513,6 @@ def test_profile_step_refuses_bad_options_naming_them(argv, message, capsys) -> 
     assert message in capsys.readouterr().err
 
 
-
 def test_localisation_benchmark_measures_the_floor_of_what_a_step_checks() -> None:
     """``benchmarks/bench_localize.py`` spies on the locator's one check per tensor to
     size its floor line: a renamed internal would silently empty that line, so count what
