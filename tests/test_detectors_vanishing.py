@@ -196,8 +196,11 @@ _TRANSFORMER = {
 }
 
 
-def _judge(sensitivities: dict[str, float]) -> list[gradwatch.Alert]:
-    """detect_vanishing on a history whose every step has these sensitivities."""
+def _judge(
+    sensitivities: dict[str, float], numel: dict[str, int] | None = None
+) -> list[gradwatch.Alert]:
+    """detect_vanishing on a history whose every step has these sensitivities (layer
+    sizes: ``numel``, else the benchmark transformer's by the name's last part)."""
     from gradwatch._config import WatchConfig
     from gradwatch._detectors import DetectorContext
     from gradwatch._detectors.vanishing import detect_vanishing
@@ -205,8 +208,10 @@ def _judge(sensitivities: dict[str, float]) -> list[gradwatch.Alert]:
     from gradwatch._measure.record import StepRecord
 
     names = tuple(sensitivities)
-    numel = tuple(_NUMEL.get(name.split(".", 2)[-1], 257_000) for name in names)
-    context = DetectorContext(names, ("Linear",) * len(names), WatchConfig(), numel)
+    sizes = tuple(
+        (numel or {}).get(name, _NUMEL.get(name.split(".", 2)[-1], 257_000)) for name in names
+    )
+    context = DetectorContext(names, ("Linear",) * len(names), WatchConfig(), sizes)
     history = History(64)
     values = np.array(list(sensitivities.values()))
     for step in range(20):
@@ -246,7 +251,15 @@ def test_the_same_layers_starved_only_on_the_input_side_are_an_info() -> None:
 
 
 def test_a_borderline_input_layer_without_peers_is_judged_as_before() -> None:
-    """An input-most layer of a kind found nowhere closer to the output (an MLP's input
-    layer) has no peers to show a trend: the borderline info stands on the ratio alone."""
-    alerts = _judge({"input": 0.3, "hidden.mlp.0": 2.3, "hidden.mlp.2": 2.1, "head": 10.8})
+    """An input-most layer of a size found nowhere closer to the output (an MLP's input
+    layer, 8 -> 32) has no peers to show a trend: the borderline info stands on the ratio
+    alone, although the hidden layers after it are all alike (as the transformer's
+    attention projections were)."""
+    sensitivities = {"input": 0.3, "hidden.0": 2.3, "hidden.1": 2.1, "head": 10.8}
+    sizes = {"input": 8 * 32 + 32, "hidden.0": 32 * 32 + 32, "hidden.1": 32 * 32 + 32}
+    sizes["head"] = 32 + 1
+    alerts = _judge(sensitivities, sizes)
     assert [(a.severity, a.layer) for a in alerts] == [("info", "input")]
+    # The same first layer with a peer as starved as it, closer to the output: no trend.
+    sizes["hidden.1"] = sizes["input"]
+    assert _judge({**sensitivities, "hidden.1": 0.31}, sizes) == []

@@ -51,6 +51,28 @@ def test_a_frame_is_byte_for_byte_tensorboards(payload: bytes) -> None:
     assert frame(payload) == tensorboard_frame(payload)
 
 
+@pytest.mark.parametrize("installed", ["without its C extension", "not at all"])
+def test_google_crc32c_in_python_or_missing_is_not_used(
+    installed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """google-crc32c running its own pure-Python fallback, or no google-crc32c at all:
+    records takes TensorBoard's function instead, and says nothing as a warning."""
+    import sys
+    import types
+    import warnings
+
+    if installed == "not at all":
+        monkeypatch.setitem(sys.modules, "google_crc32c", None)  # import raises ImportError
+    else:
+        stub = types.ModuleType("google_crc32c")
+        stub.implementation = "python"  # type: ignore[attr-defined]
+        stub.value = lambda data: 0  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "google_crc32c", stub)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert records._c_crc32c() is None
+
+
 def test_without_the_c_extension_tensorboards_function_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

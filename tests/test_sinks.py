@@ -32,6 +32,12 @@ class DiskFullBuffer:
     def getvalue(self) -> bytes:
         return b""
 
+    def seek(self, position: int) -> int:
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        return 0
+
 
 def _tensorboard_sink(gw: gradwatch.Watcher):
     (guarded,) = [s for s in gw._sinks if s.name == "TensorBoard"]

@@ -7,9 +7,9 @@ fails its checks, so one flipped byte silently drops the rest of the run, and a 
 field that claims petabytes makes it allocate them (``MemoryError``). This reader checks
 a length against the bytes that are really there before using it, skips a frame whose
 payload fails its CRC, and after a damaged stretch looks for the next frame whose two
-CRCs match, counting every damaged stretch it skipped. The CRC is the one gradwatch's writer frames
-with (:func:`gradwatch._sinks.records.masked_crc32c`, TensorBoard's values computed in C:
-a long run's file is read at disk speed, not at a pure-Python loop's 0.3 ms per KB).
+CRCs match, counting every damaged stretch it skipped. The CRC is the one gradwatch's
+writer frames with (:func:`gradwatch._sinks.records.masked_crc32c`: TensorBoard's values,
+computed in C, so a long run's file is not read at a pure-Python loop's 0.3 ms per KB).
 
 A frame cut short at the very end of the file, with a sound header and nothing readable
 after it, is not damage: it is the record a live writer (or one that was killed) had not
@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from gradwatch._sinks.records import CRC, LENGTH, masked_crc32c
 
 #: ``uint64`` length and its ``uint32`` CRC.
-HEADER_BYTES = 12
+HEADER_BYTES = LENGTH.size + CRC.size
 #: The payload's ``uint32`` CRC.
-FOOTER_BYTES = 4
+FOOTER_BYTES = CRC.size
 
 
 @dataclasses.dataclass

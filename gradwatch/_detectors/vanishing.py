@@ -64,12 +64,13 @@ def _names(context: DetectorContext, layers: np.ndarray, limit: int = 3) -> str:
 
 
 def _input_side(
-    context: DetectorContext, candidates: np.ndarray, values: np.ndarray, affected: np.ndarray
+    context: DetectorContext, candidates: np.ndarray, values: np.ndarray, flagged: np.ndarray
 ) -> bool:
     """Whether borderline evidence reads as a gradient vanishing towards the input: the
-    input-most candidate is ``affected``, and the layers of its kind (module type and
-    size) closer to the output, if any, are clearly more sensitive than it."""
-    if not affected[0]:
+    input-most candidate is ``flagged`` (a mask over the depth-ordered ``candidates``),
+    and the layers of its kind (module type and size) closer to the output, if any, are
+    at least 1/``PEER_TREND`` times as sensitive as it."""
+    if not flagged[0]:
         return False
     first = int(candidates[0])
     kinds = context.module_types
@@ -79,7 +80,7 @@ def _input_side(
         for position, layer in enumerate(candidates[1:].tolist(), start=1)
         if kinds[layer] == kinds[first] and (not sizes or sizes[layer] == sizes[first])
     ]
-    return not peers or bool(values[0] < PEER_TREND * values[peers].max())
+    return not peers or bool(values[0] <= PEER_TREND * values[peers].max())
 
 
 @trend_detector

@@ -2,11 +2,11 @@
 
 An event file is a sequence of frames: ``uint64`` payload length, ``uint32`` masked
 CRC-32C of those 8 bytes, the payload (a serialised ``Event``), ``uint32`` masked CRC-32C
-of the payload. TensorBoard's own ``RecordWriter`` takes its CRC from
-``tensorboard.compat.tensorflow_stub``, a pure-Python loop, unless TensorFlow is
-installed: about 0.8 ms for the 3 KB event of one step of a 28-layer model, all of it
-holding the GIL on the writer thread, so the training thread, back from a kernel, waits
-for it. ``google-crc32c`` (Google's C implementation, a dependency) computes the same
+of the payload. TensorBoard's own ``RecordWriter`` (which ``torch.utils.tensorboard``
+writes through) always takes its CRC from ``tensorboard.compat.tensorflow_stub``, a
+pure-Python loop: about 0.8 ms for the 3 KB event of one step of a 28-layer model, all of
+it holding the GIL on the writer thread, so the training thread, back from a kernel,
+waits for it. ``google-crc32c`` (Google's C implementation, a dependency) computes the same
 value in under a microsecond. Where its C extension is missing it would fall back to
 Python itself; TensorBoard's own function is used then (same values, same speed).
 
@@ -50,16 +50,20 @@ def _c_crc32c() -> Callable[[bytes], int] | None:
 _crc32c = _c_crc32c()
 if _crc32c is None:
     logger.info(
-        "gradwatch: google-crc32c's C extension is not available; event-file checksums "
-        "are computed in Python (about 0.3 ms per KB, on the event writer's thread). "
-        "`pip install google-crc32c` on a platform it has wheels for makes them free."
+        "gradwatch: google-crc32c is missing or has no C extension here; event-file "
+        "checksums are computed in Python (about 0.3 ms per KB, on the event writer's "
+        "thread). Reinstall google-crc32c from a wheel for this platform (or build it "
+        "with a C compiler) to compute them in C."
     )
 #: Whether CRCs are computed in C (``google-crc32c``) rather than in Python.
 IN_C = _crc32c is not None
 
 
 def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC-32C of ``data`` (TensorBoard's ``masked_crc32c``)."""
+    """TFRecord's masked CRC-32C of ``data`` (TensorBoard's ``masked_crc32c``).
+
+    ``data`` must be ``bytes``: the C function refuses ``bytearray`` and ``memoryview``.
+    """
     if _crc32c is None:
         from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
             masked_crc32c as python_masked_crc32c,
