@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -17,6 +18,16 @@ import gradwatch
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[int], object]
+
+
+def framed(payload: bytes) -> bytes:
+    """``payload`` framed as TensorBoard's own writer frames a record (the reference for
+    gradwatch's framing, and damage built into event files)."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    RecordWriter(buffer).write(payload)
+    return buffer.getvalue()
 
 
 def make_mlp(depth: int = 3, width: int = 16, seed: int = 0) -> nn.Sequential:

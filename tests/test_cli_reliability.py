@@ -7,7 +7,6 @@ the CLI runs as the real console script where the point is what a CI job would s
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -22,7 +21,7 @@ from gradwatch._cli.logreader import read_run
 from gradwatch._cli.runsummary import summarize
 
 from .cli_helpers import run_cli, run_main
-from .helpers import make_mlp, regression_batches, watched_run
+from .helpers import framed, make_mlp, regression_batches, watched_run
 
 
 def write_run(logdir: Path, steps: int, *, nan_at: int | None = None, seed: int = 0) -> None:
@@ -228,15 +227,6 @@ def frames(data: bytes) -> list[tuple[int, int]]:
         out.append((pos, end))
         pos = end
     return out
-
-
-def framed(payload: bytes) -> bytes:
-    """``payload`` framed as TensorBoard's own writer frames a record."""
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    buffer = io.BytesIO()
-    RecordWriter(buffer).write(payload)
-    return buffer.getvalue()
 
 
 def scalar_event(tag: bytes, step: int) -> bytes:

@@ -7,17 +7,17 @@ the event files gradwatch writes are read back by TensorBoard's reader elsewhere
 
 from __future__ import annotations
 
-import io
 import random
 
 import pytest
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
     masked_crc32c as tensorboard_masked_crc32c,
 )
-from tensorboard.summary.writer.record_writer import RecordWriter
 
 from gradwatch._sinks import records
 from gradwatch._sinks.records import frame, masked_crc32c
+
+from .helpers import framed
 
 #: Payload sizes around the ones that matter: empty, tiny, CRC-table boundaries, a step.
 SIZES = [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 255, 256, 1023, 3000, 65_537]
@@ -28,12 +28,6 @@ def _payloads() -> list[bytes]:
     out = [bytes(rng.getrandbits(8) for _ in range(size)) for size in SIZES]
     out += [b"\x00" * 64, b"\xff" * 64, bytes(range(256))]
     return out
-
-
-def tensorboard_frame(payload: bytes) -> bytes:
-    buffer = io.BytesIO()
-    RecordWriter(buffer).write(payload)
-    return buffer.getvalue()
 
 
 def test_the_crc_is_computed_in_c_here() -> None:
@@ -48,7 +42,7 @@ def test_masked_crc_is_tensorboards(payload: bytes) -> None:
 
 @pytest.mark.parametrize("payload", _payloads(), ids=lambda p: f"{len(p)}B")
 def test_a_frame_is_byte_for_byte_tensorboards(payload: bytes) -> None:
-    assert frame(payload) == tensorboard_frame(payload)
+    assert frame(payload) == framed(payload)
 
 
 @pytest.mark.parametrize("installed", ["without its C extension", "not at all"])
@@ -80,4 +74,4 @@ def test_without_the_c_extension_tensorboards_function_is_used(
     monkeypatch.setattr(records, "_crc32c", None)
     for payload in _payloads():
         assert masked_crc32c(payload) == tensorboard_masked_crc32c(payload)
-        assert frame(payload) == tensorboard_frame(payload)
+        assert frame(payload) == framed(payload)

@@ -188,7 +188,8 @@ def _across_depth(
     level = config.vanishing_ratio if severity != "info" else info_level
     affected = candidates[ratio < level]
     first = int(affected[0])
-    if severity == "info" and not _input_side(context, candidates, values, ratio < level):
+    # At info level, ``level`` is ``info_level``: the affected layers are ``flagged``.
+    if severity == "info" and not _input_side(context, candidates, values, flagged):
         return []  # borderline and not the input-side pattern: not worth a word
     reference = int(candidates[int(np.argmax(references))])
     if zeros.any():

@@ -446,23 +446,30 @@ def _resnet_sgd(seed: int) -> Run:
     )
 
 
+def _llama_lm(vocab: int, width: int, layers: int, **config: Any) -> nn.Module:
+    """HF LlamaForCausalLM with 4 heads, 2 KV heads, an MLP twice the width, 64 positions."""
+    transformers = _transformers()
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **config,
+        )
+    )
+
+
 @register("llama_adamw_cosine", chance_loss=CHANCE_LM, tags=(REAL, HF))
 def _llama(seed: int) -> Run:
     """HF LlamaForCausalLM (2 layers, width 64, 4 heads, 2 KV heads, vocab 128) on the Markov+copy
     language, AdamW lr 1e-3 betas (0.9, 0.95) wd 0.1, 20 warmup steps then cosine to 10%,
     200 steps. Measured: loss 4.87 -> 3.70 at step 50, 2.86 at 100, 2.45 at 150, 2.33 over
     the last 20 steps (chance 4.85)."""
-    transformers = _transformers()
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = _llama_lm(VOCAB, 64, layers=2)
     optimizer = adamw(model, 1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     return Run(
         model,
@@ -486,18 +493,7 @@ def _llama_untied_32k(seed: int) -> Run:
     ‖g‖·‖w‖ is 27-33, the blocks' layers 0.19-0.26 (vanishing warned from step 4 on while
     the head was the layers' reference). Measured: loss 10.4 (chance 10.37) -> 9.7 at step
     100."""
-    transformers = _transformers()
-    config = transformers.LlamaConfig(
-        vocab_size=LLAMA_VOCAB,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = _llama_lm(LLAMA_VOCAB, 128, layers=4, tie_word_embeddings=False)
     optimizer = adamw(model, 3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     return Run(
         model,
